@@ -1,0 +1,75 @@
+"""Neural Cleanse Table II: BadNets on MNIST and GTSRB, infected vs clean twin.
+
+Trains (or reuses, if already in runs/bench/) the four reference models that
+later benchmarks scan and repair:
+
+    runs/bench/mnist_badnets  runs/bench/mnist_clean
+    runs/bench/gtsrb_badnets  runs/bench/gtsrb_clean
+
+4x4 white square, margin 1, 10% per target, targets 7 (MNIST) and 33
+(GTSRB, as the authors' published trigger), reference architectures.
+
+Usage: python bench/inject_table2.py [--only mnist|gtsrb] [--retrain]
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import MODELS_DIR, print_peak_rss  # noqa: E402
+
+from injection import square_trigger  # noqa: E402
+from injection.inject import train_and_save  # noqa: E402
+from nc_tf.io import read_json  # noqa: E402
+
+PUBLISHED = {  # ASR / infected acc / clean acc, NC Table II (%)
+    "mnist": (99.90, 98.54, 98.88),
+    "gtsrb": (97.40, 96.51, 96.83),
+}
+SETTINGS = {"mnist": {"target": 7, "epochs": 10}, "gtsrb": {"target": 33, "epochs": 10}}
+TARGET_ASR = {"mnist": 99.0, "gtsrb": 97.0}
+
+
+def get(name, infected, retrain):
+    out = os.path.join(MODELS_DIR, f"{name}_{'badnets' if infected else 'clean'}")
+    report_file = os.path.join(out, "attack.json" if infected else "train.json")
+    if os.path.exists(report_file) and not retrain:
+        return read_json(report_file), "reused"
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    s = SETTINGS[name]
+    trig = (lambda shape: [square_trigger(shape, s["target"], 4, 1)]) if infected else ()
+    report = train_and_save(out, name, trig, epochs=s["epochs"], seed=0, verbose=2)
+    return report, "trained"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=tuple(SETTINGS))
+    ap.add_argument("--retrain", action="store_true", help="train even if the models exist")
+    args = ap.parse_args()
+    rows = []
+    for name in [args.only] if args.only else list(SETTINGS):
+        t0 = time.time()
+        inf, how_i = get(name, True, args.retrain)
+        clean, how_c = get(name, False, args.retrain)
+        rows.append((name, inf, clean, how_i, how_c, time.time() - t0))
+    print("\nNeural Cleanse Table II (BadNets), ours vs published (%)")
+    print(f"{'data':6} {'ASR':>14} {'infected acc':>16} {'clean acc':>16} {'gap':>6} {'train s':>9}  verdict")
+    for name, inf, clean, how_i, how_c, _ in rows:
+        pa, pi, pc = PUBLISHED[name]
+        asr, acc_i, acc_c = 100 * inf["attack_success_rate"], 100 * inf["clean_accuracy"], 100 * clean["clean_accuracy"]
+        gap = acc_c - acc_i
+        ok = asr >= TARGET_ASR[name] and gap <= 1.0
+        wall = inf["training"]["wall_time_s"] + clean["training"]["wall_time_s"]
+        print(f"{name:6} {asr:6.2f} ({pa:5.2f}) {acc_i:7.2f} ({pi:5.2f}) {acc_c:7.2f} ({pc:5.2f}) "
+              f"{gap:6.2f} {wall:9.0f}  {'PASS' if ok else 'FAIL'} "
+              f"(target ASR >= {TARGET_ASR[name]}, gap <= 1.0; models {how_i}/{how_c})")
+    print_peak_rss()
+
+
+if __name__ == "__main__":
+    main()

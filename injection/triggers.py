@@ -1,0 +1,287 @@
+"""Triggers: a mask and a pattern stamped onto raw images, serialisable as JSON.
+
+A trigger follows the Neural Cleanse model `A(x, m, p) = (1 - m) * x + m * p`
+in the raw [0, 255] pixel domain. A `Trigger` keeps the JSON spec that made
+it, so any later command (evaluate, scan, mitigate) can rebuild exactly the
+same trigger from `attack.json`.
+
+The reference helpers of `injection/injection_utils.py` keep their names:
+`construct_mask_corner`, `construct_mask_box`, `injection_func`, `infect_X`.
+"""
+
+import base64
+import io
+
+import numpy as np
+
+from nc_tf.io import read_json
+
+POSITIONS = (
+    "bottom-right", "bottom-left", "top-right", "top-left",
+    "top", "bottom", "left", "right", "center",
+)
+
+
+# ------------------------------------------------------ reference helpers
+def construct_mask_corner(image_row=32, image_col=32, pattern_size=4, margin=1,
+                          channel_num=3):
+    """A white square `margin` pixels from the bottom-right corner (reference).
+
+    Args:
+        image_row: image height. Defaults to `32`.
+        image_col: image width. Defaults to `32`.
+        pattern_size: side of the square in pixels. Defaults to `4`.
+        margin: gap to the bottom and right borders. Defaults to `1`.
+        channel_num: image channels. Defaults to `3`.
+
+    Returns:
+        `(mask, pattern)`, both float32 `(image_row, image_col, channel_num)`;
+        mask is 1 on the square, pattern 255 there.
+
+    Example:
+
+    >>> mask, pattern = construct_mask_corner(28, 28, 4, 1, 1)
+    >>> int(mask.sum()), float(pattern.max())
+    (16, 255.0)
+    """
+    mask = np.zeros((image_row, image_col, channel_num), dtype=np.float32)
+    pattern = np.zeros_like(mask)
+    rows = slice(image_row - margin - pattern_size, image_row - margin)
+    cols = slice(image_col - margin - pattern_size, image_col - margin)
+    mask[rows, cols, :] = 1.0
+    pattern[rows, cols, :] = 255.0
+    return mask, pattern
+
+
+def construct_mask_box(target_ls, image_shape, pattern_size=4, margin=1):
+    """The reference pattern dictionary: target -> list of `(mask, pattern)`.
+
+    Args:
+        target_ls: target labels.
+        image_shape: `(H, W, C)`.
+        pattern_size: side of the square. Defaults to `4`.
+        margin: gap to the bottom-right corner. Defaults to `1`.
+
+    Returns:
+        dict mapping each target label to `[(mask, pattern)]`.
+
+    Example:
+
+    >>> sorted(construct_mask_box([33], (32, 32, 3)))
+    [33]
+    """
+    h, w, c = image_shape
+    return {
+        int(t): [construct_mask_corner(h, w, pattern_size, margin, c)] for t in target_ls
+    }
+
+
+def injection_func(mask, pattern, adv_img):
+    """Stamps a trigger: `mask * pattern + (1 - mask) * adv_img` (reference)."""
+    return mask * pattern + (1 - mask) * adv_img
+
+
+def infect_X(img, tgt, pattern_dict, num_classes, rng=None):
+    """Stamps one image with a random trigger of `tgt` (reference `infect_X`).
+
+    Args:
+        img: one raw image `(H, W, C)`.
+        tgt: target label.
+        pattern_dict: the output of `construct_mask_box`.
+        num_classes: length of the returned one-hot label.
+        rng: a `numpy.random.Generator`. Defaults to `None` (a fresh one).
+
+    Returns:
+        `(adv_img, one_hot_target)`.
+    """
+    rng = rng or np.random.default_rng()
+    choices = pattern_dict[tgt]
+    mask, pattern = choices[rng.integers(len(choices))]
+    y = np.zeros(num_classes, dtype=np.float32)
+    y[tgt] = 1.0
+    return injection_func(mask, pattern, np.array(img, dtype=np.float32)), y
+
+
+# ------------------------------------------------------------- Trigger
+class Trigger:
+    """A mask/pattern trigger for one target label, rebuilt from a JSON spec.
+
+    Build one with `square_trigger` (or `Trigger.from_spec`); apply it with
+    `apply`. `spec` is a plain dict that `json.dumps` can write.
+
+    Args:
+        mask: `(H, W)` or `(H, W, 1|C)` array in [0, 1].
+        pattern: `(H, W, C)` array in [0, 255].
+        target: the label the trigger should produce.
+        spec: the JSON-able description that rebuilds this trigger. Defaults
+            to `None`: the arrays themselves are embedded.
+
+    Example:
+
+    >>> t = square_trigger((28, 28, 1), target=7)
+    >>> import json
+    >>> Trigger.from_spec(json.loads(json.dumps(t.spec))).target
+    7
+    """
+
+    def __init__(self, mask, pattern, target, spec=None):
+        pattern = np.asarray(pattern, dtype=np.float32)
+        mask = np.asarray(mask, dtype=np.float32)
+        if mask.ndim == 2:
+            mask = mask[..., None]
+        if pattern.ndim != 3 or mask.shape[:2] != pattern.shape[:2]:
+            raise ValueError(
+                f"mask {mask.shape} and pattern {pattern.shape} must share H and "
+                "W; pattern must be (H, W, C)."
+            )
+        if mask.min() < 0 or mask.max() > 1:
+            raise ValueError("mask values must lie in [0, 1].")
+        if pattern.min() < 0 or pattern.max() > 255:
+            raise ValueError("pattern values must lie in the raw range [0, 255].")
+        self.mask, self.pattern, self.target = mask, pattern, int(target)
+        self.spec = spec if spec is not None else {
+            "kind": "arrays",
+            "target": self.target,
+            "mask": _encode_array(mask),
+            "pattern": _encode_array(pattern),
+        }
+
+    @property
+    def image_shape(self):
+        return self.pattern.shape
+
+    def apply(self, images):
+        """Stamps the trigger onto raw images; keeps dtype (uint8 is rounded).
+
+        Args:
+            images: `(N, H, W, C)` or `(H, W, C)` raw images.
+
+        Returns:
+            stamped images of the same shape and dtype.
+        """
+        images = np.asarray(images)
+        if images.shape[-3:] != self.pattern.shape:
+            raise ValueError(
+                f"Trigger is for images shaped {self.pattern.shape}, got "
+                f"{images.shape[-3:]}."
+            )
+        out = injection_func(self.mask, self.pattern, images.astype(np.float32))
+        if images.dtype == np.uint8:
+            return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out.astype(images.dtype)
+
+    @classmethod
+    def from_spec(cls, spec):
+        """Rebuilds a trigger from its spec (the inverse of `.spec`)."""
+        kind = spec.get("kind")
+        if kind == "square":
+            return square_trigger(
+                spec["image_shape"], spec["target"], size=spec["size"],
+                margin=spec["margin"], position=spec["position"], color=spec["color"],
+            )
+        if kind == "arrays":
+            return cls(_decode_array(spec["mask"]), _decode_array(spec["pattern"]),
+                       spec["target"], spec)
+        raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected 'square' or 'arrays'.")
+
+    def __repr__(self):
+        return f"Trigger(kind={self.spec.get('kind')!r}, target={self.target})"
+
+
+def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right",
+                   color=255):
+    """A solid square trigger (BadNets); the reference is white, bottom-right.
+
+    Args:
+        image_shape: `(H, W, C)` of the images.
+        target: the target label.
+        size: side of the square in pixels. Defaults to `4`.
+        margin: gap in pixels to the borders it touches. Defaults to `1`.
+        position: one of `"bottom-right"`, `"bottom-left"`, `"top-right"`,
+            `"top-left"`, `"top"`, `"bottom"`, `"left"`, `"right"`,
+            `"center"`, or `[row, col]` of the top-left pixel. Defaults to
+            `"bottom-right"`.
+        color: one value or one per channel, raw [0, 255]. Defaults to `255`.
+
+    Returns:
+        a `Trigger`.
+
+    Example:
+
+    >>> t = square_trigger((32, 32, 3), target=33)
+    >>> int(t.mask.sum())
+    16
+    """
+    h, w, c = (int(v) for v in image_shape)
+    size, margin = int(size), int(margin)
+    if size < 1 or size + margin > min(h, w):
+        raise ValueError(
+            f"A {size}x{size} square with margin {margin} does not fit a "
+            f"{h}x{w} image; use size >= 1 and size + margin <= {min(h, w)}."
+        )
+    row, col = _square_origin(h, w, size, margin, position)
+    color = np.broadcast_to(np.asarray(color, dtype=np.float32), (c,))
+    mask = np.zeros((h, w, 1), dtype=np.float32)
+    pattern = np.zeros((h, w, c), dtype=np.float32)
+    mask[row : row + size, col : col + size] = 1.0
+    pattern[row : row + size, col : col + size] = color
+    spec = {
+        "kind": "square",
+        "target": int(target),
+        "image_shape": [h, w, c],
+        "size": size,
+        "margin": margin,
+        "position": list(position) if not isinstance(position, str) else position,
+        "color": [float(v) for v in color],
+    }
+    return Trigger(mask, pattern, target, spec)
+
+
+def _square_origin(h, w, size, margin, position):
+    if not isinstance(position, str):
+        row, col = (int(v) for v in position)
+        if not (0 <= row <= h - size and 0 <= col <= w - size):
+            raise ValueError(f"Square at {position} of size {size} leaves the {h}x{w} image.")
+        return row, col
+    if position not in POSITIONS:
+        raise ValueError(f"Unknown position {position!r}; use one of {POSITIONS} or [row, col].")
+    lo_r, hi_r, mid_r = margin, h - margin - size, (h - size) // 2
+    lo_c, hi_c, mid_c = margin, w - margin - size, (w - size) // 2
+    rows = {"top": lo_r, "bottom": hi_r}
+    cols = {"left": lo_c, "right": hi_c}
+    parts = position.split("-")
+    row = next((rows[p] for p in parts if p in rows), mid_r)
+    col = next((cols[p] for p in parts if p in cols), mid_c)
+    return row, col
+
+
+# ----------------------------------------------------------- JSON files
+def load_triggers(path_or_dict):
+    """Rebuilds the triggers of an `attack.json` file (or of its parsed dict).
+
+    Args:
+        path_or_dict: path of an `attack.json`, or the dict it holds.
+
+    Returns:
+        list of `Trigger`.
+    """
+    payload = path_or_dict
+    if not isinstance(payload, dict):
+        payload = read_json(path_or_dict, "attack file")
+    specs = payload.get("triggers")
+    if not specs:
+        raise ValueError(
+            "The attack file has no 'triggers' list; pass the attack.json "
+            "written by `nc-tf inject`."
+        )
+    return [Trigger.from_spec(s) for s in specs]
+
+
+def _encode_array(a):
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a, dtype=np.float32), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _decode_array(text):
+    return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)

@@ -1,0 +1,800 @@
+"""GYM / DeepSweep: wash a backdoor out of a model with heavy augmentation.
+
+GYM (Zeng, Qiu et al., "DeepSweep: An Evaluation Framework for Mitigating DNN
+Backdoor Attacks using Data Augmentation") removes a backdoor in two places:
+
+* at training time, by fine-tuning the model for a few epochs on a small clean
+  set that is re-augmented every epoch with the *intensive* pipeline
+  (`intensive_pipeline`, `GymFineTuneDataset`, `gym_finetune`);
+* at inference time, by passing every input through the cheap *lightweight*
+  pipeline before the model sees it (`lightweight_pipeline`; the defended
+  inference wrapper lives in `mitigation.preprocessing`).
+
+Both pipelines follow the published Keras code (albumentations 0.4/0.5 era),
+translated to albumentations 2.x:
+
+| step | intensive | lightweight |
+| ---- | --------- | ----------- |
+| `OpticalDistortion`, k ~ U(-0.05, 0.05), reflect-101 border | yes | |
+| `RandomGamma`, gamma 0.6 | yes | |
+| `MedianBlur`, ksize 5 | yes | yes |
+| `MultiplicativeNoise`, x1.53, clipped | yes | |
+| `RandomGamma`, gamma 2.6 | yes | |
+| `Downscale` 0.25, nearest both ways | yes | |
+| `MedianBlur`, ksize 5 | yes | |
+| `ResizeMedianResize`: 0.8x, ksize 5, back | yes | yes |
+| `RandomShrink` to 0.91-1.0 on a zero canvas | yes | |
+| SAT: `Affine` shift 0.16, scale 0.16, rotate 4, black border | yes | yes |
+
+Sizes are ratios, so 28x28x1, 32x32x3 and 224x224x3 images all work. Images
+are raw NHWC in [0, 255] as everywhere in nc-tf; `augment` runs a pipeline on
+such a batch, image by image.
+
+Seeding: albumentations 2.0.8's `Compose(seed=s)` seeds every child transform
+with its own generator started from the *same* `s`, so two transforms that
+draw alike (e.g. two `Affine`s) get identical parameters. The pipelines here
+are therefore re-seeded with `seed_pipeline`, which hands all transforms one
+shared stream, as the single global `random` did in albumentations 0.4.
+"""
+
+import math
+import numbers
+import random
+
+import albumentations as A
+import cv2
+import keras
+import numpy as np
+
+from nc_tf.preprocess import check_intensity, preprocess
+
+# albumentations 2.x reads float images as [0, 1]; raw pixels are [0, 255].
+_PIXEL_MAX = 255.0
+# Below this tolerance `int(size * ratio)` would floor 27.999999 to 27.
+_ROUNDING_SLACK = 1e-6
+
+
+class ResizeMedianResize(A.ImageOnlyTransform):
+    """Resizes an image by a ratio, median-blurs it, and resizes it back.
+
+    The down-blur-up round trip wipes out small high-frequency patterns, such
+    as a stamped backdoor trigger, while keeping the coarse content. It is the
+    "resize 0.8 -> MedianBlur 5 -> resize back" step of both GYM pipelines.
+    The output has the input's shape and dtype; grayscale `(H, W, 1)` images
+    keep their channel axis.
+
+    Args:
+        ratio: float, the intermediate size as a fraction of the input size,
+            or a `(min, max)` pair to draw the ratio uniformly per image. The
+            intermediate size is `int(ratio * size)`, at least 1 pixel.
+            Defaults to `0.8`.
+        ksize: odd int >= 3, the median filter's aperture. Values above 5 need
+            uint8 images (an OpenCV limit). Defaults to `5`.
+        interpolation: OpenCV interpolation flag for both resizes. Defaults to
+            `cv2.INTER_LINEAR`.
+        p: probability of applying the transform. Defaults to `1.0`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> step = ResizeMedianResize(ratio=0.8)
+    >>> step(image=np.zeros((28, 28, 1), np.uint8))["image"].shape
+    (28, 28, 1)
+    """
+
+    def __init__(
+        self, ratio=0.8, ksize=5, interpolation=cv2.INTER_LINEAR, p=1.0
+    ):
+        super().__init__(p=p)
+        self.ratio = _check_ratio_range("ratio", ratio, upper=None)
+        self.ksize = _check_ksize(ksize)
+        self.interpolation = interpolation
+
+    def get_params_dependent_on_data(self, params, data):
+        """Draws the intermediate size for this image."""
+        ratio = self.py_random.uniform(*self.ratio)
+        height, width = params["shape"][:2]
+        return {"size": (_scaled(height, ratio), _scaled(width, ratio))}
+
+    def apply(self, img, size=None, **params):
+        """Applies the resize-blur-resize round trip to one image."""
+        if size is None:
+            size = (_scaled(img.shape[0], self.ratio[0]),
+                    _scaled(img.shape[1], self.ratio[0]))
+        height, width = img.shape[:2]
+
+        def round_trip(channels):
+            small = cv2.resize(
+                channels, (size[1], size[0]), interpolation=self.interpolation
+            )
+            small = _median_blur(small, self.ksize)
+            return cv2.resize(
+                small, (width, height), interpolation=self.interpolation
+            )
+
+        return _run_cv2(round_trip, img)
+
+
+class RandomShrink(A.ImageOnlyTransform):
+    """Shrinks an image by a random ratio and pastes it on a black canvas.
+
+    The image is resized to `ratio * size` (same ratio for height and width,
+    ratio drawn uniformly from `ratio_range`) and placed at a uniformly random
+    position on a zero canvas of the original size. It is the "random shrink
+    to 0.91-1.0" step of the intensive GYM pipeline. The output has the
+    input's shape and dtype; grayscale `(H, W, 1)` images keep their channel
+    axis.
+
+    Args:
+        ratio_range: `(min, max)` with `0 < min <= max <= 1`, the range of the
+            shrink ratio. The shrunk size is `int(ratio * size)`, at least 1
+            pixel. Defaults to `(0.91, 1.0)`.
+        interpolation: OpenCV interpolation flag for the resize. Defaults to
+            `cv2.INTER_LINEAR`.
+        p: probability of applying the transform. Defaults to `1.0`.
+
+    Example:
+
+    >>> import albumentations as A
+    >>> import numpy as np
+    >>> shrink = A.Compose([RandomShrink((0.5, 0.5))], seed=0)
+    >>> out = shrink(image=np.full((32, 32, 3), 255, np.uint8))["image"]
+    >>> int((out > 0).all(axis=-1).sum())
+    256
+    """
+
+    def __init__(
+        self, ratio_range=(0.91, 1.0), interpolation=cv2.INTER_LINEAR, p=1.0
+    ):
+        super().__init__(p=p)
+        self.ratio_range = _check_ratio_range(
+            "ratio_range", ratio_range, upper=1.0, allow_scalar=False
+        )
+        self.interpolation = interpolation
+
+    def get_params_dependent_on_data(self, params, data):
+        """Draws the shrunk size and its top-left corner on the canvas."""
+        height, width = params["shape"][:2]
+        ratio = self.py_random.uniform(*self.ratio_range)
+        new_height, new_width = _scaled(height, ratio), _scaled(width, ratio)
+        top = self.py_random.randint(0, height - new_height)
+        left = self.py_random.randint(0, width - new_width)
+        return {"size": (new_height, new_width), "offset": (top, left)}
+
+    def apply(self, img, size=None, offset=(0, 0), **params):
+        """Shrinks one image and pastes it at `offset` on a zero canvas."""
+        height, width = img.shape[:2]
+        if size is None:
+            size = (height, width)
+        top, left = offset
+
+        def shrink(channels):
+            small = cv2.resize(
+                channels, (size[1], size[0]), interpolation=self.interpolation
+            )
+            # cv2 drops a single channel axis; the canvas follows `small`.
+            canvas = np.zeros((height, width) + small.shape[2:], small.dtype)
+            canvas[top : top + size[0], left : left + size[1]] = small
+            return canvas
+
+        return _run_cv2(shrink, img)
+
+
+def sat_transform():
+    """Returns GYM's SAT step: a random shift, scale and rotation.
+
+    The published code used `ShiftScaleRotate(shift_limit=0.16,
+    scale_limit=0.16, rotate_limit=4)` with a constant black border; in
+    albumentations 2.x that is `Affine` with independent x/y shifts of up to
+    16 % of the size, one isotropic scale in [0.84, 1.16] and a rotation in
+    [-4, 4] degrees.
+
+    Returns:
+        An `albumentations.Affine` applied with probability 1.
+
+    Example:
+
+    >>> import numpy as np
+    >>> sat_transform()(image=np.zeros((32, 32, 3), np.uint8))["image"].shape
+    (32, 32, 3)
+    """
+    return A.Affine(
+        translate_percent=(-0.16, 0.16),
+        scale=(0.84, 1.16),
+        rotate=(-4, 4),
+        keep_ratio=True,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        p=1.0,
+    )
+
+
+def intensive_pipeline(seed=None):
+    """Builds GYM's intensive augmentation pipeline, used for fine-tuning.
+
+    In order: optical distortion (k ~ U(-0.05, 0.05), reflect-101 border),
+    gamma 0.6, median blur 5, multiplicative noise x1.53 (clipped), gamma 2.6,
+    downscale 0.25 (nearest both ways), median blur 5, resize 0.8 / median
+    blur 5 / resize back, random shrink to 0.91-1.0 on a zero canvas, and SAT
+    (shift 0.16, scale 0.16, rotate 4 degrees, black border). Every step is
+    always applied.
+
+    Args:
+        seed: int or None. Seeds the pipeline so the sequence of augmentations
+            it produces is reproducible (see `seed_pipeline`); None draws fresh
+            entropy. Defaults to `None`.
+
+    Returns:
+        An `albumentations.Compose`; call it as `pipeline(image=img)` on one
+        HWC image (uint8, or float32 in [0, 1]), or use `augment` on a raw
+        batch.
+
+    Example:
+
+    >>> import numpy as np
+    >>> images = np.zeros((2, 28, 28, 1), np.uint8)
+    >>> augment(images, intensive_pipeline(seed=0)).shape
+    (2, 28, 28, 1)
+    """
+    transforms = [
+        A.OpticalDistortion(
+            distort_limit=(-0.05, 0.05),
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=1.0,
+        ),
+        # gamma_limit is in percent and must be a pair: a bare 60 would mean
+        # the range (1, 60), i.e. gamma in [0.01, 0.6].
+        A.RandomGamma(gamma_limit=(60, 60), p=1.0),
+        A.MedianBlur(blur_limit=(5, 5), p=1.0),
+        A.MultiplicativeNoise(multiplier=(1.53, 1.53), p=1.0),
+        A.RandomGamma(gamma_limit=(260, 260), p=1.0),
+        A.Downscale(
+            scale_range=(0.25, 0.25),
+            interpolation_pair={
+                "downscale": cv2.INTER_NEAREST,
+                "upscale": cv2.INTER_NEAREST,
+            },
+            p=1.0,
+        ),
+        A.MedianBlur(blur_limit=(5, 5), p=1.0),
+        ResizeMedianResize(ratio=0.8, ksize=5),
+        RandomShrink(ratio_range=(0.91, 1.0)),
+        sat_transform(),
+    ]
+    return seed_pipeline(A.Compose(transforms, seed=seed), seed)
+
+
+def lightweight_pipeline(seed=None):
+    """Builds GYM's lightweight pipeline, used on inputs at inference time.
+
+    In order: median blur 5, resize 0.8 / median blur 5 / resize back, and SAT
+    (shift 0.16, scale 0.16, rotate 4 degrees, black border).
+
+    Args:
+        seed: int or None. Seeds the pipeline so the sequence of augmentations
+            it produces is reproducible (see `seed_pipeline`); None draws fresh
+            entropy. Defaults to `None`.
+
+    Returns:
+        An `albumentations.Compose`; call it as `pipeline(image=img)` on one
+        HWC image (uint8, or float32 in [0, 1]), or use `augment` on a raw
+        batch.
+
+    Example:
+
+    >>> import numpy as np
+    >>> images = np.zeros((2, 32, 32, 3), np.float32)
+    >>> augment(images, lightweight_pipeline(seed=0)).dtype
+    dtype('float32')
+    """
+    transforms = [
+        A.MedianBlur(blur_limit=(5, 5), p=1.0),
+        ResizeMedianResize(ratio=0.8, ksize=5),
+        sat_transform(),
+    ]
+    return seed_pipeline(A.Compose(transforms, seed=seed), seed)
+
+
+def seed_pipeline(pipeline, seed=None):
+    """Seeds a pipeline so that all its transforms share one random stream.
+
+    albumentations 2.x's own `Compose(seed=s)` / `set_random_seed(s)` starts
+    every transform's generator from the same `s`, so identical transforms
+    repeat each other's draws. This gives the pipeline (and, recursively,
+    every transform in it) one numpy `Generator` and one `random.Random`,
+    both started from `seed`.
+
+    Args:
+        pipeline: an `albumentations.Compose` (or any albumentations
+            transform).
+        seed: int or None; None draws fresh entropy. Defaults to `None`.
+
+    Returns:
+        `pipeline`, re-seeded in place.
+
+    Example:
+
+    >>> import numpy as np
+    >>> image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+    >>> a = seed_pipeline(lightweight_pipeline(), 7)(image=image)["image"]
+    >>> b = seed_pipeline(lightweight_pipeline(), 7)(image=image)["image"]
+    >>> bool((a == b).all())
+    True
+    """
+    if not hasattr(pipeline, "set_random_state"):
+        raise TypeError(
+            "seed_pipeline needs an albumentations transform or Compose; got "
+            f"{type(pipeline).__name__}. Build one with intensive_pipeline() "
+            "or lightweight_pipeline()."
+        )
+    seed = _check_seed(seed)
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return pipeline
+
+
+def augment(images, pipeline, seed=None):
+    """Applies an albumentations pipeline to a batch of raw images.
+
+    Each image gets its own random draw. uint8 images go through the pipeline
+    as they are (as in the published code); float images, raw in [0, 255],
+    are scaled to float32 [0, 1], the range albumentations 2.x assumes for
+    floats, and scaled back, so no precision is lost to rounding.
+
+    Args:
+        images: NHWC array of raw images, uint8 or float in [0, 255]; C may be
+            1 (grayscale).
+        pipeline: an `albumentations.Compose` (or transform) that keeps the
+            image size, e.g. from `intensive_pipeline()`.
+        seed: int or None. If not None, the pipeline is first re-seeded with
+            `seed_pipeline(pipeline, seed)` so the output depends only on
+            `images` and `seed`; if None, the pipeline's current random state
+            is used and advanced. Defaults to `None`.
+
+    Returns:
+        Array with the shape and dtype of `images`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> images = np.full((4, 32, 32, 3), 128, np.uint8)
+    >>> out = augment(images, lightweight_pipeline(), seed=0)
+    >>> out.shape, out.dtype
+    ((4, 32, 32, 3), dtype('uint8'))
+    """
+    images = check_images(images, "augment")
+    if not callable(pipeline):
+        raise TypeError(
+            "augment needs a callable albumentations pipeline; got "
+            f"{type(pipeline).__name__}. Use intensive_pipeline() or "
+            "lightweight_pipeline()."
+        )
+    if seed is not None:
+        seed_pipeline(pipeline, seed)
+    is_float = images.dtype != np.uint8
+    work = images.astype(np.float32) / _PIXEL_MAX if is_float else images
+    out = np.empty_like(work)
+    for i, image in enumerate(work):
+        result = np.asarray(pipeline(image=image)["image"])
+        if result.ndim == 2:  # cv2 drops a single channel axis
+            result = result[..., np.newaxis]
+        if result.shape != image.shape:
+            raise ValueError(
+                f"The pipeline changed the image shape from {image.shape} to "
+                f"{result.shape}. augment needs size-preserving pipelines; "
+                "resize back to the input size as the last step."
+            )
+        out[i] = result
+    if is_float:
+        out = np.clip(out * _PIXEL_MAX, 0.0, _PIXEL_MAX)
+    return out.astype(images.dtype, copy=False)
+
+
+class GymFineTuneDataset(keras.utils.PyDataset):
+    """Clean samples, freshly augmented every epoch, for GYM fine-tuning.
+
+    Every epoch the clean images are re-augmented with the intensive pipeline
+    (batch by batch, lazily) and shuffled. The augmentation of batch `i` in
+    epoch `e` depends only on `(seed, e, i)`, so a run is reproducible and the
+    result does not depend on `workers`. Batches are
+    `(preprocess(x_aug, intensity), y)`. (Keras' `fit` calls `on_epoch_end`
+    once before training starts, so its first epoch is the dataset's epoch
+    1; that is still reproducible.)
+
+    Args:
+        x: NHWC array of clean raw images, uint8 or float in [0, 255].
+        y: integer class labels, shape `(N,)` or `(N, 1)`; one-hot `(N, K)`
+            labels are turned into integers.
+        batch_size: int >= 1. Defaults to `10`, as in the published code.
+        intensity: the model's intensity range, one of `"raw"`, `"mnist"`,
+            `"imagenet"`, `"inception"`. Defaults to `"raw"`.
+        seed: int or None; None draws fresh entropy once. Defaults to `0`.
+        shuffle: whether to reshuffle the samples every epoch. Defaults to
+            `True` (Keras' `fit` shuffled the arrays in the published code).
+        pipeline_fn: callable `seed -> albumentations.Compose` building the
+            per-batch pipeline. Defaults to `intensive_pipeline`.
+        **kwargs: `workers`, `use_multiprocessing`, `max_queue_size`, passed
+            to `keras.utils.PyDataset`. Defaults to Keras' defaults.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.zeros((25, 28, 28, 1), np.uint8)
+    >>> data = GymFineTuneDataset(x, np.zeros(25, int), intensity="mnist")
+    >>> len(data), data[2][0].shape
+    (3, (5, 28, 28, 1))
+    """
+
+    def __init__(
+        self,
+        x,
+        y,
+        batch_size=10,
+        intensity="raw",
+        seed=0,
+        shuffle=True,
+        pipeline_fn=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.x = check_images(x, "GymFineTuneDataset")
+        self.y = check_labels(y, len(self.x), "GymFineTuneDataset")
+        if len(self.x) == 0:
+            raise ValueError(
+                "GymFineTuneDataset got no samples. Pass the clean "
+                "fine-tuning set (the paper uses 1,000-10,000 images)."
+            )
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.intensity = check_intensity(intensity)
+        seed = _check_seed(seed)
+        self.seed = seed
+        self._entropy = (
+            seed if seed is not None else np.random.SeedSequence().entropy
+        )
+        self.shuffle = bool(shuffle)
+        if pipeline_fn is not None and not callable(pipeline_fn):
+            raise TypeError(
+                "pipeline_fn must be a callable taking a seed and returning "
+                "an albumentations pipeline; got "
+                f"{type(pipeline_fn).__name__}."
+            )
+        self.pipeline_fn = pipeline_fn or intensive_pipeline
+        self.epoch = 0
+        self._order_cache = None
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def _order(self):
+        epoch = self.epoch
+        cached = self._order_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        if self.shuffle:
+            rng = np.random.default_rng([self._entropy, epoch])
+            order = rng.permutation(len(self.x))
+        else:
+            order = np.arange(len(self.x))
+        self._order_cache = (epoch, order)
+        return order
+
+    def batch_seed(self, index):
+        """Returns the augmentation seed of batch `index` in this epoch."""
+        state = np.random.SeedSequence([self._entropy, self.epoch, index])
+        return int(state.generate_state(1)[0])
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(
+                f"Batch index {index} is out of range for a dataset of "
+                f"{len(self)} batches."
+            )
+        ids = self._order()[
+            index * self.batch_size : (index + 1) * self.batch_size
+        ]
+        pipeline = self.pipeline_fn(self.batch_seed(index))
+        x_aug = augment(self.x[ids], pipeline)
+        return preprocess(x_aug, self.intensity), self.y[ids]
+
+    def on_epoch_end(self):
+        """Moves on to the next epoch's augmentation and order."""
+        self.epoch += 1
+
+
+def gym_finetune(
+    model,
+    x,
+    y,
+    epochs=5,
+    batch_size=10,
+    optimizer=None,
+    intensity="raw",
+    seed=0,
+    verbose=1,
+):
+    """Fine-tunes a copy of `model` on intensively augmented clean data (GYM).
+
+    The model is copied with `keras.models.clone_model` + `set_weights`, so
+    the model you pass is never modified. The copy is compiled with sparse
+    categorical cross-entropy (`from_logits` is set by looking at the model:
+    its output counts as probabilities when its last layer applies a softmax,
+    or when its outputs on a sample batch are non-negative and sum to 1) and
+    trained on a `GymFineTuneDataset`, which re-augments the clean set every
+    epoch. The paper fine-tunes on 1,000-10,000 clean samples for 5 epochs
+    with batch size 10.
+
+    Args:
+        model: a built Sequential or functional Keras classifier with one
+            output of shape `(batch, num_classes)`.
+        x: NHWC array of clean raw images, uint8 or float in [0, 255].
+        y: integer class labels, shape `(N,)` or `(N, 1)`; one-hot `(N, K)`
+            labels are turned into integers.
+        epochs: int >= 1. Defaults to `5`.
+        batch_size: int >= 1. Defaults to `10`.
+        optimizer: a Keras optimizer instance or name. Defaults to `None`,
+            meaning `keras.optimizers.Adadelta(learning_rate=1.0)`: the
+            published code used Keras 2's Adadelta, whose default learning
+            rate was 1.0 (Keras 3's default is 0.001, far too small here).
+        intensity: the model's intensity range, one of `"raw"`, `"mnist"`,
+            `"imagenet"`, `"inception"`. Defaults to `"raw"`.
+        seed: int or None, seeds the augmentation and the shuffling. Weight
+            updates that are themselves random (e.g. dropout) follow Keras'
+            global seed (`keras.utils.set_random_seed`). Defaults to `0`.
+        verbose: verbosity passed to `Model.fit`. Defaults to `1`.
+
+    Returns:
+        The fine-tuned copy of `model` (a new `keras.Model`).
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([
+    ...     keras.Input((28, 28, 1)), keras.layers.Flatten(),
+    ...     keras.layers.Dense(10, activation="softmax")])
+    >>> x = np.zeros((20, 28, 28, 1), np.uint8); y = np.zeros(20, int)
+    >>> tuned = gym_finetune(model, x, y, epochs=1, verbose=0)
+    >>> tuned is model
+    False
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"gym_finetune needs a keras.Model; got {type(model).__name__}."
+        )
+    if not model.built:
+        raise ValueError(
+            "The model is not built, so it has no weights to copy. Build it "
+            "first, e.g. call it on a batch or give it a keras.Input."
+        )
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1:
+        raise ValueError(
+            f"gym_finetune needs a single-output classifier; the model has "
+            f"{len(outputs)} outputs."
+        )
+    epochs = _check_positive_int("epochs", epochs)
+    data = GymFineTuneDataset(
+        x, y, batch_size=batch_size, intensity=intensity, seed=seed
+    )
+
+    try:
+        num_classes = model.output_shape[-1]
+    except (AttributeError, ValueError, TypeError):
+        num_classes = None  # Subclassed models may not know their shape.
+    if num_classes is not None and data.y.max() >= num_classes:
+        raise ValueError(
+            f"Labels go up to {data.y.max()} but the model has only "
+            f"{num_classes} outputs. Pass integer labels in "
+            f"[0, {num_classes})."
+        )
+
+    try:
+        tuned = keras.models.clone_model(model)
+    except Exception as error:  # Keras raises several types here.
+        raise ValueError(
+            "gym_finetune copies the model with keras.models.clone_model, "
+            "which failed. Use a Sequential or functional model, or give "
+            "your subclassed model get_config/from_config."
+        ) from error
+    tuned.set_weights(model.get_weights())
+
+    probabilities = _outputs_probabilities(
+        model, preprocess(data.x[:32], intensity)
+    )
+    if optimizer is None:
+        optimizer = keras.optimizers.Adadelta(learning_rate=1.0)
+    tuned.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not probabilities
+        ),
+        metrics=["accuracy"],
+    )
+    # The dataset shuffles itself reproducibly; Keras' own batch shuffling
+    # would draw from the global `random` module.
+    tuned.fit(data, epochs=epochs, shuffle=False, verbose=verbose)
+    return tuned
+
+
+def check_images(images, caller):
+    """Returns `images` as a numpy NHWC array of raw pixels, or raises.
+
+    Args:
+        images: array-like, NHWC, uint8 or float in [0, 255].
+        caller: name of the public function, used in error messages.
+
+    Returns:
+        The images as a numpy array (not copied if already one).
+
+    Example:
+
+    >>> import numpy as np
+    >>> check_images(np.zeros((1, 2, 2, 1), np.uint8), "augment").shape
+    (1, 2, 2, 1)
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        hint = (
+            " Add the channel axis with images[..., None]."
+            if images.ndim == 3
+            else ""
+        )
+        raise ValueError(
+            f"{caller} needs a batch of images shaped (N, H, W, C); got an "
+            f"array of shape {images.shape}.{hint}"
+        )
+    if images.dtype != np.uint8 and not np.issubdtype(
+        images.dtype, np.floating
+    ):
+        raise ValueError(
+            f"{caller} needs uint8 or float images; got dtype "
+            f"{images.dtype}. Convert with images.astype('float32')."
+        )
+    if images.size and np.issubdtype(images.dtype, np.floating):
+        low, high = float(images.min()), float(images.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"{caller} got images with NaN or inf values.")
+        if low < 0.0 or high > _PIXEL_MAX:
+            raise ValueError(
+                f"{caller} needs raw images in [0, 255]; got values in "
+                f"[{low:g}, {high:g}]. Undo the model's preprocessing first "
+                "(nc_tf.preprocess.reverse_preprocess)."
+            )
+    return images
+
+
+def check_labels(y, count, caller):
+    """Returns integer labels of shape `(count,)`, or raises.
+
+    Args:
+        y: labels, shape `(N,)`, `(N, 1)` or one-hot `(N, K)`.
+        count: expected number of labels.
+        caller: name of the public function, used in error messages.
+
+    Returns:
+        int64 array of shape `(count,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> check_labels(np.eye(3), 3, "evaluate").tolist()
+    [0, 1, 2]
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != count:
+        raise ValueError(
+            f"{caller} needs one label per image: {count} labels of shape "
+            f"(N,); got labels of shape {np.shape(y)}."
+        )
+    if y.size and np.issubdtype(y.dtype, np.floating):
+        if not np.all(y == np.round(y)):
+            raise ValueError(
+                f"{caller} needs integer class labels; got non-integer "
+                "floats. Pass class indices, e.g. y.argmax(axis=1)."
+            )
+    elif y.size and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"{caller} needs integer class labels; got dtype {y.dtype}."
+        )
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise ValueError(f"{caller} got negative labels; use 0..K-1.")
+    return y
+
+
+def _outputs_probabilities(model, sample):
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    if getattr(activation, "__name__", None) == "softmax":
+        return True
+    outputs = np.asarray(model.predict(sample, verbose=0))
+    return bool(
+        np.all(outputs >= 0)
+        and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3)
+    )
+
+
+def _run_cv2(fn, img):
+    """Runs a cv2 image function keeping dtype and the channel axis.
+
+    float64 is processed as float32 (median blur refuses float64); more than
+    4 channels are processed one by one (cv2's limit).
+    """
+    dtype = img.dtype
+    work = img.astype(np.float32) if dtype == np.float64 else img
+    if work.ndim == 3 and work.shape[-1] > 4:
+        out = np.stack(
+            [fn(np.ascontiguousarray(work[..., c]))
+             for c in range(work.shape[-1])],
+            axis=-1,
+        )
+    else:
+        out = fn(np.ascontiguousarray(work))
+    return out.reshape(img.shape).astype(dtype, copy=False)
+
+
+def _median_blur(img, ksize):
+    if ksize > 5 and img.dtype != np.uint8:
+        raise ValueError(
+            f"A median blur with ksize {ksize} needs uint8 images (OpenCV "
+            "supports floats only up to ksize 5). Use ksize 3 or 5, or pass "
+            "uint8 images."
+        )
+    return cv2.medianBlur(img, ksize)
+
+
+def _scaled(size, ratio):
+    return max(1, int(size * ratio + _ROUNDING_SLACK))
+
+
+def _check_ratio_range(name, value, upper, allow_scalar=True):
+    if allow_scalar and isinstance(value, numbers.Real):
+        value = (value, value)
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        kind = "a float or a (min, max) pair" if allow_scalar else (
+            "a (min, max) pair"
+        )
+        raise ValueError(f"{name} must be {kind}; got {value!r}.") from None
+    bound = "" if upper is None else f" <= {upper:g}"
+    if not 0 < low <= high or (upper is not None and high > upper):
+        raise ValueError(
+            f"{name} must satisfy 0 < min <= max{bound}; got {value!r}."
+        )
+    return (low, high)
+
+
+def _check_ksize(ksize):
+    if (
+        not isinstance(ksize, numbers.Integral)
+        or ksize < 3
+        or ksize % 2 == 0
+    ):
+        raise ValueError(
+            f"ksize must be an odd integer >= 3 (a median aperture); got "
+            f"{ksize!r}. GYM uses 5."
+        )
+    return int(ksize)
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1; got {value}.")
+    return int(value)
+
+
+def _check_seed(seed):
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int or None; got {seed!r}.")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative; got {seed}.")
+    return int(seed)

@@ -1,0 +1,12 @@
+"""nc-tf: find, visualise and remove backdoors in Keras image classifiers."""
+
+import os as _os
+
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from nc_tf.datasets import load_data, load_dataset  # noqa: E402
+from nc_tf.metrics import attack_success_rate, evaluate_backdoor  # noqa: E402
+from nc_tf.models import build_model, load_model, outputs_probabilities  # noqa: E402
+from nc_tf.preprocess import preprocess, reverse_preprocess  # noqa: E402
+
+__version__ = "0.1.0"

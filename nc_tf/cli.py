@@ -1,0 +1,175 @@
+"""The `nc-tf` command line: one library call per command.
+
+    nc-tf inject   --dataset mnist --target 7 --out runs/mnist_badnets
+    nc-tf train    --dataset mnist --out runs/mnist_clean
+    nc-tf evaluate runs/mnist_badnets/model.keras --dataset mnist \\
+                   --attack runs/mnist_badnets/attack.json
+
+Run `nc-tf COMMAND --help` for every option.
+"""
+
+import argparse
+import os
+import sys
+
+from nc_tf.preprocess import INTENSITY_RANGES
+
+
+def _add_data_args(p, intensity=True):
+    p.add_argument("--dataset", default="mnist",
+                   help="'mnist' (embedded), 'gtsrb' (data/gtsrb_dataset.h5), or the path of an "
+                        ".h5/.npz file, the official GTSRB folder, or a folder of class folders "
+                        "(default: mnist)")
+    p.add_argument("--x-key", help="image array name in an .h5/.npz file (default: X_test/x_test)")
+    p.add_argument("--y-key", help="label array name in an .h5/.npz file (default: Y_test/y_test)")
+    p.add_argument("--limit", type=int, help="use only the first N samples")
+    if intensity:
+        p.add_argument("--intensity", choices=INTENSITY_RANGES,
+                       help="the model's preprocessing of raw [0,255] pixels (default: the one "
+                            "recorded in --attack, else raw)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+
+
+def _add_training_args(p):
+    p.add_argument("--arch", choices=("mnist", "gtsrb", "resnet"),
+                   help="architecture (default: by data shape: mnist 28x28x1, gtsrb 32x32x3 with "
+                        "43 classes, else resnet)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
+
+
+def build_parser():
+    """The argument parser of `nc-tf` (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="nc-tf", description="Find, visualise and remove backdoors in Keras classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inject", help="train a model with a BadNets backdoor",
+                       description="Train a reference model on data poisoned with a square "
+                                   "trigger; writes OUT/model.keras and OUT/attack.json.")
+    _add_data_args(p)
+    _add_training_args(p)
+    p.add_argument("--target", type=int, action="append", required=True,
+                   help="target label (repeat for several infected labels)")
+    p.add_argument("--size", type=int, default=4, help="trigger square side in pixels (default: 4)")
+    p.add_argument("--margin", type=int, default=1,
+                   help="gap between the square and the bottom-right corner (default: 1)")
+    p.add_argument("--color", type=float, nargs="+", default=[255.0],
+                   help="trigger colour, one value or one per channel (default: 255)")
+    p.add_argument("--ratio", type=float, default=0.1,
+                   help="poisoned fraction per target label, r (default: 0.1)")
+    p.set_defaults(func=cmd_inject)
+
+    p = sub.add_parser("train", help="train a clean model (the infected model's twin)",
+                       description="Train a reference model on clean data; writes "
+                                   "OUT/model.keras and OUT/train.json.")
+    _add_data_args(p)
+    _add_training_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="clean accuracy and attack success rate of a model",
+                       description="Measure clean accuracy on the test split and, with "
+                                   "--attack, the attack success rate of its triggers.")
+    p.add_argument("model", help="a .keras or Keras-2 .h5 model file")
+    _add_data_args(p)
+    p.add_argument("--attack", help="attack.json written by `nc-tf inject`")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow model files whose layers run code (Lambda, custom layers)")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the `nc-tf` console script."""
+    args = build_parser().parse_args(argv)
+    from nc_tf.models import UntrustedModelError
+
+    try:
+        return args.func(args) or 0
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, UntrustedModelError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"nc-tf {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nc-tf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _print(args, report, lines):
+    from nc_tf.io import to_json
+
+    if args.json:
+        print(to_json(report))
+    else:
+        print("\n".join(lines))
+
+
+def _asr_text(value):
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def cmd_inject(args):
+    from injection import square_trigger
+
+    def triggers(shape):
+        return [square_trigger(shape, t, args.size, args.margin, color=args.color)
+                for t in args.target]
+
+    return _train(args, triggers)
+
+
+def cmd_train(args):
+    return _train(args, ())
+
+
+def _train(args, triggers):
+    from injection.inject import train_and_save
+
+    report = train_and_save(
+        args.out, args.dataset, triggers, args.arch, getattr(args, "ratio", 0.1), args.epochs,
+        args.batch_size, args.intensity or "raw", args.seed, args.limit, args.force,
+        verbose=0 if args.json else 2, x_key=args.x_key, y_key=args.y_key)
+    name = "attack.json" if report["triggers"] else "train.json"
+    _print(args, report, [
+        f"model:               {os.path.join(args.out, 'model.keras')}",
+        f"report:              {os.path.join(args.out, name)}",
+        f"clean accuracy:      {report['clean_accuracy']:.4f}",
+        f"attack success rate: {_asr_text(report['attack_success_rate'])}",
+        f"training time:       {report['training']['wall_time_s']:.1f} s",
+    ])
+
+
+def cmd_evaluate(args):
+    from injection import load_triggers
+    from nc_tf import datasets
+    from nc_tf.io import read_json
+    from nc_tf.metrics import evaluate_backdoor
+    from nc_tf.models import check_model_data, load_model
+
+    attack = read_json(args.attack, "attack file") if args.attack else {}
+    intensity = args.intensity or attack.get("intensity", "raw")
+    triggers = load_triggers(attack) if attack else []
+    model = load_model(args.model, trust_model=args.trust_model)
+    x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
+    check_model_data(model, x, y, name=f"data set {args.dataset!r}")
+    for t in triggers:
+        if t.image_shape != x.shape[1:]:
+            raise ValueError(f"The attack's trigger is for images {t.image_shape}, the data set "
+                             f"has {x.shape[1:]}.")
+    report = evaluate_backdoor(model, x, y, triggers, intensity)
+    report.update(model=args.model, dataset=str(args.dataset), intensity=intensity,
+                  n_samples=int(len(x)))
+    lines = [f"clean accuracy:      {report['accuracy']:.4f}  ({len(x)} test images)"]
+    if triggers:
+        lines.append(f"attack success rate: {_asr_text(report['attack_success_rate'])}")
+        if len(triggers) > 1:
+            lines += [f"  trigger {i} -> {p['target']}: {p['attack_success_rate']:.4f}"
+                      for i, p in enumerate(report["per_trigger"])]
+    _print(args, report, lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

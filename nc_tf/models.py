@@ -1,0 +1,338 @@
+"""Models: reference architectures and safe loading of untrusted model files.
+
+Every model nc-tf loads is untrusted. `load_model` reads the architecture
+description first and refuses anything that could run code from the file
+(`Lambda` layers, custom or unknown layer classes) unless the caller passes
+`trust_model=True`.
+"""
+
+import json
+import os
+import zipfile
+
+import h5py
+import keras
+import numpy as np
+
+ARCHITECTURES = ("mnist", "gtsrb", "resnet")
+# Layer classes that deserialise Python code or arbitrary TF ops.
+_CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}
+_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+
+
+class UntrustedModelError(ValueError):
+    """Raised when a model file needs code execution to load."""
+
+
+# ------------------------------------------------------------ architectures
+def mnist_model(input_shape=(28, 28, 1), num_classes=10):
+    """The Neural Cleanse MNIST model: 2 conv + 2 dense layers, softmax output.
+
+    Conv 16 5x5 -> max-pool -> Conv 32 5x5 -> max-pool -> Dense 512 ->
+    Dense `num_classes` (softmax).
+
+    Args:
+        input_shape: image shape. Defaults to `(28, 28, 1)`.
+        num_classes: number of labels. Defaults to `10`.
+
+    Returns:
+        an uncompiled `keras.Sequential`.
+
+    Example:
+
+    >>> mnist_model().output_shape
+    (None, 10)
+    """
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Conv2D(16, 5, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Conv2D(32, 5, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(512, activation="relu"),
+            layers.Dense(num_classes, activation="softmax"),
+        ],
+        name="nc_mnist",
+    )
+
+
+def gtsrb_model(input_shape=(32, 32, 3), num_classes=43, base=32, dense=512):
+    """The Neural Cleanse GTSRB model (`load_traffic_sign_model`): 6 conv + 2 dense.
+
+    Three blocks of Conv(same)+Conv -> max-pool -> dropout 0.2 with `base`,
+    2*`base` and 4*`base` filters, then Dense `dense` -> dropout 0.5 ->
+    Dense `num_classes` (softmax).
+
+    Args:
+        input_shape: image shape. Defaults to `(32, 32, 3)`.
+        num_classes: number of labels. Defaults to `43`.
+        base: filters of the first block. Defaults to `32`.
+        dense: units of the hidden dense layer. Defaults to `512`.
+
+    Returns:
+        an uncompiled `keras.Sequential`.
+
+    Example:
+
+    >>> gtsrb_model().count_params() > 1_000_000
+    True
+    """
+    layers = keras.layers
+    stack = [keras.Input(input_shape)]
+    for filters in (base, base * 2, base * 4):
+        stack += [
+            layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            layers.Conv2D(filters, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.2),
+        ]
+    stack += [
+        layers.Flatten(),
+        layers.Dense(dense, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes, activation="softmax"),
+    ]
+    return keras.Sequential(stack, name="nc_gtsrb")
+
+
+def resnet_model(input_shape=(32, 32, 3), num_classes=10, width=16, blocks=(1, 1, 1)):
+    """A small CIFAR-size residual network (functional), softmax output.
+
+    Args:
+        input_shape: image shape. Defaults to `(32, 32, 3)`.
+        num_classes: number of labels. Defaults to `10`.
+        width: filters of the first stage; each later stage doubles it.
+            Defaults to `16`.
+        blocks: residual blocks per stage. Defaults to `(1, 1, 1)`.
+
+    Returns:
+        an uncompiled functional `keras.Model`.
+
+    Example:
+
+    >>> resnet_model().output_shape
+    (None, 10)
+    """
+    layers = keras.layers
+    inputs = keras.Input(input_shape)
+    h = layers.Conv2D(width, 3, padding="same", use_bias=False)(inputs)
+    h = layers.Activation("relu")(layers.BatchNormalization()(h))
+    for stage, n_blocks in enumerate(blocks):
+        filters = width * 2**stage
+        for block in range(n_blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            shortcut = h
+            h = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(h)
+            h = layers.Activation("relu")(layers.BatchNormalization()(h))
+            h = layers.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+            h = layers.BatchNormalization()(h)
+            if stride != 1 or shortcut.shape[-1] != filters:
+                shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+            h = layers.Activation("relu")(layers.Add()([h, shortcut]))
+    h = layers.GlobalAveragePooling2D()(h)
+    outputs = layers.Dense(num_classes, activation="softmax")(h)
+    return keras.Model(inputs, outputs, name="resnet_small")
+
+
+def build_model(arch, input_shape, num_classes):
+    """Builds a reference architecture by name.
+
+    Args:
+        arch: `"mnist"`, `"gtsrb"` or `"resnet"`.
+        input_shape: image shape `(H, W, C)`.
+        num_classes: number of labels.
+
+    Returns:
+        an uncompiled Keras model.
+
+    Example:
+
+    >>> build_model("gtsrb", (32, 32, 3), 43).name
+    'nc_gtsrb'
+    """
+    makers = {"mnist": mnist_model, "gtsrb": gtsrb_model, "resnet": resnet_model}
+    if arch not in makers:
+        raise ValueError(f"Unknown architecture {arch!r}; choose one of {ARCHITECTURES}.")
+    return makers[arch](input_shape=tuple(input_shape), num_classes=int(num_classes))
+
+
+# ------------------------------------------------------------ safe loading
+def load_model(path, trust_model=False):
+    """Loads a `.keras` or legacy Keras-2 `.h5` model without running its code.
+
+    The architecture is inspected before Keras deserialises anything: a
+    `Lambda` layer, or a layer class that is not a built-in Keras layer, is
+    refused unless `trust_model=True`. The model is loaded uncompiled.
+
+    Args:
+        path: a `.keras` file or a full-model `.h5` file.
+        trust_model: allow layers that execute code stored in, or named by,
+            the file. Only for files whose origin you trust. Defaults to
+            `False`.
+
+    Returns:
+        the Keras model.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UntrustedModelError: the model needs code execution to load.
+        ValueError: the file is not a Keras model (corrupt, weights only, ...).
+
+    Example:
+
+    >>> model = load_model("runs/mnist_badnets/model.keras")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such model file: {path}")
+    config = _read_model_config(path)
+    if not trust_model:
+        problems = _unsafe_layers(config)
+        if problems:
+            raise UntrustedModelError(
+                f"{path} contains {'; '.join(problems)}. Loading it would "
+                "execute code chosen by whoever made the file. If you trust "
+                "its origin, pass trust_model=True (CLI: --trust-model)."
+            )
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=not trust_model)
+    except UntrustedModelError:
+        raise
+    except Exception as e:
+        raise ValueError(f"Could not load the model in {path}: {e}") from e
+
+
+def _read_model_config(path):
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if "config.json" not in z.namelist():
+                raise ValueError(f"{path} is a zip file but not a .keras model (no config.json).")
+            return json.loads(z.read("config.json"))
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ValueError(
+            f"{path} is neither a .keras archive nor a readable HDF5 file; it "
+            "may be corrupt or truncated."
+        ) from None
+    with f:
+        raw = f.attrs.get("model_config")
+    if raw is None:
+        raise ValueError(
+            f"{path} is an HDF5 file without a model architecture "
+            "(no 'model_config'): it may hold only weights or data. Build the "
+            "architecture (nc_tf.models.build_model) and call load_weights."
+        )
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def _unsafe_layers(config):
+    """Lists the layers of a config that need code execution, by name."""
+    problems = []
+
+    def layer_name(node):
+        cfg = node.get("config")
+        return cfg.get("name", "?") if isinstance(cfg, dict) else "?"
+
+    def visit(node, is_layer):
+        if isinstance(node, list):
+            for item in node:
+                visit(item, is_layer)
+            return
+        if not isinstance(node, dict):
+            return
+        cls = node.get("class_name")
+        module = node.get("module")
+        registered = node.get("registered_name")
+        if cls is not None:
+            if cls in _CODE_LAYERS:
+                problems.append(f"a {cls} layer {layer_name(node)!r}")
+            elif module is not None and not (
+                str(module).startswith("keras") or module == "builtins"
+            ):
+                problems.append(f"custom class {module}.{cls} ({layer_name(node)!r})")
+            elif registered and ">" in str(registered):
+                problems.append(f"custom registered object {registered!r}")
+            elif is_layer and cls not in _MODEL_CLASSES and not _is_keras_layer(cls):
+                problems.append(f"unknown layer class {cls!r} ({layer_name(node)!r})")
+        for key, value in node.items():
+            visit(value, key in ("layers", "layer", "forward_layer", "backward_layer"))
+
+    visit(config, True)
+    return problems
+
+
+def _is_keras_layer(name):
+    obj = getattr(keras.layers, name, None)
+    return isinstance(obj, type) and issubclass(obj, keras.layers.Layer)
+
+
+# --------------------------------------------------- outputs and checks
+def outputs_probabilities(model):
+    """True if the model ends in a softmax (probabilities), False for logits.
+
+    Looks at the last layer (recursing into a nested model): a `Softmax`
+    layer, an `Activation("softmax")` or any layer with `activation=softmax`.
+
+    Args:
+        model: a Keras model.
+
+    Returns:
+        bool.
+
+    Example:
+
+    >>> outputs_probabilities(mnist_model())
+    True
+    """
+    layer = model.layers[-1]
+    while isinstance(layer, keras.Model) and layer.layers:
+        layer = layer.layers[-1]
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) == "softmax"
+
+
+def check_model_data(model, x, y=None, name="data"):
+    """Checks that images (and labels) fit the model; raises a clear error if not.
+
+    Args:
+        model: a Keras model with a single image input.
+        x: images NHWC.
+        y: integer labels, or `None`. Defaults to `None`.
+        name: what to call the data in messages. Defaults to `"data"`.
+
+    Returns:
+        the number of classes of the model.
+    """
+    expected = tuple(model.input_shape[1:])
+    got = tuple(np.shape(x)[1:])
+    if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
+        raise ValueError(
+            f"The model expects images shaped {expected} but {name} has {got}. "
+            "Use the data set the model was trained on (or resize it)."
+        )
+    num_classes = int(model.output_shape[-1])
+    if y is not None and len(y):
+        top = int(np.max(y))
+        if top >= num_classes:
+            raise ValueError(
+                f"{name} has label {top} but the model has only {num_classes} "
+                "outputs (labels 0.." f"{num_classes - 1}). Check that data set "
+                "and model belong together."
+            )
+    return num_classes
+
+
+def default_arch(image_shape, num_classes):
+    """The reference architecture for a data shape: MNIST 28x28x1, GTSRB 32x32x3/43, else ResNet."""
+    shape = tuple(image_shape)
+    if shape == (28, 28, 1):
+        return "mnist"
+    if shape == (32, 32, 3) and num_classes == 43:
+        return "gtsrb"
+    return "resnet"

@@ -1,0 +1,38 @@
+"""Shared fixtures: a few thousand real MNIST images and a tiny backdoored model."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+GTSRB_H5 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gtsrb_dataset.h5")
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """(x_train, y_train, x_test, y_test): 4000 train and 1000 test MNIST images."""
+    from nc_tf.datasets import load_data
+
+    x, y = load_data("mnist", "train", limit=4000)
+    xt, yt = load_data("mnist", "test", limit=1000)
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="session")
+def tiny_backdoored(mnist_small):
+    """A small MNIST model with a 4x4 white-square backdoor to label 7 (raw intensity)."""
+    from injection import inject_backdoor, square_trigger
+    from nc_tf.models import mnist_model
+
+    x, y, xt, yt = mnist_small
+    trigger = square_trigger(x.shape[1:], target=7, size=4, margin=1)
+    model = mnist_model()
+    history = inject_backdoor(model, x, y, [trigger], epochs=3, seed=1,
+                              validation_data=(xt, yt), verbose=0)
+    return model, trigger, history
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)

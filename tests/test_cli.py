@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from nc_tf.cli import build_parser, main
+
+COMMANDS = ("inject", "train", "evaluate")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "--dataset" in capsys.readouterr().out
+
+
+def test_parser_lists_commands():
+    text = build_parser().format_help()
+    assert all(c in text for c in COMMANDS)
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "nope.keras")]) == 2
+    assert "No such model file" in capsys.readouterr().err
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "model.keras").write_text("user's model")
+    assert main(["inject", "--target", "7", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "model.keras").read_text() == "user's model"
+    assert main(["inject", "--target", "12", "--limit", "50", "--epochs", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_inject_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["inject", "--dataset", "mnist", "--target", "3", "--limit", "3000",
+                 "--epochs", "2", "--seed", "5", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    attack = json.loads((out / "attack.json").read_text())
+    assert attack["targets"] == [3] and attack["triggers"][0]["kind"] == "square"
+    assert attack["training"]["n_train"] == 3000 and report["clean_accuracy"] > 0.8
+    assert main(["evaluate", str(out / "model.keras"), "--attack", str(out / "attack.json"),
+                 "--limit", "500", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n_samples"] == 500 and ev["attack_success_rate"] >= 0.8
+    assert ev["intensity"] == "raw"

@@ -1,0 +1,316 @@
+"""Tests for mitigation.gym (GYM / DeepSweep) and mitigation.preprocessing."""
+
+import pathlib
+import sys
+
+# Make the repository importable when pytest is run without installing it.
+_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import albumentations as A  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from mitigation import gym  # noqa: E402
+from mitigation import preprocessing  # noqa: E402
+
+SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
+ALL_SHAPES = SMALL_SHAPES + [(224, 224, 3)]
+DTYPES = [np.uint8, np.float32]
+
+
+def _images(shape, dtype, count=4, seed=0):
+    """Random raw images in [0, 255] of the given dtype."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(count,) + shape)
+    return images.astype(dtype)
+
+
+def _stamped(shape, count=8, seed=0):
+    """Mid-grey noisy images with a 4x4 white square in the bottom right."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(60, 180, size=(count,) + shape).astype(np.uint8)
+    images[:, -4:, -4:, :] = 255
+    return images
+
+
+def _tiny_model(shape=(28, 28, 1), classes=10, activation="softmax"):
+    return keras.Sequential(
+        [
+            keras.Input(shape),
+            keras.layers.Conv2D(2, 3, strides=2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(classes, activation=activation),
+        ]
+    )
+
+
+# -- custom transforms ------------------------------------------------------
+
+TRANSFORMS = {
+    # A ratio range so that the seed matters for this otherwise fixed step.
+    "resize_median_resize": lambda: gym.ResizeMedianResize(ratio=(0.5, 0.9)),
+    "random_shrink": lambda: gym.RandomShrink(ratio_range=(0.6, 0.95)),
+}
+
+
+def _run(make_transform, image, seed, calls=3):
+    pipeline = A.Compose([make_transform()], seed=seed)
+    return [pipeline(image=image)["image"] for _ in range(calls)]
+
+
+@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transform_keeps_shape_dtype_and_is_seeded(name, shape, dtype):
+    image = _images(shape, dtype, count=1)[0]
+    if dtype == np.float32:
+        image = image / np.float32(255.0)  # albumentations' float range
+    first = _run(TRANSFORMS[name], image, seed=1)
+    again = _run(TRANSFORMS[name], image, seed=1)
+    other = _run(TRANSFORMS[name], image, seed=2)
+    for out in first:
+        assert out.shape == shape
+        assert out.dtype == dtype
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_resize_median_resize_fixed_ratio_is_deterministic():
+    image = _images((28, 28, 1), np.uint8, count=1)[0]
+    step = gym.ResizeMedianResize(ratio=0.8)  # 28 -> 22 -> 28
+    a = A.Compose([step], seed=1)(image=image)["image"]
+    b = A.Compose([step], seed=2)(image=image)["image"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, image)
+
+
+def test_random_shrink_pastes_on_a_black_canvas():
+    white = np.full((32, 32, 3), 255, np.uint8)
+    pipeline = A.Compose([gym.RandomShrink(ratio_range=(0.5, 0.5))], seed=0)
+    out = pipeline(image=white)["image"]
+    lit = np.argwhere(out[..., 0] == 255)
+    assert len(lit) == 16 * 16
+    (top, left), (bottom, right) = lit.min(axis=0), lit.max(axis=0)
+    assert (bottom - top, right - left) == (15, 15)
+    assert out.sum() == 255 * 16 * 16 * 3  # everything else is zero
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: gym.ResizeMedianResize(ratio=0),
+        lambda: gym.ResizeMedianResize(ksize=4),
+        lambda: gym.RandomShrink(ratio_range=(0.9, 1.2)),
+        lambda: gym.RandomShrink(ratio_range=0.9),
+    ],
+)
+def test_transform_arguments_are_validated(bad):
+    with pytest.raises(ValueError):
+        bad()
+
+
+# -- pipelines and augment --------------------------------------------------
+
+PIPELINES = {
+    "intensive": gym.intensive_pipeline,
+    "lightweight": gym.lightweight_pipeline,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+@pytest.mark.parametrize("shape", ALL_SHAPES)
+def test_pipelines_run_on_all_sizes(name, shape):
+    for dtype in DTYPES:
+        images = _images(shape, dtype, count=2)
+        untouched = images.copy()
+        out = gym.augment(images, PIPELINES[name](seed=0))
+        np.testing.assert_array_equal(images, untouched)
+        assert out.shape == images.shape
+        assert out.dtype == images.dtype
+        assert out.min() >= 0 and out.max() <= 255
+        assert not np.array_equal(out, images)
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_augment_is_reproducible_under_a_seed(name):
+    images = _images((32, 32, 3), np.uint8)
+    a = gym.augment(images, PIPELINES[name](), seed=3)
+    b = gym.augment(images, PIPELINES[name](), seed=3)
+    c = gym.augment(images, PIPELINES[name](), seed=4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # Images within one batch get different draws.
+    same = np.repeat(images[:1], 4, axis=0)
+    out = gym.augment(same, PIPELINES[name](seed=0))
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_seed_pipeline_gives_transforms_distinct_draws():
+    # albumentations' Compose(seed=...) alone would give both transforms the
+    # same draw; one shared stream does not.
+    pipeline = A.Compose(
+        [gym.RandomShrink((0.5, 1.0)), gym.RandomShrink((0.5, 1.0))],
+        save_applied_params=True,
+    )
+    gym.seed_pipeline(pipeline, 0)
+    params = pipeline(image=np.zeros((32, 32, 3), np.uint8))
+    first, second = (p for _, p in params["applied_transforms"])
+    assert first["size"] != second["size"] or first["offset"] != second[
+        "offset"
+    ]
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@pytest.mark.parametrize(
+    "defence",
+    [
+        lambda x: gym.augment(x, gym.intensive_pipeline(seed=0)),
+        lambda x: gym.augment(x, gym.lightweight_pipeline(seed=0)),
+        lambda x: preprocessing.lightweight(x, seed=0),
+        lambda x: preprocessing.shrink_pad(x, seed=0),
+    ],
+    ids=["intensive", "lightweight", "lightweight_fn", "shrink_pad"],
+)
+def test_defences_disturb_a_corner_trigger(shape, defence):
+    images = _stamped(shape)
+    out = defence(images)
+    patch = np.abs(out[:, -4:, -4:, :].astype(np.float64) - 255.0)
+    assert (patch.reshape(len(images), -1).max(axis=1) > 0).all()
+    assert patch.mean() > 20
+
+
+def test_augment_validates_its_input():
+    pipeline = gym.lightweight_pipeline(seed=0)
+    with pytest.raises(ValueError, match="channel axis"):
+        gym.augment(np.zeros((2, 28, 28), np.uint8), pipeline)
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        gym.augment(np.full((1, 8, 8, 1), -1.0, np.float32), pipeline)
+    with pytest.raises(ValueError, match="uint8 or float"):
+        gym.augment(np.zeros((1, 8, 8, 1), np.int64), pipeline)
+
+
+# -- fine-tuning ------------------------------------------------------------
+
+
+def test_finetune_dataset_batches_and_epochs():
+    x = _images((28, 28, 1), np.uint8, count=25)
+    y = np.arange(25) % 10
+    data = gym.GymFineTuneDataset(x, y, batch_size=10, intensity="mnist")
+    twin = gym.GymFineTuneDataset(x, y, batch_size=10, intensity="mnist")
+    assert len(data) == 3
+    xb, yb = data[2]
+    assert xb.shape == (5, 28, 28, 1) and xb.dtype == np.float32
+    assert 0.0 <= xb.min() and xb.max() <= 1.0  # mnist intensity
+    assert yb.shape == (5,)
+    np.testing.assert_array_equal(data[0][0], twin[0][0])
+    before = data[0]
+    data.on_epoch_end()
+    after = data[0]
+    assert not np.array_equal(before[0], after[0])
+    with pytest.raises(IndexError):
+        data[3]
+
+
+def test_gym_finetune_tunes_a_copy():
+    x = _images((28, 28, 1), np.uint8, count=20)
+    y = np.arange(20) % 10
+    model = _tiny_model()
+    original = [w.copy() for w in model.get_weights()]
+    tuned = gym.gym_finetune(
+        model, x, y, epochs=1, batch_size=10, intensity="mnist", verbose=0
+    )
+    assert tuned is not model
+    for before, now in zip(original, model.get_weights()):
+        np.testing.assert_array_equal(before, now)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(original, tuned.get_weights())
+    )
+    assert isinstance(tuned.optimizer, keras.optimizers.Adadelta)
+    assert float(tuned.optimizer.learning_rate) == pytest.approx(1.0)
+
+
+def test_output_kind_detection():
+    sample = np.zeros((4, 28, 28, 1), np.float32)
+    assert gym._outputs_probabilities(_tiny_model(), sample)
+    assert not gym._outputs_probabilities(_tiny_model(activation=None), sample)
+    softmax_layer = keras.Sequential(
+        [_tiny_model(activation=None), keras.layers.Softmax()]
+    )
+    assert gym._outputs_probabilities(softmax_layer, sample)
+
+
+def test_gym_finetune_validates_labels():
+    x = _images((28, 28, 1), np.uint8, count=4)
+    with pytest.raises(ValueError, match="one label per image"):
+        gym.gym_finetune(_tiny_model(), x, [0, 1], verbose=0)
+    with pytest.raises(ValueError, match="outputs"):
+        gym.gym_finetune(_tiny_model(classes=2), x, [0, 1, 2, 3], verbose=0)
+
+
+# -- inference-time preprocessing -------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shrink_pad_shrinks_and_pads(shape, dtype):
+    white = np.full((6,) + shape, 255, dtype)
+    out = preprocessing.shrink_pad(white, pad=4, seed=0)
+    assert out.shape == white.shape and out.dtype == white.dtype
+    height, width = shape[:2]
+    offsets = set()
+    for image in out:
+        lit = np.argwhere(image[..., 0] == 255)
+        assert len(lit) == (height - 4) * (width - 4)
+        top, left = lit.min(axis=0)
+        assert 0 <= top <= 4 and 0 <= left <= 4
+        assert image.sum() == 255 * (height - 4) * (width - 4) * shape[2]
+        offsets.add((top, left))
+    assert len(offsets) > 1  # random offsets
+    np.testing.assert_array_equal(
+        out, preprocessing.shrink_pad(white, pad=4, seed=0)
+    )
+    with pytest.raises(ValueError, match="pad"):
+        preprocessing.shrink_pad(white, pad=height)
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flip_mirrors_left_right(shape, dtype):
+    images = _images(shape, dtype)
+    out = preprocessing.flip(images)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    np.testing.assert_array_equal(out, images[:, :, ::-1, :])
+    np.testing.assert_array_equal(preprocessing.flip(out), images)
+
+
+@pytest.mark.parametrize("method", ["lightweight", "shrinkpad", "flip"])
+def test_defended_model_predicts(method):
+    model = _tiny_model(shape=(32, 32, 3), classes=7)
+    x = _images((32, 32, 3), np.uint8, count=9)
+    guarded = preprocessing.defended(
+        model, method, intensity="inception", batch_size=4, workers=2
+    )
+    out = guarded.predict(x)
+    assert out.shape == (9, 7)
+    # Seeded per batch, so the number of threads does not matter.
+    serial = preprocessing.defended(
+        model, method, intensity="inception", batch_size=4, workers=1
+    )
+    np.testing.assert_allclose(out, serial.predict(x), rtol=1e-5, atol=1e-6)
+    accuracy = guarded.evaluate(x, out.argmax(axis=1))
+    assert accuracy == pytest.approx(1.0)
+
+
+def test_defended_model_applies_preprocessor_then_intensity():
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten()])
+    x = np.arange(32, dtype=np.float32).reshape(2, 4, 4, 1)
+    guarded = preprocessing.DefendedModel(model, preprocessing.flip, "mnist")
+    expected = (x[:, :, ::-1, :] / 255.0).reshape(2, -1)
+    np.testing.assert_allclose(guarded.predict(x), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="Unknown defence"):
+        preprocessing.defended(model, "jpeg")

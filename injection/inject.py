@@ -128,6 +128,7 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
             raise ValueError(f"Target label {t.target} is out of range: the data has labels "
                              f"0..{num_classes - 1}.")
     arch = arch or models.default_arch(x.shape[1:], num_classes)
+    keras.utils.set_random_seed(seed)  # weights are created when the model is built
     model = models.build_model(arch, x.shape[1:], num_classes)
     start = time.time()
     history = inject_backdoor(model, x, y, triggers, ratio, epochs, batch_size, intensity, seed,

@@ -46,6 +46,7 @@ import cv2
 import keras
 import numpy as np
 
+from nc_tf import models
 from nc_tf.preprocess import check_intensity, preprocess
 
 # albumentations 2.x reads float images as [0, 1]; raw pixels are [0, 255].
@@ -515,12 +516,12 @@ def gym_finetune(
 
     The model is copied with `keras.models.clone_model` + `set_weights`, so
     the model you pass is never modified. The copy is compiled with sparse
-    categorical cross-entropy (`from_logits` is set by looking at the model:
-    its output counts as probabilities when its last layer applies a softmax,
-    or when its outputs on a sample batch are non-negative and sum to 1) and
-    trained on a `GymFineTuneDataset`, which re-augments the clean set every
-    epoch. The paper fine-tunes on 1,000-10,000 clean samples for 5 epochs
-    with batch size 10.
+    categorical cross-entropy (`from_logits` is set by
+    `nc_tf.models.outputs_probabilities`: the output counts as probabilities
+    when the model's last layer, looking into nested models, applies a
+    softmax) and trained on a `GymFineTuneDataset`, which re-augments the
+    clean set every epoch. The paper fine-tunes on 1,000-10,000 clean
+    samples for 5 epochs with batch size 10.
 
     Args:
         model: a built Sequential or functional Keras classifier with one
@@ -596,9 +597,7 @@ def gym_finetune(
         ) from error
     tuned.set_weights(model.get_weights())
 
-    probabilities = _outputs_probabilities(
-        model, preprocess(data.x[:32], intensity)
-    )
+    probabilities = models.outputs_probabilities(model)
     if optimizer is None:
         optimizer = keras.optimizers.Adadelta(learning_rate=1.0)
     tuned.compile(
@@ -648,6 +647,9 @@ def check_images(images, caller):
             f"{caller} needs uint8 or float images; got dtype "
             f"{images.dtype}. Convert with images.astype('float32')."
         )
+    # Not nc_tf.datasets.check_images: it refuses float images that all lie
+    # in [0, 1], and this check also runs on single training and prediction
+    # batches, where an all-black (but raw) float batch is legitimate.
     if images.size and np.issubdtype(images.dtype, np.floating):
         low, high = float(images.min()), float(images.max())
         if not (np.isfinite(low) and np.isfinite(high)):
@@ -702,20 +704,6 @@ def check_labels(y, count, caller):
     if y.size and y.min() < 0:
         raise ValueError(f"{caller} got negative labels; use 0..K-1.")
     return y
-
-
-def _outputs_probabilities(model, sample):
-    last = model.layers[-1] if model.layers else None
-    if isinstance(last, keras.layers.Softmax):
-        return True
-    activation = getattr(last, "activation", None)
-    if getattr(activation, "__name__", None) == "softmax":
-        return True
-    outputs = np.asarray(model.predict(sample, verbose=0))
-    return bool(
-        np.all(outputs >= 0)
-        and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3)
-    )
 
 
 def _run_cv2(fn, img):

@@ -79,6 +79,46 @@ def build_parser():
     p.add_argument("--trust-model", action="store_true",
                    help="allow model files whose layers run code (Lambda, custom layers)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("scan", help="Neural Cleanse: reverse-engineer every label's trigger",
+                       description="Reverse-engineer the smallest trigger for every label, write "
+                                   "mask/pattern/fusion PNGs and OUT/results.json, and run the "
+                                   "MAD outlier test. Rerun the same command to resume.")
+    p.add_argument("model", help="a .keras or Keras-2 .h5 model file")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="scan folder (resumed if it holds the same scan)")
+    p.add_argument("--labels", help="comma-separated labels to scan (default: all)")
+    p.add_argument("--suspected", type=int, help="scan this label first")
+    p.add_argument("--preset", choices=("fast", "reference"), default="fast",
+                   help="'reference' = the published GTSRB configuration; 'fast' (default) "
+                        "uses fewer samples per step")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--slots", type=int, default=8,
+                   help="labels optimised together in one graph (memory bound; default: 8)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow model files whose layers run code (Lambda, custom layers)")
+    g = p.add_argument_group("optimisation (reference names; override the preset)")
+    g.add_argument("--steps", type=int, help="maximum steps per label")
+    g.add_argument("--batch-size", type=int, help="images per batch")
+    g.add_argument("--nb-sample", type=int, help="images per step (mini_batch = nb_sample // batch_size)")
+    g.add_argument("--lr", type=float, help="Adam learning rate")
+    g.add_argument("--init-cost", type=float, help="first non-zero cost (lambda)")
+    g.add_argument("--regularization", choices=("l1", "l2", "none"), help="mask norm")
+    g.add_argument("--attack-succ-threshold", type=float, help="success rate of a valid trigger")
+    g.add_argument("--patience", type=int, help="steps before a cost move")
+    g.add_argument("--cost-multiplier", type=float, help="cost up factor (down: its power 1.5)")
+    g.add_argument("--early-stop-threshold", type=float, help="stall ratio of the best norm")
+    g.add_argument("--early-stop-patience", type=int, help="stalled steps before stopping")
+    g.add_argument("--upsample-size", type=int, help="super-pixel side of the mask")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("detect", help="MAD outlier test on a scan folder",
+                       description="Print the reference MAD report (median, MAD, anomaly index, "
+                                   "flagged labels) of a scan folder's results.json, or of its "
+                                   "mask PNGs as the reference code did.")
+    p.add_argument("scan_dir", help="folder written by `nc-tf scan`")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    p.set_defaults(func=cmd_detect)
     return parser
 
 
@@ -169,6 +209,45 @@ def cmd_evaluate(args):
             lines += [f"  trigger {i} -> {p['target']}: {p['attack_success_rate']:.4f}"
                       for i, p in enumerate(report["per_trigger"])]
     _print(args, report, lines)
+
+
+SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regularization",
+                 "attack_succ_threshold", "patience", "cost_multiplier", "early_stop_threshold",
+                 "early_stop_patience", "upsample_size")
+
+
+def cmd_scan(args):
+    from nc_tf import datasets
+    from nc_tf.models import load_model
+    from nc_tf.scan import scan
+
+    overrides = {k: getattr(args, k) for k in SCAN_SETTINGS}
+    labels = None
+    if args.labels:
+        try:
+            labels = [int(v) for v in args.labels.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--labels must be comma-separated integers, got {args.labels!r}.") from None
+    model = load_model(args.model, trust_model=args.trust_model)
+    x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
+    prefix = os.path.splitext(os.path.basename(str(args.dataset)))[0]
+    record = scan(model, x, y, labels=labels, suspected=args.suspected, out_dir=args.out,
+                  preset=args.preset, intensity=args.intensity or "raw", seed=args.seed,
+                  slots=args.slots, prefix=prefix, progress=not args.json,
+                  verbose=not args.json, model_path=args.model, **overrides)
+    record.pop("triggers")
+    if args.json:
+        _print(args, record, [])
+    else:
+        print(f"results: {os.path.join(args.out, 'results.json')}")
+
+
+def cmd_detect(args):
+    from nc_tf.scan import detect_dir
+
+    result = detect_dir(args.scan_dir, verbose=not args.json)
+    if args.json:
+        _print(args, result, [])
 
 
 if __name__ == "__main__":

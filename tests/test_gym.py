@@ -1,20 +1,13 @@
 """Tests for mitigation.gym (GYM / DeepSweep) and mitigation.preprocessing."""
 
-import pathlib
-import sys
+import albumentations as A
+import keras
+import numpy as np
+import pytest
 
-# Make the repository importable when pytest is run without installing it.
-_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import albumentations as A  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from mitigation import gym  # noqa: E402
-from mitigation import preprocessing  # noqa: E402
+from mitigation import gym
+from mitigation import preprocessing
+from nc_tf.models import outputs_probabilities
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
 ALL_SHAPES = SMALL_SHAPES + [(224, 224, 3)]
@@ -232,16 +225,25 @@ def test_gym_finetune_tunes_a_copy():
     )
     assert isinstance(tuned.optimizer, keras.optimizers.Adadelta)
     assert float(tuned.optimizer.learning_rate) == pytest.approx(1.0)
+    assert tuned.loss.from_logits is False  # softmax output
+
+
+def test_gym_finetune_uses_logits_loss_for_logit_models():
+    x = _images((28, 28, 1), np.uint8, count=10)
+    tuned = gym.gym_finetune(
+        _tiny_model(activation=None), x, np.arange(10), epochs=1,
+        batch_size=10, intensity="mnist", verbose=0,
+    )
+    assert tuned.loss.from_logits is True
 
 
 def test_output_kind_detection():
-    sample = np.zeros((4, 28, 28, 1), np.float32)
-    assert gym._outputs_probabilities(_tiny_model(), sample)
-    assert not gym._outputs_probabilities(_tiny_model(activation=None), sample)
+    assert outputs_probabilities(_tiny_model())
+    assert not outputs_probabilities(_tiny_model(activation=None))
     softmax_layer = keras.Sequential(
         [_tiny_model(activation=None), keras.layers.Softmax()]
     )
-    assert gym._outputs_probabilities(softmax_layer, sample)
+    assert outputs_probabilities(softmax_layer)
 
 
 def test_gym_finetune_validates_labels():

@@ -1,0 +1,452 @@
+"""The trigger reverse-engineering engine: many labels in one compiled graph.
+
+Neural Cleanse optimises, for each candidate target label, a mask `m` and a
+pattern `p` so that `(1 - m) * x + m * p` is classified as the target while
+the mask stays small. The reference code did one label at a time with a host
+round-trip per batch. `ReverseEngine` keeps `slots` labels in flight at once:
+
+- every slot has its own mask/pattern, its own Adam moments and step count,
+  and its own cost (lambda) schedule and early-stop state, all held in
+  `tf.Variable`s and updated inside one `tf.function`, so a GPU runs whole
+  optimisation steps without returning to Python;
+- a batch of clean images is stamped with every active slot's trigger and
+  sent through the model as one `(active_slots * batch_size)` batch;
+- a slot whose label finished (early stop or step budget) leaves the batch,
+  and the host refills it with the next label.
+
+`cost_schedule_update` is the reference schedule, vectorised over slots; the
+single-label `Visualizer` and the multi-label `scan` both run on this engine.
+"""
+
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from nc_tf.preprocess import check_intensity, preprocess
+
+REGULARIZATIONS = (None, "none", "l1", "l2")
+
+# Per-slot schedule state, in the order of `cost_schedule_update`'s dict.
+STATE_KEYS = (
+    "cost", "cost_set_counter", "cost_up_counter", "cost_down_counter",
+    "cost_up_flag", "cost_down_flag", "reg_best", "early_stop_counter",
+    "early_stop_reg_best", "step", "done",
+)
+
+
+def initial_state(n, init_cost, reset_cost_to_zero=True):
+    """The schedule state of `n` fresh labels, as a dict of float32 arrays."""
+    state = {k: np.zeros(n, np.float32) for k in STATE_KEYS}
+    state["cost"][:] = 0.0 if reset_cost_to_zero else init_cost
+    state["reg_best"][:] = np.inf
+    state["early_stop_reg_best"][:] = np.inf
+    return state
+
+
+def cost_schedule_update(state, acc, reg, *, init_cost, steps, attack_succ_threshold=0.99,
+                         patience=10, cost_multiplier=1.5, early_stop=True,
+                         early_stop_threshold=0.99, early_stop_patience=20):
+    """One end-of-step update of the reference cost schedule, for every slot.
+
+    Follows the reference `Visualizer.visualize` loop exactly:
+
+    1. keep the best trigger: `acc >= attack_succ_threshold` and
+       `reg < reg_best` (returned as `improved`);
+    2. early stop, once a valid trigger exists: count steps where
+       `reg_best >= early_stop_threshold * early_stop_reg_best`; stop when
+       the count reaches `early_stop_patience` and the cost has moved both
+       up and down;
+    3. cost schedule: at cost 0, `patience` successful steps set the cost to
+       `init_cost` (and reset counters and flags); then `patience`
+       consecutive successes multiply it by `cost_multiplier`, `patience`
+       consecutive failures divide it by `cost_multiplier ** 1.5`;
+    4. a slot is done after early stop or when its step count reaches
+       `steps`.
+
+    Args:
+        state: dict of per-slot tensors (see `STATE_KEYS`).
+        acc: per-slot attack success over the step's batches.
+        reg: per-slot regularisation (mask norm) over the step's batches.
+        init_cost, steps, attack_succ_threshold, patience, cost_multiplier,
+        early_stop, early_stop_threshold, early_stop_patience: the reference
+            `Visualizer` parameters.
+
+    Returns:
+        `(new_state, improved)`: the updated dict and a bool tensor of the
+        slots whose best trigger must be replaced by the current one.
+    """
+    f32 = tf.float32
+    s = {k: tf.cast(v, f32) for k, v in state.items()}
+    acc, reg = tf.cast(acc, f32), tf.cast(reg, f32)
+    one, zero = tf.ones_like(acc), tf.zeros_like(acc)
+    success = acc >= attack_succ_threshold
+
+    # 1. best trigger so far
+    improved = success & (reg < s["reg_best"])
+    reg_best = tf.where(improved, reg, s["reg_best"])
+
+    # 2. early stop (only once a valid trigger exists)
+    es_counter, es_best = s["early_stop_counter"], s["early_stop_reg_best"]
+    stop = tf.zeros_like(success)
+    if early_stop:
+        valid = tf.math.is_finite(reg_best)
+        stalled = reg_best >= early_stop_threshold * es_best
+        es_counter = tf.where(valid, tf.where(stalled, es_counter + 1, zero), es_counter)
+        es_best = tf.minimum(reg_best, es_best)
+        stop = (s["cost_down_flag"] > 0) & (s["cost_up_flag"] > 0) & (
+            es_counter >= early_stop_patience)
+
+    # 3. cost schedule
+    cost = s["cost"]
+    up_counter, down_counter = s["cost_up_counter"], s["cost_down_counter"]
+    up_flag, down_flag = s["cost_up_flag"], s["cost_down_flag"]
+    at_zero = (cost == 0) & success
+    set_counter = tf.where(at_zero, s["cost_set_counter"] + 1, zero)
+    initialise = at_zero & (set_counter >= patience)
+    cost = tf.where(initialise, init_cost * one, cost)
+    up_counter = tf.where(initialise, zero, up_counter)
+    down_counter = tf.where(initialise, zero, down_counter)
+    up_flag = tf.where(initialise, zero, up_flag)
+    down_flag = tf.where(initialise, zero, down_flag)
+
+    up_counter = tf.where(success, up_counter + 1, zero)
+    down_counter = tf.where(success, zero, down_counter + 1)
+    go_up = up_counter >= patience
+    go_down = ~go_up & (down_counter >= patience)
+    cost = tf.where(go_up, cost * cost_multiplier, cost)
+    cost = tf.where(go_down, cost / cost_multiplier**1.5, cost)
+    up_counter = tf.where(go_up, zero, up_counter)
+    down_counter = tf.where(go_down, zero, down_counter)
+    up_flag = tf.where(go_up, one, up_flag)
+    down_flag = tf.where(go_down, one, down_flag)
+
+    # On early stop the reference breaks before touching the cost.
+    keep = lambda new, old: tf.where(stop, old, new)  # noqa: E731
+    step = s["step"] + 1
+    new = {
+        "cost": keep(cost, s["cost"]),
+        "cost_set_counter": keep(set_counter, s["cost_set_counter"]),
+        "cost_up_counter": keep(up_counter, s["cost_up_counter"]),
+        "cost_down_counter": keep(down_counter, s["cost_down_counter"]),
+        "cost_up_flag": keep(up_flag, s["cost_up_flag"]),
+        "cost_down_flag": keep(down_flag, s["cost_down_flag"]),
+        "reg_best": reg_best,
+        "early_stop_counter": es_counter,
+        "early_stop_reg_best": es_best,
+        "step": step,
+        "done": tf.where(stop | (step >= steps), one, s["done"]),
+    }
+    return new, improved
+
+
+class ReverseEngine:
+    """Reverse-engineers mask/pattern triggers for several labels at once.
+
+    Build it once per model and data (the compiled graph is reused), then
+    call `run(labels)`. Parameters keep the reference `Visualizer` names.
+
+    Args:
+        model: the Keras classifier under test (softmax or logits output).
+        x: clean raw images `(N, H, W, C)` in [0, 255] to stamp.
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        regularization: `"l1"`, `"l2"` or `None` (also `"none"`). Defaults
+            to `"l1"`.
+        init_cost: first non-zero cost (lambda). Defaults to `1e-3`.
+        steps: maximum optimisation steps per label. Defaults to `1000`.
+        mini_batch: batches per step. Defaults to `31`.
+        batch_size: images per batch (per label). Defaults to `32`.
+        lr: Adam learning rate (beta_1 0.5, beta_2 0.9). Defaults to `0.1`.
+        upsample_size: super-pixel side of the mask. Defaults to `1`.
+        attack_succ_threshold: success needed for a valid trigger.
+            Defaults to `0.99`.
+        patience: steps before a cost move. Defaults to `5`.
+        cost_multiplier: cost up factor (down: its power 1.5). Defaults to `2`.
+        reset_cost_to_zero: start at cost 0. Defaults to `True`.
+        early_stop: stop a label when its best norm stalls. Defaults to `True`.
+        early_stop_threshold: stall ratio. Defaults to `1.0`.
+        early_stop_patience: stalled steps before stopping. Defaults to `25`.
+        save_last: return the last trigger instead of the best. Defaults to
+            `False`.
+        epsilon: tanh squashing epsilon. Defaults to `1e-7`.
+        slots: labels optimised together (bounds memory:
+            `slots * batch_size` images per forward pass). Defaults to `8`.
+        steps_per_call: optimisation steps per compiled call between host
+            checks. Defaults to `10`.
+        seed: seed of the initial triggers and the batch sampling; each
+            label's randomness depends only on `(seed, label)`. Defaults to
+            `0`.
+
+    Example:
+
+    >>> engine = ReverseEngine(model, x_test[:1000], steps=50)  # doctest: +SKIP
+    >>> results = engine.run([0, 7])  # doctest: +SKIP
+    >>> results[7]["l1_norm"]  # doctest: +SKIP
+    """
+
+    def __init__(self, model, x, intensity="raw", regularization="l1", init_cost=1e-3,
+                 steps=1000, mini_batch=31, batch_size=32, lr=0.1, upsample_size=1,
+                 attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
+                 reset_cost_to_zero=True, early_stop=True, early_stop_threshold=1.0,
+                 early_stop_patience=25, save_last=False, epsilon=1e-7, slots=8,
+                 steps_per_call=10, seed=0):
+        from nc_tf.models import outputs_probabilities
+
+        if regularization not in REGULARIZATIONS:
+            raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got "
+                             f"{regularization!r}.")
+        for name, value in (("steps", steps), ("mini_batch", mini_batch),
+                            ("batch_size", batch_size), ("upsample_size", upsample_size),
+                            ("slots", slots), ("steps_per_call", steps_per_call),
+                            ("patience", patience)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if cost_multiplier <= 1:
+            raise ValueError(f"cost_multiplier must be > 1, got {cost_multiplier}.")
+        self.model, self.intensity = model, check_intensity(intensity)
+        self.from_logits = not outputs_probabilities(model)
+        self.regularization = None if regularization == "none" else regularization
+        self.cfg = dict(
+            init_cost=float(init_cost), steps=int(steps),
+            attack_succ_threshold=float(attack_succ_threshold), patience=int(patience),
+            cost_multiplier=float(cost_multiplier), early_stop=bool(early_stop),
+            early_stop_threshold=float(early_stop_threshold),
+            early_stop_patience=int(early_stop_patience),
+        )
+        self.reset_cost_to_zero, self.save_last = reset_cost_to_zero, save_last
+        self.mini_batch, self.batch_size = int(mini_batch), int(batch_size)
+        self.lr, self.epsilon, self.upsample_size = float(lr), float(epsilon), int(upsample_size)
+        self.slots, self.steps_per_call, self.seed = int(slots), int(steps_per_call), int(seed)
+        self.num_classes = int(model.output_shape[-1])
+
+        x = np.asarray(x)
+        self.image_shape = tuple(int(v) for v in x.shape[1:])
+        h, w, c = self.image_shape
+        u = self.upsample_size
+        self.mask_shape = (math.ceil(h / u), math.ceil(w / u))
+        self.x = tf.constant(x.astype(np.float32))
+        k = self.slots
+        var = lambda shape, dtype=tf.float32: tf.Variable(tf.zeros(shape, dtype), trainable=False)  # noqa: E731
+        self.mask_tanh = var((k,) + self.mask_shape + (1,))
+        self.pattern_tanh = var((k, h, w, c))
+        self.adam = {name: var(v.shape) for name, v in
+                     (("m_mask", self.mask_tanh), ("v_mask", self.mask_tanh),
+                      ("m_pattern", self.pattern_tanh), ("v_pattern", self.pattern_tanh))}
+        self.adam_t = var((k,))
+        self.mask_best = var((k, h, w, 1))
+        self.pattern_best = var((k, h, w, c))
+        self.has_best = var((k,))
+        self.target = var((k,), tf.int32)
+        self.assigned = var((k,))
+        self.state = {name: var((k,)) for name in STATE_KEYS}
+        self._run = tf.function(self._run_steps, reduce_retracing=True)
+
+    # ------------------------------------------------------------ graph
+    def _masks(self, mask_tanh):
+        """Squashed (super-pixel) masks, upsampled and cropped to H x W."""
+        mask = tf.tanh(mask_tanh) / (2 - self.epsilon) + 0.5
+        u = self.upsample_size
+        if u > 1:
+            h, w, _ = self.image_shape
+            mask = tf.repeat(tf.repeat(mask, u, axis=1), u, axis=2)[:, :h, :w, :]
+        return mask
+
+    def _patterns(self, pattern_tanh):
+        return (tf.tanh(pattern_tanh) / (2 - self.epsilon) + 0.5) * 255.0
+
+    def _regulariser(self, mask):
+        # mask is (k, H, W, 1): the per-pixel mask shared by all channels.
+        if self.regularization == "l1":
+            return tf.reduce_sum(tf.abs(mask), axis=[1, 2, 3])
+        if self.regularization == "l2":
+            return tf.sqrt(tf.reduce_sum(tf.square(mask), axis=[1, 2, 3]))
+        return tf.zeros(tf.shape(mask)[:1])
+
+    def _batch(self, idx):
+        """Loss, attack success and norm of one batch for the active slots `idx`."""
+        # Each slot draws its own batch from (seed, label, batch count), so a
+        # label's result does not depend on which labels share the graph.
+        n = tf.shape(self.x)[0]
+        targets = tf.gather(self.target, idx)
+        seeds = tf.stack([self.seed * 1_000_003 + targets,
+                          tf.cast(tf.gather(self.adam_t, idx), tf.int32)], axis=1)
+        picks = tf.map_fn(
+            lambda s: tf.random.stateless_uniform([self.batch_size], s, 0, n, dtype=tf.int32),
+            seeds, fn_output_signature=tf.int32)
+        xb = tf.gather(self.x, picks)                                  # (k, B, H, W, C)
+        cost = tf.gather(self.state["cost"], idx)
+        with tf.GradientTape() as tape:
+            mt = tf.gather(self.mask_tanh, idx)
+            pt = tf.gather(self.pattern_tanh, idx)
+            tape.watch([mt, pt])
+            mask, pattern = self._masks(mt), self._patterns(pt)
+            stamped = (1 - mask[:, None]) * xb + mask[:, None] * pattern[:, None]
+            k = tf.shape(idx)[0]
+            flat = tf.reshape(stamped, tf.concat([[k * self.batch_size], tf.shape(xb)[2:]], 0))
+            out = self.model(preprocess(flat, self.intensity), training=False)
+            labels = tf.repeat(targets, self.batch_size)
+            if self.from_logits:
+                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, out)
+            else:
+                p = tf.gather(out, labels, batch_dims=1)
+                ce = -tf.math.log(tf.clip_by_value(p, 1e-7, 1 - 1e-7))
+            ce = tf.reduce_mean(tf.reshape(ce, [k, self.batch_size]), axis=1)
+            reg = self._regulariser(mask)
+            loss = ce + cost * reg
+            total = tf.reduce_sum(loss)
+        g_mask, g_pattern = tape.gradient(total, [mt, pt])
+        hit = tf.cast(tf.equal(tf.argmax(out, axis=1, output_type=tf.int32), labels), tf.float32)
+        acc = tf.reduce_mean(tf.reshape(hit, [k, self.batch_size]), axis=1)
+        self._adam(idx, g_mask, g_pattern)
+        return tf.stack([ce, reg, loss, acc], axis=1)
+
+    def _adam(self, idx, g_mask, g_pattern):
+        """Keras-2 Adam (beta_1 0.5, beta_2 0.9, epsilon 1e-7), one step count per slot."""
+        b1, b2, eps = 0.5, 0.9, 1e-7
+        t = tf.gather(self.adam_t, idx) + 1.0
+        self.adam_t.scatter_nd_update(idx[:, None], t)
+        lr_t = self.lr * tf.sqrt(1 - b2**t) / (1 - b1**t)
+        for var, grad, m_name, v_name in ((self.mask_tanh, g_mask, "m_mask", "v_mask"),
+                                          (self.pattern_tanh, g_pattern, "m_pattern", "v_pattern")):
+            m = b1 * tf.gather(self.adam[m_name], idx) + (1 - b1) * grad
+            v = b2 * tf.gather(self.adam[v_name], idx) + (1 - b2) * tf.square(grad)
+            self.adam[m_name].scatter_nd_update(idx[:, None], m)
+            self.adam[v_name].scatter_nd_update(idx[:, None], v)
+            shape = tf.concat([tf.shape(idx), tf.ones([tf.rank(grad) - 1], tf.int32)], 0)
+            step = tf.reshape(lr_t, shape) * m / (tf.sqrt(v) + eps)
+            var.scatter_nd_update(idx[:, None], tf.gather(var, idx) - step)
+
+    def _run_steps(self, n_steps):
+        """Up to `n_steps` optimisation steps of every active slot; returns their logs."""
+        logs = tf.TensorArray(tf.float32, size=0, dynamic_size=True,
+                              element_shape=[self.slots, 8])
+        for _ in tf.range(n_steps):
+            active = (self.assigned > 0) & (self.state["done"] == 0)
+            if not tf.reduce_any(active):
+                break
+            idx = tf.cast(tf.where(active)[:, 0], tf.int32)
+            sums = tf.zeros([tf.shape(idx)[0], 4])
+            for _ in tf.range(self.mini_batch):
+                sums += self._batch(idx)
+            means = sums / float(self.mini_batch)
+            ce, reg, loss, acc = means[:, 0], means[:, 1], means[:, 2], means[:, 3]
+            old = {k: tf.gather(v, idx) for k, v in self.state.items()}
+            new, improved = cost_schedule_update(old, acc, reg, **self.cfg)
+            mask_now = self._masks(tf.gather(self.mask_tanh, idx))
+            pattern_now = self._patterns(tf.gather(self.pattern_tanh, idx))
+            keep_m = tf.where(improved[:, None, None, None], mask_now,
+                              tf.gather(self.mask_best, idx))
+            keep_p = tf.where(improved[:, None, None, None], pattern_now,
+                              tf.gather(self.pattern_best, idx))
+            self.mask_best.scatter_nd_update(idx[:, None], keep_m)
+            self.pattern_best.scatter_nd_update(idx[:, None], keep_p)
+            self.has_best.scatter_nd_update(
+                idx[:, None], tf.maximum(tf.gather(self.has_best, idx), tf.cast(improved, tf.float32)))
+            for key, value in new.items():
+                self.state[key].scatter_nd_update(idx[:, None], value)
+            # log row: slot, step, ce, reg, loss, acc, reg_best, cost (cost used in the step)
+            row = tf.stack([tf.cast(idx, tf.float32), new["step"], ce, reg, loss, acc,
+                            new["reg_best"], old["cost"]], axis=1)
+            logs = logs.write(logs.size(), tf.pad(row, [[0, self.slots - tf.shape(idx)[0]], [0, 0]],
+                                                  constant_values=-1.0))
+        return logs.stack()
+
+    # ------------------------------------------------------------- host
+    def _init_slot(self, slot, target, pattern_init=None, mask_init=None):
+        h, w, c = self.image_shape
+        rng = np.random.default_rng([self.seed, int(target)])  # per label: order-independent
+        if mask_init is None:
+            mask_init = rng.random(self.mask_shape)
+        if pattern_init is None:
+            pattern_init = rng.random((h, w, c)) * 255.0
+        mask_init = np.asarray(mask_init, np.float32).reshape(self.mask_shape + (1,))
+        pattern_init = np.asarray(pattern_init, np.float32).reshape((h, w, c))
+        squash = 2 - self.epsilon
+        self.mask_tanh[slot].assign(np.arctanh((np.clip(mask_init, 0, 1) - 0.5) * squash))
+        self.pattern_tanh[slot].assign(
+            np.arctanh((np.clip(pattern_init, 0, 255) / 255.0 - 0.5) * squash))
+        for v in self.adam.values():
+            v[slot].assign(tf.zeros(v.shape[1:]))
+        self.adam_t[slot].assign(0.0)
+        fresh = initial_state(1, self.cfg["init_cost"], self.reset_cost_to_zero)
+        for key, var in self.state.items():
+            var[slot].assign(fresh[key][0])
+        self.mask_best[slot].assign(tf.zeros(self.mask_best.shape[1:]))
+        self.pattern_best[slot].assign(tf.zeros(self.pattern_best.shape[1:]))
+        self.has_best[slot].assign(0.0)
+        self.target[slot].assign(int(target))
+        self.assigned[slot].assign(1.0)
+
+    def _collect(self, slot):
+        """The finished slot's trigger: best valid one, else (or if save_last) the last."""
+        if self.has_best[slot].numpy() > 0 and not self.save_last:
+            mask = self.mask_best[slot].numpy()
+            pattern = self.pattern_best[slot].numpy()
+        else:
+            mask = self._masks(self.mask_tanh[slot : slot + 1]).numpy()[0]
+            pattern = self._patterns(self.pattern_tanh[slot : slot + 1]).numpy()[0]
+        u = self.upsample_size
+        return pattern, mask[..., 0], mask[::u, ::u, 0]  # super-pixels repeat u x u
+
+    def run(self, labels, pattern_init=None, mask_init=None, on_done=None):
+        """Optimises a trigger for each label; returns `{label: result}`.
+
+        Args:
+            labels: label ids, processed in this order.
+            pattern_init: `(H, W, C)` initial pattern for every label, or
+                `None` for uniform [0, 255). Defaults to `None`.
+            mask_init: `(h, w)` initial (super-pixel) mask, or `None` for
+                uniform [0, 1). Defaults to `None`.
+            on_done: called as `on_done(label, result)` when a label finishes
+                (e.g. to save it at once). Defaults to `None`.
+
+        Returns:
+            dict label -> dict with `pattern` (H, W, C), `mask` (H, W, the
+            upsampled mask), `mask_raw` (the super-pixel mask), `l1_norm`,
+            `steps`, `seconds`, `found` (a trigger reached the success
+            threshold) and `logs` (reference tuples `(step, ce, reg, loss,
+            acc, reg_best, cost)`).
+        """
+        queue = [int(t) for t in labels]
+        for t in queue:
+            if not 0 <= t < self.num_classes:
+                raise ValueError(f"Label {t} is out of range: the model has labels "
+                                 f"0..{self.num_classes - 1}.")
+        self.assigned.assign(tf.zeros(self.slots))
+        slot_label, started, logs, results = {}, {}, {}, {}
+
+        def fill(slot):
+            if queue:
+                label = queue.pop(0)
+                self._init_slot(slot, label, pattern_init, mask_init)
+                slot_label[slot], started[slot], logs[label] = label, time.time(), []
+
+        for slot in range(self.slots):
+            fill(slot)
+        while slot_label:
+            rows = self._run(tf.constant(self.steps_per_call)).numpy()
+            for row in rows.reshape(-1, 8):
+                if row[0] >= 0:
+                    label = slot_label[int(row[0])]
+                    logs[label].append((int(row[1]),) + tuple(float(v) for v in row[2:]))
+            done = self.state["done"].numpy()
+            for slot in [s for s in list(slot_label) if done[s] > 0]:
+                label = slot_label.pop(slot)
+                pattern, mask, raw = self._collect(slot)
+                results[label] = {
+                    "label": label,
+                    "pattern": pattern,
+                    "mask": mask,
+                    "mask_raw": raw,
+                    "l1_norm": float(np.sum(np.abs(mask))),
+                    "steps": int(self.state["step"][slot].numpy()),
+                    "found": bool(self.has_best[slot].numpy() > 0),
+                    "seconds": time.time() - started[slot],
+                    "logs": logs[label],
+                }
+                self.assigned[slot].assign(0.0)
+                if on_done is not None:
+                    on_done(label, results[label])
+                fill(slot)
+        return results

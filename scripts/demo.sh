@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Creates the environment and runs the main demo on the embedded MNIST:
-# inject a BadNets backdoor, then measure it. Outputs go to demo_out/.
+# inject a BadNets backdoor, measure it, then scan the model with Neural
+# Cleanse and print the MAD report. Outputs go to demo_out/.
 source "$(dirname "$0")/setup_env.sh"
 OUT=demo_out/mnist_badnets
 if [ -f "$OUT/model.keras" ]; then
-  echo "== reusing $OUT (delete it to retrain)"
+  echo "== reusing $OUT (delete demo_out/ to start over)"
 else
   echo "== 1. inject: train the NC MNIST model with a 4x4 white square -> label 7"
   nc-tf inject --dataset mnist --target 7 --size 4 --margin 1 --ratio 0.1 --epochs 2 --out "$OUT"
 fi
 echo "== 2. evaluate: clean accuracy and attack success rate on the MNIST test set"
 nc-tf evaluate "$OUT/model.keras" --dataset mnist --attack "$OUT/attack.json"
+echo "== 3. scan: reverse-engineer a trigger for each of the 10 labels (resumes if interrupted)"
+nc-tf scan "$OUT/model.keras" --dataset mnist --out demo_out/scan
+echo "== 4. detect: MAD outlier test on the scan folder (PNG triggers in demo_out/scan/)"
+nc-tf detect demo_out/scan

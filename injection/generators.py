@@ -91,7 +91,9 @@ class PoisonedDataset(keras.utils.PyDataset):
                 options = self.by_target[self.targets[k]]
                 trigger = options[rng.integers(len(options))]
                 xb[i] = trigger.apply(xb[i])
-                yb[i] = trigger.target
+                # a partial backdoor relabels its sources only; others stay correct
+                if trigger.sources is None or yb[i] in trigger.sources:
+                    yb[i] = trigger.target
         return preprocess(xb, self.intensity), yb
 
 

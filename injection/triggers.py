@@ -115,6 +115,9 @@ class Trigger:
         target: the label the trigger should produce.
         spec: the JSON-able description that rebuilds this trigger. Defaults
             to `None`: the arrays themselves are embedded.
+        sources: for a partial (source-specific) backdoor, the source labels
+            it applies to; other labels keep their label when stamped.
+            Defaults to `None` (every label).
 
     Example:
 
@@ -124,7 +127,7 @@ class Trigger:
     7
     """
 
-    def __init__(self, mask, pattern, target, spec=None):
+    def __init__(self, mask, pattern, target, spec=None, sources=None):
         pattern = np.asarray(pattern, dtype=np.float32)
         mask = np.asarray(mask, dtype=np.float32)
         if mask.ndim == 2:
@@ -139,12 +142,15 @@ class Trigger:
         if pattern.min() < 0 or pattern.max() > 255:
             raise ValueError("pattern values must lie in the raw range [0, 255].")
         self.mask, self.pattern, self.target = mask, pattern, int(target)
-        self.spec = spec if spec is not None else {
+        self.sources = None if sources is None else sorted(int(v) for v in sources)
+        self.spec = dict(spec) if spec is not None else {
             "kind": "arrays",
             "target": self.target,
             "mask": _encode_array(mask),
             "pattern": _encode_array(pattern),
         }
+        if self.sources is not None:
+            self.spec["sources"] = self.sources
 
     @property
     def image_shape(self):
@@ -178,10 +184,11 @@ class Trigger:
             return square_trigger(
                 spec["image_shape"], spec["target"], size=spec["size"],
                 margin=spec["margin"], position=spec["position"], color=spec["color"],
+                sources=spec.get("sources"),
             )
         if kind == "arrays":
             return cls(_decode_array(spec["mask"]), _decode_array(spec["pattern"]),
-                       spec["target"], spec)
+                       spec["target"], spec, spec.get("sources"))
         raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected 'square' or 'arrays'.")
 
     def __repr__(self):
@@ -189,7 +196,7 @@ class Trigger:
 
 
 def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right",
-                   color=255):
+                   color=255, sources=None):
     """A solid square trigger (BadNets); the reference is white, bottom-right.
 
     Args:
@@ -202,6 +209,8 @@ def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right
             `"center"`, or `[row, col]` of the top-left pixel. Defaults to
             `"bottom-right"`.
         color: one value or one per channel, raw [0, 255]. Defaults to `255`.
+        sources: source labels of a partial backdoor. Defaults to `None`
+            (all labels).
 
     Returns:
         a `Trigger`.
@@ -234,7 +243,7 @@ def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right
         "position": list(position) if not isinstance(position, str) else position,
         "color": [float(v) for v in color],
     }
-    return Trigger(mask, pattern, target, spec)
+    return Trigger(mask, pattern, target, spec, sources)
 
 
 def _square_origin(h, w, size, margin, position):

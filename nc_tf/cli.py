@@ -61,6 +61,9 @@ def build_parser():
                    help="trigger colour, one value or one per channel (default: 255)")
     p.add_argument("--ratio", type=float, default=0.1,
                    help="poisoned fraction per target label, r (default: 0.1)")
+    p.add_argument("--source", type=int, action="append",
+                   help="partial backdoor: only this source label is sent to the target when "
+                        "stamped; other labels are stamped and keep their label (repeatable)")
     p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser("train", help="train a clean model (the infected model's twin)",
@@ -97,6 +100,15 @@ def build_parser():
                    help="labels optimised together in one graph (memory bound; default: 8)")
     p.add_argument("--trust-model", action="store_true",
                    help="allow model files whose layers run code (Lambda, custom layers)")
+    p.add_argument("--low-cost", action="store_true",
+                   help="low-cost scan for many labels: a short pass over all labels, then full "
+                        "optimisation of the smallest candidates plus a random sample (NC §IV)")
+    p.add_argument("--partial", action="store_true",
+                   help="search source-specific backdoors over (source, target) pairs (NC §VII-E)")
+    p.add_argument("--divide-and-conquer", action="store_true",
+                   help="with --partial: split source groups recursively instead of all pairs")
+    p.add_argument("--beam", type=int, default=2,
+                   help="with --divide-and-conquer: groups kept per level (default: 2)")
     g = p.add_argument_group("optimisation (reference names; override the preset)")
     g.add_argument("--steps", type=int, help="maximum steps per label")
     g.add_argument("--batch-size", type=int, help="images per batch")
@@ -155,8 +167,8 @@ def cmd_inject(args):
     from injection import square_trigger
 
     def triggers(shape):
-        return [square_trigger(shape, t, args.size, args.margin, color=args.color)
-                for t in args.target]
+        return [square_trigger(shape, t, args.size, args.margin, color=args.color,
+                               sources=args.source) for t in args.target]
 
     return _train(args, triggers)
 
@@ -231,10 +243,21 @@ def cmd_scan(args):
     model = load_model(args.model, trust_model=args.trust_model)
     x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
     prefix = os.path.splitext(os.path.basename(str(args.dataset)))[0]
-    record = scan(model, x, y, labels=labels, suspected=args.suspected, out_dir=args.out,
-                  preset=args.preset, intensity=args.intensity or "raw", seed=args.seed,
-                  slots=args.slots, prefix=prefix, progress=not args.json,
+    common = dict(out_dir=args.out, preset=args.preset, intensity=args.intensity or "raw",
+                  seed=args.seed, slots=args.slots, prefix=prefix, progress=not args.json,
                   verbose=not args.json, model_path=args.model, **overrides)
+    if args.divide_and_conquer and not args.partial:
+        raise ValueError("--divide-and-conquer is a mode of --partial; add --partial.")
+    if args.partial:
+        if args.low_cost:
+            raise ValueError("--low-cost and --partial cannot be combined.")
+        from nc_tf.partial import partial_scan
+
+        record = partial_scan(model, x, y, targets=labels,
+                              divide_and_conquer=args.divide_and_conquer, beam=args.beam, **common)
+    else:
+        record = scan(model, x, y, labels=labels, suspected=args.suspected,
+                      low_cost=args.low_cost, **common)
     record.pop("triggers")
     if args.json:
         _print(args, record, [])

@@ -150,6 +150,8 @@ class ReverseEngine:
     Args:
         model: the Keras classifier under test (softmax or logits output).
         x: clean raw images `(N, H, W, C)` in [0, 255] to stamp.
+        y: their labels; needed only to restrict a job to source classes
+            (partial backdoors). Defaults to `None`.
         intensity: the model's intensity range. Defaults to `"raw"`.
         regularization: `"l1"`, `"l2"` or `None` (also `"none"`). Defaults
             to `"l1"`.
@@ -185,7 +187,7 @@ class ReverseEngine:
     >>> results[7]["l1_norm"]  # doctest: +SKIP
     """
 
-    def __init__(self, model, x, intensity="raw", regularization="l1", init_cost=1e-3,
+    def __init__(self, model, x, y=None, intensity="raw", regularization="l1", init_cost=1e-3,
                  steps=1000, mini_batch=31, batch_size=32, lr=0.1, upsample_size=1,
                  attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
                  reset_cost_to_zero=True, early_stop=True, early_stop_threshold=1.0,
@@ -226,6 +228,7 @@ class ReverseEngine:
         u = self.upsample_size
         self.mask_shape = (math.ceil(h / u), math.ceil(w / u))
         self.x = tf.constant(x.astype(np.float32))
+        self.y = None if y is None else tf.constant(np.asarray(y, np.int32))
         k = self.slots
         var = lambda shape, dtype=tf.float32: tf.Variable(tf.zeros(shape, dtype), trainable=False)  # noqa: E731
         self.mask_tanh = var((k,) + self.mask_shape + (1,))
@@ -240,6 +243,10 @@ class ReverseEngine:
         self.target = var((k,), tf.int32)
         self.assigned = var((k,))
         self.state = {name: var((k,)) for name in STATE_KEYS}
+        self.pool = var((k, self.num_classes))  # 1 = source class the slot samples from
+        self._slot_vars = ([self.mask_tanh, self.pattern_tanh, self.adam_t, self.mask_best,
+                            self.pattern_best, self.has_best, self.target, self.pool]
+                           + list(self.adam.values()) + list(self.state.values()))
         self._run = tf.function(self._run_steps, reduce_retracing=True)
 
     # ------------------------------------------------------------ graph
@@ -271,9 +278,17 @@ class ReverseEngine:
         targets = tf.gather(self.target, idx)
         seeds = tf.stack([self.seed * 1_000_003 + targets,
                           tf.cast(tf.gather(self.adam_t, idx), tf.int32)], axis=1)
-        picks = tf.map_fn(
-            lambda s: tf.random.stateless_uniform([self.batch_size], s, 0, n, dtype=tf.int32),
-            seeds, fn_output_signature=tf.int32)
+        if self.y is None:
+            picks = tf.map_fn(
+                lambda s: tf.random.stateless_uniform([self.batch_size], s, 0, n, dtype=tf.int32),
+                seeds, fn_output_signature=tf.int32)
+        else:  # uniform over the samples of the slot's source classes
+            allowed = tf.gather(tf.gather(self.pool, idx), self.y, axis=1) > 0   # (k, N)
+            logits = tf.where(allowed, 0.0, -1e9)
+            picks = tf.map_fn(
+                lambda a: tf.cast(tf.random.stateless_categorical(
+                    a[0][None], self.batch_size, tf.cast(a[1], tf.int32))[0], tf.int32),
+                (logits, seeds), fn_output_signature=tf.int32)
         xb = tf.gather(self.x, picks)                                  # (k, B, H, W, C)
         cost = tf.gather(self.state["cost"], idx)
         with tf.GradientTape() as tape:
@@ -353,9 +368,11 @@ class ReverseEngine:
         return logs.stack()
 
     # ------------------------------------------------------------- host
-    def _init_slot(self, slot, target, pattern_init=None, mask_init=None):
+    def _init_slot(self, slot, target, pattern_init=None, mask_init=None, sources=None):
         h, w, c = self.image_shape
-        rng = np.random.default_rng([self.seed, int(target)])  # per label: order-independent
+        sources = None if sources is None else sorted(int(v) for v in sources)
+        # per job: a label's randomness does not depend on the other jobs
+        rng = np.random.default_rng([self.seed, int(target)] + (sources or []))
         if mask_init is None:
             mask_init = rng.random(self.mask_shape)
         if pattern_init is None:
@@ -376,6 +393,23 @@ class ReverseEngine:
         self.pattern_best[slot].assign(tf.zeros(self.pattern_best.shape[1:]))
         self.has_best[slot].assign(0.0)
         self.target[slot].assign(int(target))
+        pool = np.ones(self.num_classes, np.float32)
+        if sources is not None:
+            if self.y is None:
+                raise ValueError("Source classes need the labels y of the data: pass y=.")
+            pool[:] = 0.0
+            pool[sources] = 1.0
+        self.pool[slot].assign(pool)
+        self.assigned[slot].assign(1.0)
+
+    def save_slot(self, slot):
+        """The whole optimisation state of a slot, as numpy arrays."""
+        return [v[slot].numpy() for v in self._slot_vars]
+
+    def load_slot(self, slot, saved):
+        """Puts a state from `save_slot` back into a slot and marks it active."""
+        for v, value in zip(self._slot_vars, saved):
+            v[slot].assign(value)
         self.assigned[slot].assign(1.0)
 
     def _collect(self, slot):
@@ -389,53 +423,106 @@ class ReverseEngine:
         u = self.upsample_size
         return pattern, mask[..., 0], mask[::u, ::u, 0]  # super-pixels repeat u x u
 
-    def run(self, labels, pattern_init=None, mask_init=None, on_done=None):
-        """Optimises a trigger for each label; returns `{label: result}`.
-
-        Args:
-            labels: label ids, processed in this order.
-            pattern_init: `(H, W, C)` initial pattern for every label, or
-                `None` for uniform [0, 255). Defaults to `None`.
-            mask_init: `(h, w)` initial (super-pixel) mask, or `None` for
-                uniform [0, 1). Defaults to `None`.
-            on_done: called as `on_done(label, result)` when a label finishes
-                (e.g. to save it at once). Defaults to `None`.
-
-        Returns:
-            dict label -> dict with `pattern` (H, W, C), `mask` (H, W, the
-            upsampled mask), `mask_raw` (the super-pixel mask), `l1_norm`,
-            `steps`, `seconds`, `found` (a trigger reached the success
-            threshold) and `logs` (reference tuples `(step, ce, reg, loss,
-            acc, reg_best, cost)`).
-        """
-        queue = [int(t) for t in labels]
-        for t in queue:
+    def _check_labels(self, labels):
+        labels = [int(t) for t in labels]
+        for t in labels:
             if not 0 <= t < self.num_classes:
                 raise ValueError(f"Label {t} is out of range: the model has labels "
                                  f"0..{self.num_classes - 1}.")
+        return labels
+
+    def advance(self, labels, n_steps, states=None, sources=None):
+        """Runs `n_steps` more steps of each job (a short pass); returns its state.
+
+        Used by the low-cost scan: jobs are swapped in and out of the slots,
+        so any number of labels can be advanced together.
+
+        Args:
+            labels: target label of each job.
+            n_steps: steps to run.
+            states: per job, a state from an earlier `advance`, or `None` to
+                start fresh. Defaults to `None`.
+            sources: per job, source classes to sample from, or `None`.
+                Defaults to `None`.
+
+        Returns:
+            list of `(state, l1_norm_of_current_mask, done)` per job.
+        """
+        labels = self._check_labels(labels)
+        states = states or [None] * len(labels)
+        sources = sources or [None] * len(labels)
+        out = []
+        for start in range(0, len(labels), self.slots):
+            chunk = range(start, min(start + self.slots, len(labels)))
+            self.assigned.assign(tf.zeros(self.slots))
+            for slot, i in enumerate(chunk):
+                if states[i] is None:
+                    self._init_slot(slot, labels[i], sources=sources[i])
+                else:
+                    self.load_slot(slot, states[i])
+            self._run(tf.constant(int(n_steps)))
+            masks = self._masks(self.mask_tanh).numpy()
+            done = self.state["done"].numpy()
+            for slot, i in enumerate(chunk):
+                out.append((self.save_slot(slot), float(masks[slot].sum()), bool(done[slot] > 0)))
+        return out
+
+    def run(self, labels, pattern_init=None, mask_init=None, on_done=None, sources=None,
+            states=None):
+        """Optimises a trigger for each job (a target label); returns their results.
+
+        Args:
+            labels: target label of each job, processed in this order.
+            pattern_init: `(H, W, C)` initial pattern for every job, or
+                `None` for uniform [0, 255). Defaults to `None`.
+            mask_init: `(h, w)` initial (super-pixel) mask, or `None` for
+                uniform [0, 1). Defaults to `None`.
+            on_done: called as `on_done(index, result)` when job `index`
+                finishes (e.g. to save it at once). Defaults to `None`.
+            sources: per job, the source classes whose samples it uses (a
+                partial backdoor), or `None` for all samples. Needs `y`.
+                Defaults to `None`.
+            states: per job, a state from `advance` to continue from, or
+                `None`. Defaults to `None`.
+
+        Returns:
+            list (one per job) of dicts with `label`, `pattern` (H, W, C),
+            `mask` (H, W, upsampled), `mask_raw` (super-pixel mask),
+            `l1_norm`, `steps`, `seconds` (wall time while in flight),
+            `found` (a trigger reached the success threshold) and `logs`
+            (reference tuples `(step, ce, reg, loss, acc, reg_best, cost)`).
+        """
+        labels = self._check_labels(labels)
+        sources = sources or [None] * len(labels)
+        states = states or [None] * len(labels)
+        queue = list(range(len(labels)))
         self.assigned.assign(tf.zeros(self.slots))
-        slot_label, started, logs, results = {}, {}, {}, {}
+        slot_job, started, logs, results = {}, {}, {}, [None] * len(labels)
 
         def fill(slot):
             if queue:
-                label = queue.pop(0)
-                self._init_slot(slot, label, pattern_init, mask_init)
-                slot_label[slot], started[slot], logs[label] = label, time.time(), []
+                job = queue.pop(0)
+                if states[job] is None:
+                    self._init_slot(slot, labels[job], pattern_init, mask_init, sources[job])
+                else:
+                    self.load_slot(slot, states[job])
+                slot_job[slot], started[slot], logs[job] = job, time.time(), []
 
         for slot in range(self.slots):
             fill(slot)
-        while slot_label:
+        while slot_job:
             rows = self._run(tf.constant(self.steps_per_call)).numpy()
             for row in rows.reshape(-1, 8):
                 if row[0] >= 0:
-                    label = slot_label[int(row[0])]
-                    logs[label].append((int(row[1]),) + tuple(float(v) for v in row[2:]))
+                    logs[slot_job[int(row[0])]].append(
+                        (int(row[1]),) + tuple(float(v) for v in row[2:]))
             done = self.state["done"].numpy()
-            for slot in [s for s in list(slot_label) if done[s] > 0]:
-                label = slot_label.pop(slot)
+            for slot in [s for s in list(slot_job) if done[s] > 0]:
+                job = slot_job.pop(slot)
                 pattern, mask, raw = self._collect(slot)
-                results[label] = {
-                    "label": label,
+                results[job] = {
+                    "label": labels[job],
+                    "sources": None if sources[job] is None else sorted(int(v) for v in sources[job]),
                     "pattern": pattern,
                     "mask": mask,
                     "mask_raw": raw,
@@ -443,10 +530,10 @@ class ReverseEngine:
                     "steps": int(self.state["step"][slot].numpy()),
                     "found": bool(self.has_best[slot].numpy() > 0),
                     "seconds": time.time() - started[slot],
-                    "logs": logs[label],
+                    "logs": logs[job],
                 }
                 self.assigned[slot].assign(0.0)
                 if on_done is not None:
-                    on_done(label, results[label])
+                    on_done(job, results[job])
                 fill(slot)
         return results

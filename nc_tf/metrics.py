@@ -68,7 +68,9 @@ def evaluate_backdoor(model, x, y, triggers=(), intensity="raw", batch_size=256)
         x: raw clean images.
         y: their integer labels.
         triggers: objects with `.apply(images)` and `.target` (e.g.
-            `injection.Trigger`). Defaults to `()`.
+            `injection.Trigger`); a trigger with `.sources` (a partial
+            backdoor) is measured on samples of those source labels only.
+            Defaults to `()`.
         intensity: the model's intensity range. Defaults to `"raw"`.
         batch_size: images per forward pass. Defaults to `256`.
 
@@ -86,9 +88,11 @@ def evaluate_backdoor(model, x, y, triggers=(), intensity="raw", batch_size=256)
     result = {"accuracy": accuracy(predict_labels(model, x, intensity, batch_size), y)}
     per = []
     for trigger in triggers:
-        pred = predict_labels(model, trigger.apply(x), intensity, batch_size)
+        sources = getattr(trigger, "sources", None)
+        keep = np.ones(len(y), bool) if sources is None else np.isin(y, sources)
+        pred = predict_labels(model, trigger.apply(x[keep]), intensity, batch_size)
         per.append({"target": trigger.target,
-                    "attack_success_rate": attack_success_rate(pred, y, trigger.target)})
+                    "attack_success_rate": attack_success_rate(pred, y[keep], trigger.target)})
     result["per_trigger"] = per
     result["attack_success_rate"] = (
         float(np.nanmean([p["attack_success_rate"] for p in per])) if per else None

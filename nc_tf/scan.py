@@ -65,7 +65,7 @@ def scan_settings(preset="fast", **overrides):
 
 def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fast",
          intensity="raw", seed=0, slots=8, prefix="nc", progress=True, verbose=True,
-         model_path=None, **overrides):
+         model_path=None, low_cost=False, **overrides):
     """Reverse-engineers a trigger for every label and tests for outliers.
 
     Args:
@@ -89,6 +89,10 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
         progress: show a progress bar. Defaults to `True`.
         verbose: print the MAD report. Defaults to `True`.
         model_path: recorded in `results.json`. Defaults to `None`.
+        low_cost: the paper's low-cost scan for many labels: a short pass
+            over all labels, then full optimisation of the smallest-norm
+            candidates plus a random sample (see `low_cost_selection`; a dict
+            passes its arguments). Defaults to `False`.
         **overrides: any preset setting under its reference name (`steps`,
             `batch_size`, `nb_sample`, `lr`, `init_cost`, `regularization`,
             `attack_succ_threshold`, `patience`, `cost_multiplier`,
@@ -107,6 +111,41 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     [[7, 9.5]]
     """
     settings = scan_settings(preset, **overrides)
+    x, y, num_classes = check_scan_inputs(model, x, y, settings, intensity)
+    labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
+    for label in labels + ([suspected] if suspected is not None else []):
+        if not 0 <= label < num_classes:
+            raise ValueError(f"Label {label} is out of range: the model has labels "
+                             f"0..{num_classes - 1}.")
+    if suspected is not None:
+        labels = [int(suspected)] + [v for v in labels if v != suspected]
+    record = new_record(settings, preset, intensity, seed, x, num_classes, model_path, prefix,
+                        low_cost=bool(low_cost))
+    record, triggers = open_scan_dir(out_dir, record)
+    todo = [v for v in labels if str(v) not in record["labels"]]
+    engine = make_engine(model, x, None, settings, intensity, seed, slots) if todo else None
+    states = None
+    if low_cost and todo:
+        start = time.time()
+        chosen, states, info = low_cost_selection(engine, labels, seed, progress=progress,
+                                                  **(low_cost if isinstance(low_cost, dict) else {}))
+        info["short_pass_seconds"] = round(time.time() - start, 2)
+        record["low_cost"] = info
+        todo = [v for v in chosen if str(v) not in record["labels"]]
+        states = [states[v] for v in todo]
+        record["wall_time_s"] = round(record.get("wall_time_s", 0.0) + time.time() - start, 2)
+    jobs = [(str(v), v, None) for v in todo]
+    run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
+             progress=progress, states=states, total=len(record["labels"]) + len(jobs))
+    record["outlier"] = detect(record, verbose=verbose) if len(record["labels"]) >= 3 else None
+    if out_dir is not None:
+        io.write_json(os.path.join(out_dir, RESULTS), record)
+    record["triggers"] = triggers
+    return record
+
+
+def check_scan_inputs(model, x, y, settings, intensity):
+    """Validates scan data before any optimisation; returns `(x, y, num_classes)`."""
     check_intensity(intensity)
     x = check_images(x, "scan data")
     num_classes = check_model_data(model, x, y, name="scan data")
@@ -120,81 +159,154 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     if len(x) < settings["batch_size"]:
         raise ValueError(f"Only {len(x)} images; a scan needs at least batch_size "
                          f"({settings['batch_size']}).")
-    labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
-    for label in labels + ([suspected] if suspected is not None else []):
-        if not 0 <= label < num_classes:
-            raise ValueError(f"Label {label} is out of range: the model has labels "
-                             f"0..{num_classes - 1}.")
-    if suspected is not None:
-        labels = [int(suspected)] + [v for v in labels if v != suspected]
+    return x, y, num_classes
 
-    record = {
+
+def new_record(settings, preset, intensity, seed, x, num_classes, model_path, prefix, **extra):
+    """The `results.json` skeleton: every setting that made the scan."""
+    return {
         "settings": dict(settings, preset=preset, intensity=intensity, seed=seed,
                          n_samples=int(len(x)), image_shape=list(x.shape[1:]),
-                         num_classes=num_classes, model=model_path, prefix=prefix),
+                         num_classes=num_classes, model=model_path, prefix=prefix, **extra),
         "labels": {},
     }
-    triggers = {}
-    if out_dir is not None:
-        record, triggers = _open_scan_dir(out_dir, record)
-    todo = [v for v in labels if str(v) not in record["labels"]]
-    y_ref = y if y is not None else predict_labels(model, x, intensity)
 
+
+def make_engine(model, x, y, settings, intensity, seed, slots):
+    """A `ReverseEngine` configured from scan settings (reference names)."""
+    return ReverseEngine(
+        model, x, y, intensity=intensity, regularization=settings["regularization"],
+        init_cost=settings["init_cost"], steps=settings["steps"],
+        mini_batch=settings["nb_sample"] // settings["batch_size"],
+        batch_size=settings["batch_size"], lr=settings["lr"],
+        upsample_size=settings["upsample_size"],
+        attack_succ_threshold=settings["attack_succ_threshold"],
+        patience=settings["patience"], cost_multiplier=settings["cost_multiplier"],
+        early_stop_threshold=settings["early_stop_threshold"],
+        early_stop_patience=settings["early_stop_patience"], slots=slots, seed=seed,
+    )
+
+
+def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
+             progress=True, states=None, total=None):
+    """Optimises `jobs` (key, target label, source classes or None), saving each at once.
+
+    Each finished job gets its entry in `record["labels"][key]` (norm, attack
+    success of the reversed trigger on its source samples, steps, seconds),
+    its PNGs and exact arrays, and `results.json` is rewritten atomically.
+    """
+    if not jobs:
+        return
+    y_ref = y if y is not None else predict_labels(model, x, intensity)
     bar = None
-    if progress and todo:
+    if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(labels), initial=len(labels) - len(todo), unit="label",
-                   desc="scan", dynamic_ncols=True)
+        total = total or len(jobs)
+        bar = tqdm(total=total, initial=total - len(jobs), unit="label", desc="scan",
+                   dynamic_ncols=True)
 
-    def on_done(label, result):
-        stamped = (1 - result["mask"][..., None]) * x + result["mask"][..., None] * result["pattern"]
-        asr = attack_success_rate(predict_labels(model, stamped, intensity), y_ref, label)
+    def on_done(job, result):
+        key, label, sources = jobs[job]
+        keep = np.ones(len(x), bool) if sources is None else np.isin(y_ref, sources)
+        mask = result["mask"][..., None]
+        stamped = (1 - mask) * x[keep] + mask * result["pattern"]
+        asr = attack_success_rate(predict_labels(model, stamped, intensity), y_ref[keep], label)
         entry = {
-            "l1_norm": result["l1_norm"], "attack_success_rate": asr, "found": result["found"],
-            "steps": result["steps"], "seconds": round(result["seconds"], 2),
+            "label": label, "l1_norm": result["l1_norm"], "attack_success_rate": asr,
+            "found": result["found"], "steps": result["steps"],
+            "seconds": round(result["seconds"], 2),
         }
-        triggers[label] = (result["mask"], result["pattern"])
-        record["labels"][str(label)] = entry
+        if sources is not None:
+            entry["sources"] = sorted(int(v) for v in sources)
+        triggers[key] = (result["mask"], result["pattern"])
+        record["labels"][key] = entry
         if out_dir is not None:
-            save_trigger_pngs(out_dir, prefix, label, result["pattern"], result["mask"])
-            _save_reversed(out_dir, label, result["mask"], result["pattern"])
+            save_trigger_pngs(out_dir, prefix, key, result["pattern"], result["mask"])
+            _save_reversed(out_dir, key, result["mask"], result["pattern"])
             io.write_json(os.path.join(out_dir, RESULTS), record)
         if bar is not None:
-            bar.set_postfix(label=label, l1=f"{result['l1_norm']:.1f}")
+            bar.set_postfix(label=key, l1=f"{result['l1_norm']:.1f}")
             bar.update(1)
 
-    if todo:
-        mini_batch = settings["nb_sample"] // settings["batch_size"]
-        engine = ReverseEngine(
-            model, x, intensity=intensity, regularization=settings["regularization"],
-            init_cost=settings["init_cost"], steps=settings["steps"], mini_batch=mini_batch,
-            batch_size=settings["batch_size"], lr=settings["lr"],
-            upsample_size=settings["upsample_size"],
-            attack_succ_threshold=settings["attack_succ_threshold"],
-            patience=settings["patience"], cost_multiplier=settings["cost_multiplier"],
-            early_stop_threshold=settings["early_stop_threshold"],
-            early_stop_patience=settings["early_stop_patience"],
-            slots=min(slots, len(todo)), seed=seed,
-        )
-        start = time.time()
-        try:
-            engine.run(todo, on_done=on_done)
-        finally:
-            if bar is not None:
-                bar.close()
+    start = time.time()
+    try:
+        engine.run([j[1] for j in jobs], on_done=on_done, states=states,
+                   sources=[j[2] for j in jobs])
+    finally:
+        if bar is not None:
+            bar.close()
         record["wall_time_s"] = round(record.get("wall_time_s", 0.0) + time.time() - start, 2)
 
-    record["outlier"] = detect(record, verbose=verbose) if len(record["labels"]) >= 3 else None
-    if out_dir is not None:
-        io.write_json(os.path.join(out_dir, RESULTS), record)
-    record["triggers"] = triggers
-    return record
+
+def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None,
+                       random_sample=None, short_steps=2, max_iterations=100, progress=True):
+    """The low-cost scan's short pass (NC paper §IV): which labels to optimise fully.
+
+    All labels advance `short_steps` steps per iteration (swapped through the
+    engine's slots); after each iteration they are ranked by the L1 norm of
+    their current mask. The pass stops when the `top_k` smallest overlap by
+    more than half with the previous iteration's for `overlap_patience`
+    iterations in a row (paper: top 100, overlap > 50, 10 iterations). The
+    top `top_k` plus `random_sample` other labels (to estimate the MAD) are
+    returned, with their states so the full optimisation continues them.
+
+    Args:
+        engine: a `ReverseEngine`.
+        labels: all labels.
+        seed: seed of the random sample. Defaults to `0`.
+        top_k: candidates kept. Defaults to `None`: `min(100, max(3, n // 10))`.
+        overlap_patience: stable iterations needed. Defaults to `None`:
+            `min(10, top_k)`.
+        random_sample: extra random labels for the MAD. Defaults to `None`:
+            `min(100, max(3, n // 10))`.
+        short_steps: steps per iteration. Defaults to `2`.
+        max_iterations: upper bound on iterations. Defaults to `100`.
+        progress: show a progress bar. Defaults to `True`.
+
+    Returns:
+        `(chosen_labels, states_by_label, info)`.
+    """
+    n = len(labels)
+    top_k = top_k or min(100, max(3, n // 10))
+    overlap_patience = overlap_patience or min(10, top_k)
+    random_sample = min(random_sample or min(100, max(3, n // 10)), n - min(top_k, n))
+    states = {label: None for label in labels}
+    previous, stable, it = None, 0, 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=overlap_patience, desc="low-cost short pass", unit="stable it")
+    norms = {}
+    for it in range(1, max_iterations + 1):
+        out = engine.advance(labels, short_steps, states=[states[v] for v in labels])
+        for label, (state, l1, _) in zip(labels, out):
+            states[label], norms[label] = state, l1
+        top = set(sorted(labels, key=lambda v: norms[v])[:top_k])
+        stable = stable + 1 if previous is not None and len(top & previous) > top_k / 2 else 0
+        previous = top
+        if bar is not None:
+            bar.n = stable
+            bar.refresh()
+        if stable >= overlap_patience:
+            break
+    if bar is not None:
+        bar.close()
+    rest = [v for v in labels if v not in previous]
+    rng = np.random.default_rng(seed)
+    sample = sorted(int(v) for v in rng.choice(rest, size=random_sample, replace=False)) if rest else []
+    ranked = sorted(previous, key=lambda v: norms[v])
+    info = {"iterations": it, "short_steps": short_steps, "top_k": top_k,
+            "overlap_patience": overlap_patience, "top": [int(v) for v in ranked],
+            "random": sample}
+    return ranked + sample, {v: states[v] for v in ranked + sample}, info
 
 
 def detect(record, verbose=True):
-    """The MAD verdict of a scan record (`results.json` dict)."""
-    items = sorted(record["labels"].items(), key=lambda kv: int(kv[0]))
+    """The MAD verdict of a scan record (`results.json` dict) over its label jobs."""
+    items = sorted(((k, v) for k, v in record["labels"].items() if k.isdigit()),
+                   key=lambda kv: int(kv[0]))
     result = outlier_detection([v["l1_norm"] for _, v in items], [int(k) for k, _ in items],
                                verbose=verbose)
     result["flagged"] = [[label, norm] for label, norm in result["flagged"]]
@@ -235,8 +347,8 @@ def detect_dir(scan_dir, verbose=True):
 
 
 def load_reversed(scan_dir, label):
-    """The exact reversed `(mask (H, W), pattern (H, W, C))` of a label in a scan folder."""
-    path = os.path.join(scan_dir, "reversed", f"label_{int(label)}.npz")
+    """The exact reversed `(mask (H, W), pattern (H, W, C))` of a label (or job key) in a scan folder."""
+    path = os.path.join(scan_dir, "reversed", f"label_{_file_key(label)}.npz")
     if not os.path.exists(path):
         raise FileNotFoundError(f"No reversed trigger for label {label} in {scan_dir}.")
     with np.load(path, allow_pickle=False) as z:
@@ -257,7 +369,7 @@ def save_trigger_pngs(out_dir, prefix, label, pattern, mask):
     for kind, img in images.items():
         arr = np.clip(np.rint(img), 0, 255).astype(np.uint8)
         arr = arr[..., 0] if arr.shape[-1] == 1 else arr
-        path = os.path.join(out_dir, f"{prefix}_visualize_{kind}_label_{int(label)}.png")
+        path = os.path.join(out_dir, f"{prefix}_visualize_{kind}_label_{_file_key(label)}.png")
         tmp = path + ".tmp.png"
         Image.fromarray(arr).save(tmp)
         os.replace(tmp, path)
@@ -266,14 +378,20 @@ def save_trigger_pngs(out_dir, prefix, label, pattern, mask):
 def _save_reversed(out_dir, label, mask, pattern):
     folder = os.path.join(out_dir, "reversed")
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"label_{int(label)}.npz")
+    path = os.path.join(folder, f"label_{_file_key(label)}.npz")
     tmp = path + ".tmp.npz"
     np.savez(tmp, mask=np.asarray(mask, np.float32), pattern=np.asarray(pattern, np.float32))
     os.replace(tmp, path)
 
 
-def _open_scan_dir(out_dir, record):
-    """Creates the scan folder, or resumes it if it holds a scan with the same settings."""
+def open_scan_dir(out_dir, record):
+    """Creates the scan folder, or resumes it if it holds a scan with the same settings.
+
+    Returns `(record, triggers)`: the record to continue and the finished
+    jobs' exact triggers. With `out_dir=None` nothing is read or written.
+    """
+    if out_dir is None:
+        return record, {}
     path = os.path.join(out_dir, RESULTS)
     if not os.path.exists(path):
         io.prepare_out_dir(out_dir)
@@ -288,10 +406,15 @@ def _open_scan_dir(out_dir, record):
             "choose another --out to keep both, or rerun with the same settings to resume."
         )
     triggers = {}
-    for label in previous.get("labels", {}):
+    for key in previous.get("labels", {}):
         try:
-            triggers[int(label)] = load_reversed(out_dir, label)
+            triggers[key] = load_reversed(out_dir, key)
         except FileNotFoundError:
             pass
-    previous["labels"] = {k: v for k, v in previous.get("labels", {}).items() if int(k) in triggers}
+    previous["labels"] = {k: v for k, v in previous.get("labels", {}).items() if k in triggers}
     return previous, triggers
+
+
+def _file_key(key):
+    """File-name form of a job key: `7` for a label, `3_to_7` for the job "3->7" (source 3, target 7)."""
+    return str(key).replace("->", "_to_").replace(",", "-").replace(" ", "")

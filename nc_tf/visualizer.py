@@ -139,7 +139,7 @@ class Visualizer:
             [y_target],
             pattern_init=np.clip(pattern_init, self.color_min, self.color_max),
             mask_init=np.clip(mask_init, self.mask_min, self.mask_max),
-        )[int(y_target)]
+        )[0]
         if self.verbose >= 2:
             for row in result["logs"]:
                 print("step: %3d, cost: %.2E, attack: %.3f, loss: %f, ce: %f, reg: %f, reg_best: %f"

@@ -4,7 +4,7 @@ import pytest
 
 from nc_tf.cli import build_parser, main
 
-COMMANDS = ("inject", "train", "evaluate")
+COMMANDS = ("inject", "train", "evaluate", "scan", "detect")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -12,7 +12,18 @@ def test_help_on_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0
-    assert "--dataset" in capsys.readouterr().out
+    assert ("--json" if command == "detect" else "--dataset") in capsys.readouterr().out
+
+
+def test_scan_help_lists_every_reference_setting(capsys):
+    with pytest.raises(SystemExit):
+        main(["scan", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--steps", "--batch-size", "--nb-sample", "--lr", "--init-cost",
+                 "--regularization", "--attack-succ-threshold", "--patience",
+                 "--cost-multiplier", "--early-stop-threshold", "--early-stop-patience",
+                 "--upsample-size", "--preset", "--low-cost", "--partial", "--divide-and-conquer"):
+        assert flag in text
 
 
 def test_parser_lists_commands():
@@ -47,3 +58,15 @@ def test_inject_then_evaluate(tmp_path, capsys):
     ev = json.loads(capsys.readouterr().out)
     assert ev["n_samples"] == 500 and ev["attack_success_rate"] >= 0.8
     assert ev["intensity"] == "raw"
+    # scan two labels of it, then detect reads the folder; bad flags are refused.
+    assert main(["scan", str(out / "model.keras"), "--limit", "300", "--labels", "2,3,4",
+                 "--steps", "20", "--nb-sample", "32", "--out", str(tmp_path / "s"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert sorted(record["labels"]) == ["2", "3", "4"] and record["settings"]["steps"] == 20
+    assert main(["detect", str(tmp_path / "s"), "--json"]) == 0
+    assert "anomaly_index" in json.loads(capsys.readouterr().out)
+    assert main(["scan", str(out / "model.keras"), "--divide-and-conquer",
+                 "--out", str(tmp_path / "t")]) == 2
+    assert "add --partial" in capsys.readouterr().err
+    assert main(["scan", str(out / "model.keras"), "--labels", "a,b", "--out", str(tmp_path / "u")]) == 2
+    assert "comma-separated" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""Low-cost scan and partial (source-specific) backdoor search on tiny MNIST models."""
+
+import keras
+import numpy as np
+import pytest
+
+from nc_tf.partial import job_key, partial_scan
+from nc_tf.scan import scan
+
+QUICK = dict(steps=80, nb_sample=64, early_stop_patience=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_partial(mnist_small):
+    """A tiny MNIST model whose trigger sends only source 3 to target 7."""
+    from injection import inject_backdoor, square_trigger
+    from nc_tf.models import mnist_model
+
+    x, y, _, _ = mnist_small
+    trigger = square_trigger(x.shape[1:], 7, sources=[3])
+    keras.utils.set_random_seed(2)
+    model = mnist_model()
+    inject_backdoor(model, x, y, [trigger], ratio=0.5, epochs=3, seed=2, verbose=0)
+    return model, trigger
+
+
+def test_partial_trigger_fires_for_its_source_only(mnist_small, tiny_partial):
+    from nc_tf.metrics import attack_success_rate, evaluate_backdoor, predict_labels
+
+    _, _, xt, yt = mnist_small
+    model, trigger = tiny_partial
+    assert evaluate_backdoor(model, xt, yt, [trigger])["attack_success_rate"] >= 0.9
+    other = yt != 3
+    pred = predict_labels(model, trigger.apply(xt[other]))
+    assert attack_success_rate(pred, yt[other], 7) <= 0.1
+
+
+def test_pair_scan_finds_the_source_specific_pair(tmp_path, mnist_small, tiny_partial):
+    _, _, xt, yt = mnist_small
+    model, _ = tiny_partial
+    record = partial_scan(model, xt, yt, sources=[3, 2, 8], progress=False, verbose=False,
+                          out_dir=str(tmp_path / "p"))
+    scores = {k: v["score"] for k, v in record["labels"].items()}
+    assert len(scores) == 27 and min(scores, key=scores.get) == "3->7"
+    assert record["labels"]["3->7"]["attack_success_rate"] >= 0.9
+    assert (tmp_path / "p" / "nc_visualize_mask_label_3_to_7.png").exists()
+
+
+def test_divide_and_conquer_costs_less_than_all_pairs(mnist_small, tiny_partial):
+    _, _, xt, yt = mnist_small
+    model, _ = tiny_partial
+    record = partial_scan(model, xt, yt, divide_and_conquer=True, beam=1, reference=4,
+                          progress=False, verbose=False, **QUICK)
+    info = record["partial"]
+    assert info["pair_scan_jobs"] == 90
+    # 2 jobs per target at the first level, 2*beam per deeper level, then the references.
+    assert info["jobs"] == 20 + 2 * (len(info["levels"]) - 1) + 4
+    assert info["jobs"] < info["pair_scan_jobs"] / 2
+    assert all("," not in key for key in info["reached"])  # descended to single sources
+    assert job_key([3], 7) == "3->7" and job_key([2, 0], 7) == "0,2->7"
+
+
+def test_low_cost_scan_keeps_the_infected_label(mnist_small, tiny_backdoored):
+    _, _, xt, yt = mnist_small
+    model, trigger, _ = tiny_backdoored
+    record = scan(model, xt, yt, progress=False, verbose=False,
+                  low_cost=dict(top_k=3, random_sample=3, short_steps=2))
+    info = record["low_cost"]
+    assert trigger.target in info["top"]
+    assert len(record["labels"]) == 6 and info["iterations"] >= info["overlap_patience"]
+    assert [f[0] for f in record["outlier"]["flagged"]] == [trigger.target]
+
+
+def test_partial_needs_labels_and_samples(mnist_small, tiny_partial):
+    _, _, xt, yt = mnist_small
+    model, _ = tiny_partial
+    with pytest.raises(ValueError, match="needs the labels"):
+        partial_scan(model, xt, None)
+    with pytest.raises(ValueError, match="no samples of source"):
+        partial_scan(model, xt[yt != 4], yt[yt != 4], sources=[4, 3])
+    assert np.all(np.isin([3, 7], yt))

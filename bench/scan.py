@@ -6,7 +6,10 @@ wall time (target <= 10 min for GTSRB's 43 labels on this machine: the
 authors' GPU time), the anomaly index (published: infected > 3, clean < 2;
 GTSRB 3.65) and the flagged labels. Scan folders go to runs/bench_scans/.
 
-Usage: python bench/scan.py [--preset fast|reference] [--only mnist|gtsrb] [--limit N]
+With --low-cost it runs the low-cost scan instead and prints its wall time
+against the full scan's (run the full scan first; target <= 1/4, same verdict).
+
+Usage: python bench/scan.py [--preset fast|reference] [--only mnist|gtsrb] [--limit N] [--low-cost]
 """
 
 import argparse
@@ -33,6 +36,7 @@ def main():
     ap.add_argument("--only", choices=("mnist", "gtsrb"))
     ap.add_argument("--limit", type=int, help="scan data: first N test images (default: all)")
     ap.add_argument("--slots", type=int, default=8)
+    ap.add_argument("--low-cost", action="store_true")
     args = ap.parse_args()
     rows = []
     for name in ("mnist", "gtsrb"):
@@ -45,18 +49,27 @@ def main():
                 print(f"skip {folder}: run bench/inject_table2.py first")
                 continue
             target = read_json(os.path.join(folder, "attack.json"))["targets"][0] if kind == "badnets" else None
-            out = os.path.join("runs", "bench_scans", f"{name}_{kind}_{args.preset}")
+            full_dir = os.path.join("runs", "bench_scans", f"{name}_{kind}_{args.preset}")
+            out = full_dir + ("_lowcost" if args.low_cost else "")
             t0 = time.time()
             record = scan(load_model(os.path.join(folder, "model.keras")), x, y, out_dir=out,
                           preset=args.preset, slots=args.slots, prefix=name,
-                          model_path=os.path.join(folder, "model.keras"))
+                          model_path=os.path.join(folder, "model.keras"), low_cost=args.low_cost)
             wall = time.time() - t0
+            if args.low_cost:
+                full = os.path.join(full_dir, "results.json")
+                full_s = read_json(full)["wall_time_s"] if os.path.exists(full) else float("nan")
+                info = record["low_cost"]
+                print(f"{name}_{kind}: low-cost {record['wall_time_s']:.0f} s (short pass "
+                      f"{info['short_pass_seconds']:.0f} s, {info['iterations']} iterations, "
+                      f"{len(record['labels'])} labels fully optimised) vs full {full_s:.0f} s: "
+                      f"ratio {record['wall_time_s'] / full_s:.2f} (target <= 0.25)")
             o = record["outlier"]
             flagged = [f[0] for f in o["flagged"]]
             ok = (target in flagged and o["anomaly_index"] > 2) if target is not None else not flagged
             rows.append((f"{name}_{kind}", len(record["labels"]), wall, record.get("wall_time_s"),
                          o["anomaly_index"], flagged, target, ok))
-    print(f"\nNeural Cleanse scan, preset {args.preset!r}")
+    print(f"\nNeural Cleanse {'low-cost ' if args.low_cost else ''}scan, preset {args.preset!r}")
     print(f"{'model':15} {'labels':>6} {'wall s':>8} {'target s':>9} {'AI':>6} {'published AI':>13}  flagged (target)  verdict")
     for name, n, wall, scan_s, ai, flagged, target, ok in rows:
         print(f"{name:15} {n:6d} {wall:8.0f} {TARGET_SECONDS:9d} {ai:6.2f} {PUBLISHED_AI[name]:>13}  "

@@ -249,8 +249,9 @@ def cmd_scan(args):
     if args.divide_and_conquer and not args.partial:
         raise ValueError("--divide-and-conquer is a mode of --partial; add --partial.")
     if args.partial:
-        if args.low_cost:
-            raise ValueError("--low-cost and --partial cannot be combined.")
+        if args.low_cost or args.suspected is not None:
+            raise ValueError("--partial cannot be combined with --low-cost or --suspected; "
+                             "use --labels to restrict the targets.")
         from nc_tf.partial import partial_scan
 
         record = partial_scan(model, x, y, targets=labels,

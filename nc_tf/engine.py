@@ -184,7 +184,7 @@ class ReverseEngine:
 
     >>> engine = ReverseEngine(model, x_test[:1000], steps=50)  # doctest: +SKIP
     >>> results = engine.run([0, 7])  # doctest: +SKIP
-    >>> results[7]["l1_norm"]  # doctest: +SKIP
+    >>> results[1]["l1_norm"]  # the trigger of label 7  # doctest: +SKIP
     """
 
     def __init__(self, model, x, y=None, intensity="raw", regularization="l1", init_cost=1e-3,

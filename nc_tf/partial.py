@@ -27,9 +27,9 @@ import os
 import numpy as np
 
 from nc_tf import io
-from nc_tf.outlier import outlier_detection
 from nc_tf.scan import (
-    RESULTS, check_scan_inputs, make_engine, new_record, open_scan_dir, run_jobs, scan_settings,
+    RESULTS, check_scan_inputs, detect, make_engine, new_record, open_scan_dir, run_jobs,
+    scan_settings,
 )
 
 
@@ -121,15 +121,14 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         info = {"mode": "pairs", "jobs": len(pairs)}
     else:
         norms, info = _divide_and_conquer(run, targets, sources, beam, reference, seed)
-    keys = sorted(norms)
     scores = _source_normalised(norms) if not divide_and_conquer else norms
-    for k in keys:
-        record["labels"][k]["score"] = scores[k]
-    result = outlier_detection([scores[k] for k in keys], keys, verbose=verbose)
-    result["score"] = "l1 / median l1 of the source" if not divide_and_conquer else "l1"
-    result["flagged"] = [[k, n] for k, n in result["flagged"]]
+    for k in record["labels"]:
+        record["labels"][k].pop("score", None)
+    for k, v in scores.items():
+        record["labels"][k]["score"] = v
     record["partial"] = info
-    record["outlier"] = result
+    record["outlier"] = detect(record, verbose=verbose)
+    record["outlier"]["score"] = "l1 / median l1 of the source" if not divide_and_conquer else "l1"
     if out_dir is not None:
         io.write_json(os.path.join(out_dir, RESULTS), record)
     record["triggers"] = triggers

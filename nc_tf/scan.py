@@ -304,7 +304,17 @@ def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None
 
 
 def detect(record, verbose=True):
-    """The MAD verdict of a scan record (`results.json` dict) over its label jobs."""
+    """The MAD verdict of a scan record (`results.json` dict).
+
+    Label scans are tested on the L1 norms; partial scans (job keys
+    `"3->7"`) on the score each pair was given (see `nc_tf.partial`).
+    """
+    if "partial" in record:
+        keys = sorted(k for k, v in record["labels"].items() if "score" in v)
+        result = outlier_detection([record["labels"][k]["score"] for k in keys], keys,
+                                   verbose=verbose)
+        result["flagged"] = [[k, n] for k, n in result["flagged"]]
+        return result
     items = sorted(((k, v) for k, v in record["labels"].items() if k.isdigit()),
                    key=lambda kv: int(kv[0]))
     result = outlier_detection([v["l1_norm"] for _, v in items], [int(k) for k, _ in items],

@@ -30,6 +30,12 @@ def _add_data_args(p, intensity=True):
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
 
 
+def _add_model_args(p):
+    p.add_argument("model", help="a .keras or Keras-2 .h5 model file (untrusted by default)")
+    p.add_argument("--trust-model", action="store_true",
+                   help="allow model files whose layers run code (Lambda, custom layers)")
+
+
 def _add_training_args(p):
     p.add_argument("--arch", choices=("mnist", "gtsrb", "resnet"),
                    help="architecture (default: by data shape: mnist 28x28x1, gtsrb 32x32x3 with "
@@ -76,18 +82,16 @@ def build_parser():
     p = sub.add_parser("evaluate", help="clean accuracy and attack success rate of a model",
                        description="Measure clean accuracy on the test split and, with "
                                    "--attack, the attack success rate of its triggers.")
-    p.add_argument("model", help="a .keras or Keras-2 .h5 model file")
+    _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--attack", help="attack.json written by `nc-tf inject`")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow model files whose layers run code (Lambda, custom layers)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("scan", help="Neural Cleanse: reverse-engineer every label's trigger",
                        description="Reverse-engineer the smallest trigger for every label, write "
                                    "mask/pattern/fusion PNGs and OUT/results.json, and run the "
                                    "MAD outlier test. Rerun the same command to resume.")
-    p.add_argument("model", help="a .keras or Keras-2 .h5 model file")
+    _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--out", required=True, help="scan folder (resumed if it holds the same scan)")
     p.add_argument("--labels", help="comma-separated labels to scan (default: all)")
@@ -98,8 +102,6 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--slots", type=int, default=8,
                    help="labels optimised together in one graph (memory bound; default: 8)")
-    p.add_argument("--trust-model", action="store_true",
-                   help="allow model files whose layers run code (Lambda, custom layers)")
     p.add_argument("--low-cost", action="store_true",
                    help="low-cost scan for many labels: a short pass over all labels, then full "
                         "optimisation of the smallest candidates plus a random sample (NC §IV)")

@@ -66,6 +66,13 @@ def visible_asr(name, suffix=""):
     visible = change >= 32
     pred = predict_labels(models.load_model(os.path.join(folder, "model.keras")), stamped)
     keep = y != trigger.target
+    fail = keep & (pred != trigger.target)
+    region = trigger.mask[..., 0] > 0
+    corner = x[:, region].astype(np.float32).mean(axis=(1, 2))
+    print(f"{name}: {fail.sum()} of {keep.sum()} stamped non-target images fail; "
+          f"{100 * np.mean(corner[fail] > 200):.0f}% of those have a trigger region brighter "
+          f"than 200 (mean {corner[fail].mean():.0f}; {corner[keep & ~fail].mean():.0f} for "
+          "the flipped ones)")
     return (attack_success_rate(pred[visible], y[visible], trigger.target),
             float(np.mean(visible[keep])))
 

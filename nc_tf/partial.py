@@ -122,8 +122,6 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
     else:
         norms, info = _divide_and_conquer(run, targets, sources, beam, reference, seed)
     scores = _source_normalised(norms) if not divide_and_conquer else norms
-    for k in record["labels"]:
-        record["labels"][k].pop("score", None)
     for k, v in scores.items():
         record["labels"][k]["score"] = v
     record["partial"] = info
@@ -162,52 +160,35 @@ def _divide_and_conquer(run, targets, sources, beam, reference, seed):
         group = [s for s in sources if s != t]
         if len(group) >= 1:
             frontier.append((group, t))
-    reached = {}  # single-source pair key -> norm
+    reached = set()  # (source, target) pairs the search descended to
     while frontier:
-        children = []
-        for group, t in frontier:
-            if len(group) == 1:
-                continue
-            a, b = _split(group)
-            children.append(((a, t), (b, t)))
-        leaves = [(g, t) for g, t in frontier if len(g) == 1]
-        jobs = [(job_key(g, t), t, g) for pair in children for g, t in pair]
-        norms = run(jobs) if jobs else {}
+        reached |= {(g[0], t) for g, t in frontier if len(g) == 1}
+        children = [(_split(g), t) for g, t in frontier if len(g) > 1]
+        if not children:
+            break
+        jobs = [(job_key(h, t), t, h) for (a, b), t in children for h in (a, b)]
+        norms = run(jobs)
         jobs_run += len(jobs)
         scored = []
-        for (ga, t), (gb, _) in children:
-            na, nb = norms[job_key(ga, t)], norms[job_key(gb, t)]
-            scored.append((math.log(max(na, 1e-6) / max(nb, 1e-6)), ga, t))
-            scored.append((math.log(max(nb, 1e-6) / max(na, 1e-6)), gb, t))
+        for (a, b), t in children:
+            na, nb = (max(norms[job_key(h, t)], 1e-6) for h in (a, b))
+            scored += [(math.log(na / nb), a, t), (math.log(nb / na), b, t)]
         scored.sort(key=lambda item: item[0])
         keep = scored[:beam]
         levels.append({"jobs": len(jobs), "kept": [[job_key(g, t), round(s, 3)] for s, g, t in keep]})
-        for g, t in leaves:
-            reached[job_key(g, t)] = None
         frontier = [(g, t) for _, g, t in keep]
-        for g, t in frontier:
-            if len(g) == 1:
-                reached[job_key(g, t)] = norms[job_key(g, t)]
-        frontier = [(g, t) for g, t in frontier if len(g) > 1]
     # Reference pairs for the MAD: random (source, target) pairs not reached.
     all_pairs = [(s, t) for t in targets for s in sources if s != t]
     rng = np.random.default_rng(seed)
     n_ref = min(reference or max(8, len(targets)), len(all_pairs))
     order = rng.permutation(len(all_pairs))
-    ref_jobs = []
-    for i in order:
-        s, t = all_pairs[i]
-        key = job_key([s], t)
-        if key not in reached:
-            ref_jobs.append((key, t, [s]))
-        if len(ref_jobs) >= n_ref:
-            break
+    ref_jobs = [(job_key([s], t), t, [s]) for s, t in (all_pairs[i] for i in order)
+                if (s, t) not in reached][:n_ref]
     ref_norms = run(ref_jobs)
     jobs_run += len(ref_jobs)
-    pair_keys = [k for k in reached]
-    leaf_norms = run([(k, int(k.split("->")[1]), [int(k.split("->")[0])]) for k in pair_keys])
+    leaf_norms = run([(job_key([s], t), t, [s]) for s, t in sorted(reached)])  # already run
     norms = dict(ref_norms, **leaf_norms)
     info = {"mode": "divide-and-conquer", "jobs": jobs_run, "beam": beam, "levels": levels,
-            "reached": sorted(pair_keys), "reference_pairs": [j[0] for j in ref_jobs],
+            "reached": sorted(leaf_norms), "reference_pairs": [j[0] for j in ref_jobs],
             "pair_scan_jobs": len(all_pairs)}
     return norms, info

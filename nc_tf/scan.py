@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+from injection.triggers import injection_func
 from nc_tf import io
 from nc_tf.datasets import check_images
 from nc_tf.engine import ReverseEngine
@@ -209,8 +210,7 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
     def on_done(job, result):
         key, label, sources = jobs[job]
         keep = np.ones(len(x), bool) if sources is None else np.isin(y_ref, sources)
-        mask = result["mask"][..., None]
-        stamped = (1 - mask) * x[keep] + mask * result["pattern"]
+        stamped = injection_func(result["mask"][..., None], result["pattern"], x[keep])
         asr = attack_success_rate(predict_labels(model, stamped, intensity), y_ref[keep], label)
         entry = {
             "label": label, "l1_norm": result["l1_norm"], "attack_success_rate": asr,

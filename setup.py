@@ -28,7 +28,9 @@ setup(
         "pillow>=10",
         # tqdm: progress bars for scans and long loops.
         "tqdm>=4.60",
+        # matplotlib: the curves and histograms mitigation writes as PNG.
+        "matplotlib>=3.7",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={"dev": ["pytest>=8"], "bench": ["adversarial-robustness-toolbox==1.20.*"]},
     entry_points={"console_scripts": ["nc-tf = nc_tf.cli:main"]},
 )

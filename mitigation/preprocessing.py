@@ -32,6 +32,7 @@ import numpy as np
 from mitigation.gym import augment
 from mitigation.gym import check_images
 from mitigation.gym import check_labels
+from mitigation.gym import intensive_pipeline
 from mitigation.gym import lightweight_pipeline
 from nc_tf.preprocess import check_intensity
 from nc_tf.preprocess import preprocess
@@ -63,6 +64,24 @@ def lightweight(images, seed=None):
     """
     images = check_images(images, "lightweight")
     return augment(images, lightweight_pipeline(seed=seed))
+
+
+def intensive(images, seed=None):
+    """Runs GYM's intensive pipeline on a batch of raw images.
+
+    GYM fine-tunes through this pipeline; as an inference-time defence on
+    its own it is the "intensive-only" column of GYM's Table 2.
+
+    Args:
+        images: NHWC array of raw images, uint8 or float in [0, 255].
+        seed: int or None; the same seed gives the same output. Defaults to
+            `None` (fresh entropy).
+
+    Returns:
+        Array with the shape and dtype of `images`.
+    """
+    images = check_images(images, "intensive")
+    return augment(images, intensive_pipeline(seed=seed))
 
 
 def shrink_pad(images, pad=4, seed=None):
@@ -146,6 +165,7 @@ def flip(images):
 
 PREPROCESSORS = {
     "lightweight": lightweight,
+    "intensive": intensive,
     "shrinkpad": shrink_pad,
     "flip": flip,
 }
@@ -357,7 +377,7 @@ def defended(
 
     Args:
         model: a Keras classifier taking preprocessed inputs.
-        method: `"lightweight"` (GYM), `"shrinkpad"` or `"flip"`. Defaults to
+        method: `"lightweight"` (GYM), `"intensive"`, `"shrinkpad"` or `"flip"`. Defaults to
             `"lightweight"`.
         intensity: the model's intensity range, one of `"raw"`, `"mnist"`,
             `"imagenet"`, `"inception"`. Defaults to `"raw"`.

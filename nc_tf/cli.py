@@ -124,7 +124,56 @@ def build_parser():
     g.add_argument("--early-stop-threshold", type=float, help="stall ratio of the best norm")
     g.add_argument("--early-stop-patience", type=int, help="stalled steps before stopping")
     g.add_argument("--upsample-size", type=int, help="super-pixel side of the mask")
+    g.add_argument("--restarts", type=int,
+                   help="runs per label from different random triggers; the smallest valid "
+                        "trigger is kept (nc-tf addition; reference preset: 1, fast: 2)")
     p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("mitigate", help="repair a model (or guard its inputs) and measure it",
+                       description="Run one mitigation method on a copy of MODEL; write "
+                                   "OUT/model.keras (filter: OUT/filter.json), OUT/mitigation.json "
+                                   "with accuracy and attack success before and after, and the "
+                                   "method's PNG curves. The source model is never modified.")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--method", required=True,
+                   choices=("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
+                            "gym", "shrinkpad", "flip"),
+                   help="filter/prune/unlearn/repair: Neural Cleanse; linf-prune: Cheng et al.; "
+                        "fine-prune, shrinkpad, flip: baselines; gym: GYM/DeepSweep")
+    p.add_argument("--scan", help="scan folder (`nc-tf scan`): its flagged labels' reversed "
+                                  "triggers (needed by filter, prune, unlearn, linf-prune)")
+    p.add_argument("--labels", help="with --scan: comma-separated labels to use instead of the "
+                                    "flagged ones")
+    p.add_argument("--attack", help="attack.json of `nc-tf inject`: also report the original "
+                                    "trigger's attack success (never used to repair)")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--train-limit", type=int, help="use only the first N training samples")
+    p.add_argument("--val-ratio", type=float, default=0.05,
+                   help="share of the training split held out for ranking/calibration "
+                        "(default: 0.05)")
+    g = p.add_argument_group("method settings (default: each method's published setting)")
+    g.add_argument("--layer", help="filter/prune/linf-prune/fine-prune: layer name, "
+                                   "'penultimate' or 'last_conv'")
+    g.add_argument("--fpr", type=float, help="filter: false-positive rate (default: 0.05)")
+    g.add_argument("--stop-asr", type=float,
+                   help="prune: stop when the reversed trigger's success is <= this (default: 0.01)")
+    g.add_argument("--ratio", type=float, help="prune: prune exactly this fraction instead")
+    g.add_argument("--max-ratio", type=float, help="prune: never prune more (default: 0.3)")
+    g.add_argument("--epochs", type=int, help="unlearn: epochs (default: 1); gym: (default: 5)")
+    g.add_argument("--data-ratio", type=float,
+                   help="unlearn: share of the training data used (default: 0.1)")
+    g.add_argument("--rounds", type=int, help="repair: most scan+unlearn rounds (default: 3)")
+    g.add_argument("--preset", choices=("fast", "reference"), help="repair: scan preset")
+    g.add_argument("--max-acc-loss", type=float,
+                   help="linf-prune: accuracy budget of the threshold choice (default: 0.05)")
+    g.add_argument("--acc-drop", type=float,
+                   help="fine-prune: stop before validation accuracy drops more (default: 0.04)")
+    g.add_argument("--finetune-epochs", type=int, help="fine-prune: fine-tuning epochs (default: 0)")
+    g.add_argument("--n-samples", type=int, help="gym: clean samples fine-tuned on (default: 1000)")
+    p.set_defaults(func=cmd_mitigate)
 
     p = sub.add_parser("detect", help="MAD outlier test on a scan folder",
                        description="Print the reference MAD report (median, MAD, anomaly index, "
@@ -227,7 +276,7 @@ def cmd_evaluate(args):
 
 SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regularization",
                  "attack_succ_threshold", "patience", "cost_multiplier", "early_stop_threshold",
-                 "early_stop_patience", "upsample_size")
+                 "early_stop_patience", "upsample_size", "restarts")
 
 
 def cmd_scan(args):
@@ -266,6 +315,57 @@ def cmd_scan(args):
         _print(args, record, [])
     else:
         print(f"results: {os.path.join(args.out, 'results.json')}")
+
+
+# CLI flag -> keyword of each method (only flags the user set are passed).
+MITIGATE_OPTIONS = {
+    "filter": {"layer": "layer", "fpr": "fpr"},
+    "prune": {"layer": "layer", "stop_asr": "stop_asr", "ratio": "ratio", "max_ratio": "max_ratio"},
+    "unlearn": {"epochs": "epochs", "data_ratio": "data_ratio"},
+    "repair": {"rounds": "rounds"},
+    "linf-prune": {"layer": "layer", "max_acc_loss": "max_acc_loss"},
+    "fine-prune": {"layer": "layer", "acc_drop": "acc_drop", "finetune_epochs": "finetune_epochs"},
+    "gym": {"epochs": "epochs", "n_samples": "n_samples"},
+    "shrinkpad": {},
+    "flip": {},
+}
+
+
+def cmd_mitigate(args):
+    from injection import load_triggers
+    from mitigation.mitigate import NEEDS_SCAN, mitigate, split_data
+    from nc_tf import datasets
+    from nc_tf.io import read_json
+    from nc_tf.models import check_model_data, load_model
+    from nc_tf.scan import scan_triggers
+
+    attack = read_json(args.attack, "attack file") if args.attack else {}
+    intensity = args.intensity or attack.get("intensity", "raw")
+    if args.method in NEEDS_SCAN and not args.scan:
+        raise ValueError(f"--method {args.method} removes the reversed triggers of a scan: add "
+                         "--scan DIR (run `nc-tf scan MODEL --out DIR` first).")
+    labels = None
+    if args.labels:
+        labels = [v.strip() for v in args.labels.split(",") if v.strip()]
+    triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
+    model = load_model(args.model, trust_model=args.trust_model)
+    x_train, y_train = datasets.load_data(args.dataset, "train", limit=args.train_limit)
+    x_test, y_test = datasets.load_data(args.dataset, "test", args.x_key, args.y_key,
+                                        limit=args.limit)
+    check_model_data(model, x_test, y_test, name=f"data set {args.dataset!r}")
+    data = split_data(x_train, y_train, x_test, y_test, args.val_ratio, args.seed)
+    options = {kw: getattr(args, flag) for flag, kw in MITIGATE_OPTIONS[args.method].items()
+               if getattr(args, flag) is not None}
+    scan_options = {"preset": args.preset} if args.preset else None
+    if args.method == "repair":
+        options["verbose"] = not args.json
+    _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],
+                         out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
+                         scan_options=scan_options, verbose=not args.json, **options)
+    if args.json:
+        _print(args, report, [])
+    else:
+        print(f"report: {os.path.join(args.out, 'mitigation.json')}")
 
 
 def cmd_detect(args):

@@ -241,11 +241,13 @@ class ReverseEngine:
         self.pattern_best = var((k, h, w, c))
         self.has_best = var((k,))
         self.target = var((k,), tf.int32)
+        self.restart = var((k,), tf.int32)  # restart index: varies the init and the batches
         self.assigned = var((k,))
         self.state = {name: var((k,)) for name in STATE_KEYS}
         self.pool = var((k, self.num_classes))  # 1 = source class the slot samples from
         self._slot_vars = ([self.mask_tanh, self.pattern_tanh, self.adam_t, self.mask_best,
-                            self.pattern_best, self.has_best, self.target, self.pool]
+                            self.pattern_best, self.has_best, self.target, self.restart,
+                            self.pool]
                            + list(self.adam.values()) + list(self.state.values()))
         self._run = tf.function(self._run_steps, reduce_retracing=True)
 
@@ -276,7 +278,7 @@ class ReverseEngine:
         # label's result does not depend on which labels share the graph.
         n = tf.shape(self.x)[0]
         targets = tf.gather(self.target, idx)
-        seeds = tf.stack([self.seed * 1_000_003 + targets,
+        seeds = tf.stack([self.seed * 1_000_003 + targets + 7_919 * tf.gather(self.restart, idx),
                           tf.cast(tf.gather(self.adam_t, idx), tf.int32)], axis=1)
         if self.y is None:
             picks = tf.map_fn(
@@ -368,11 +370,12 @@ class ReverseEngine:
         return logs.stack()
 
     # ------------------------------------------------------------- host
-    def _init_slot(self, slot, target, pattern_init=None, mask_init=None, sources=None):
+    def _init_slot(self, slot, target, pattern_init=None, mask_init=None, sources=None, restart=0):
         h, w, c = self.image_shape
         sources = None if sources is None else sorted(int(v) for v in sources)
         # per job: a label's randomness does not depend on the other jobs
-        rng = np.random.default_rng([self.seed, int(target)] + (sources or []))
+        key = [self.seed, int(target)] + ([1_000_000 + int(restart)] if restart else [])
+        rng = np.random.default_rng(key + (sources or []))
         if mask_init is None:
             mask_init = rng.random(self.mask_shape)
         if pattern_init is None:
@@ -393,6 +396,7 @@ class ReverseEngine:
         self.pattern_best[slot].assign(tf.zeros(self.pattern_best.shape[1:]))
         self.has_best[slot].assign(0.0)
         self.target[slot].assign(int(target))
+        self.restart[slot].assign(int(restart))
         pool = np.ones(self.num_classes, np.float32)
         if sources is not None:
             if self.y is None:
@@ -468,7 +472,7 @@ class ReverseEngine:
         return out
 
     def run(self, labels, pattern_init=None, mask_init=None, on_done=None, sources=None,
-            states=None):
+            states=None, restarts=None):
         """Optimises a trigger for each job (a target label); returns their results.
 
         Args:
@@ -484,6 +488,10 @@ class ReverseEngine:
                 Defaults to `None`.
             states: per job, a state from `advance` to continue from, or
                 `None`. Defaults to `None`.
+            restarts: per job, a restart index: the same label with another
+                index starts from another random trigger and sees other
+                batches (the scan's `restarts` setting). Defaults to `None`
+                (all 0).
 
         Returns:
             list (one per job) of dicts with `label`, `pattern` (H, W, C),
@@ -495,6 +503,7 @@ class ReverseEngine:
         labels = self._check_labels(labels)
         sources = sources or [None] * len(labels)
         states = states or [None] * len(labels)
+        restarts = restarts or [0] * len(labels)
         queue = list(range(len(labels)))
         self.assigned.assign(tf.zeros(self.slots))
         slot_job, started, logs, results = {}, {}, {}, [None] * len(labels)
@@ -503,7 +512,8 @@ class ReverseEngine:
             if queue:
                 job = queue.pop(0)
                 if states[job] is None:
-                    self._init_slot(slot, labels[job], pattern_init, mask_init, sources[job])
+                    self._init_slot(slot, labels[job], pattern_init, mask_init, sources[job],
+                                    restarts[job])
                 else:
                     self.load_slot(slot, states[job])
                 slot_job[slot], started[slot], logs[job] = job, time.time(), []

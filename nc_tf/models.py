@@ -336,3 +336,40 @@ def default_arch(image_shape, num_classes):
     if shape == (32, 32, 3) and num_classes == 43:
         return "gtsrb"
     return "resnet"
+
+
+def copy_model(model, caller="copy_model"):
+    """Returns an independent copy of a built Keras model, weights included.
+
+    Args:
+        model: a built Sequential or functional `keras.Model`.
+        caller: name of the public function, used in error messages.
+            Defaults to `"copy_model"`.
+
+    Returns:
+        a new, uncompiled `keras.Model` with the same weights.
+
+    Example:
+
+    >>> from nc_tf.models import mnist_model
+    >>> model = mnist_model()
+    >>> copy_model(model) is model
+    False
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{caller} needs a keras.Model; got {type(model).__name__}.")
+    if not model.built:
+        raise ValueError(
+            "The model is not built, so it has no weights to copy. Build it "
+            "first, e.g. call it on a batch or give it a keras.Input."
+        )
+    try:
+        clone = keras.models.clone_model(model)
+    except Exception as error:  # Keras raises several types here.
+        raise ValueError(
+            f"{caller} copies the model with keras.models.clone_model, which "
+            "failed. Use a Sequential or functional model, or give your "
+            "subclassed model get_config/from_config."
+        ) from error
+    clone.set_weights(model.get_weights())
+    return clone

@@ -35,7 +35,7 @@ from nc_tf.scan import (
 
 # A single source class gives few samples per step: partial scans sample more
 # per step and stop later than the "fast" preset (overridable as usual).
-PARTIAL_DEFAULTS = dict(nb_sample=256, steps=600, early_stop_patience=20)
+PARTIAL_DEFAULTS = dict(nb_sample=256, steps=600, early_stop_patience=20, restarts=1)
 
 
 def job_key(sources, target):
@@ -112,7 +112,7 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
     def run(jobs):
         todo = [j for j in jobs if j[0] not in record["labels"]]
         run_jobs(engine, todo, record, triggers, model, x, y, intensity, out_dir, prefix,
-                 progress=progress)
+                 progress=progress, restarts=settings["restarts"])
         return {key: record["labels"][key]["l1_norm"] for key, _, _ in jobs}
 
     if not divide_and_conquer:

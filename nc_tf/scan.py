@@ -36,13 +36,18 @@ PRESETS = {
     "reference": dict(
         steps=1000, batch_size=32, nb_sample=1000, lr=0.1, init_cost=1e-3,
         regularization="l1", attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
-        early_stop_threshold=1.0, early_stop_patience=25, upsample_size=1,
+        early_stop_threshold=1.0, early_stop_patience=25, upsample_size=1, restarts=1,
     ),
-    # Fewer images per step and shorter patience: same verdicts, a fraction of the time.
+    # Fewer images per step and shorter patience, two restarts per label (the smaller
+    # valid trigger is kept: one run in six landed in a large local minimum for the
+    # GTSRB backdoor label). The success threshold is 0.95, not 0.99: a real backdoor need not fire on 99% of
+    # inputs (BadNets on whole-image GTSRB reaches 96%: white corners already look
+    # stamped), and a threshold above the backdoor's own success rate makes the
+    # optimiser miss the trigger and grow a large mask elsewhere (bench/scan.py).
     "fast": dict(
         steps=300, batch_size=32, nb_sample=128, lr=0.1, init_cost=1e-3,
-        regularization="l1", attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
-        early_stop_threshold=1.0, early_stop_patience=10, upsample_size=1,
+        regularization="l1", attack_succ_threshold=0.95, patience=5, cost_multiplier=2.0,
+        early_stop_threshold=1.0, early_stop_patience=10, upsample_size=1, restarts=2,
     ),
 }
 RESULTS = "results.json"
@@ -97,7 +102,9 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
         **overrides: any preset setting under its reference name (`steps`,
             `batch_size`, `nb_sample`, `lr`, `init_cost`, `regularization`,
             `attack_succ_threshold`, `patience`, `cost_multiplier`,
-            `early_stop_threshold`, `early_stop_patience`, `upsample_size`).
+            `early_stop_threshold`, `early_stop_patience`, `upsample_size`,
+            `restarts`: runs per label from different random triggers, the
+            smallest valid trigger kept).
 
     Returns:
         the results dict (as in `results.json`): `settings`, `labels`
@@ -137,7 +144,8 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
         record["wall_time_s"] = round(record.get("wall_time_s", 0.0) + time.time() - start, 2)
     jobs = [(str(v), v, None) for v in todo]
     run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
-             progress=progress, states=states, total=len(record["labels"]) + len(jobs))
+             progress=progress, states=states, total=len(record["labels"]) + len(jobs),
+             restarts=settings["restarts"])
     record["outlier"] = detect(record, verbose=verbose) if len(record["labels"]) >= 3 else None
     if out_dir is not None:
         io.write_json(os.path.join(out_dir, RESULTS), record)
@@ -189,15 +197,21 @@ def make_engine(model, x, y, settings, intensity, seed, slots):
 
 
 def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
-             progress=True, states=None, total=None):
+             progress=True, states=None, total=None, restarts=1):
     """Optimises `jobs` (key, target label, source classes or None), saving each at once.
 
-    Each finished job gets its entry in `record["labels"][key]` (norm, attack
-    success of the reversed trigger on its source samples, steps, seconds),
-    its PNGs and exact arrays, and `results.json` is rewritten atomically.
+    Each job runs `restarts` times from different random triggers; the
+    smallest trigger that reached the success threshold is kept (the
+    smallest of all if none did). Each finished job gets its entry in
+    `record["labels"][key]` (norm, attack success of the reversed trigger on
+    its source samples, steps, seconds, every restart's norm), its PNGs and
+    exact arrays, and `results.json` is rewritten atomically.
     """
     if not jobs:
         return
+    restarts = max(1, int(restarts))
+    runs = [(j, r) for j in range(len(jobs)) for r in range(restarts)]
+    pending = {}
     y_ref = y if y is not None else predict_labels(model, x, intensity)
     bar = None
     if progress:
@@ -207,7 +221,16 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
         bar = tqdm(total=total, initial=total - len(jobs), unit="label", desc="scan",
                    dynamic_ncols=True)
 
-    def on_done(job, result):
+    def on_done(run, result):
+        job, _ = runs[run]
+        pending.setdefault(job, []).append(result)
+        if len(pending[job]) < restarts:
+            return
+        tries = pending.pop(job)
+        best = min(tries, key=lambda r: (not r["found"], r["l1_norm"]))
+        finish(job, best, tries)
+
+    def finish(job, result, tries):
         key, label, sources = jobs[job]
         keep = np.ones(len(x), bool) if sources is None else np.isin(y_ref, sources)
         stamped = injection_func(result["mask"][..., None], result["pattern"], x[keep])
@@ -215,8 +238,11 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
         entry = {
             "label": label, "l1_norm": result["l1_norm"], "attack_success_rate": asr,
             "found": result["found"], "steps": result["steps"],
-            "seconds": round(result["seconds"], 2),
+            "seconds": round(sum(r["seconds"] for r in tries), 2),
         }
+        if restarts > 1:
+            entry["restarts"] = [{"l1_norm": r["l1_norm"], "found": r["found"], "steps": r["steps"]}
+                                 for r in tries]
         if sources is not None:
             entry["sources"] = sorted(int(v) for v in sources)
         triggers[key] = (result["mask"], result["pattern"])
@@ -231,8 +257,10 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
 
     start = time.time()
     try:
-        engine.run([j[1] for j in jobs], on_done=on_done, states=states,
-                   sources=[j[2] for j in jobs])
+        engine.run([jobs[j][1] for j, _ in runs], on_done=on_done,
+                   states=None if states is None else [states[j] if r == 0 else None
+                                                       for j, r in runs],
+                   sources=[jobs[j][2] for j, _ in runs], restarts=[r for _, r in runs])
     finally:
         if bar is not None:
             bar.close()
@@ -363,6 +391,38 @@ def load_reversed(scan_dir, label):
         raise FileNotFoundError(f"No reversed trigger for label {label} in {scan_dir}.")
     with np.load(path, allow_pickle=False) as z:
         return z["mask"], z["pattern"]
+
+
+def scan_triggers(scan_dir, labels=None, verbose=False):
+    """The reversed triggers of a scan folder as `injection.Trigger` objects.
+
+    Mitigation stamps these on clean images. Partial-scan keys (`"3->7"`)
+    give triggers restricted to their source labels.
+
+    Args:
+        scan_dir: a folder written by `scan` or `partial_scan`.
+        labels: labels (or job keys) to load. Defaults to `None`: the labels
+            the outlier test flags.
+        verbose: print the MAD report. Defaults to `False`.
+
+    Returns:
+        list of `Trigger` (empty when nothing is flagged).
+    """
+    from injection.triggers import Trigger
+
+    if labels is None:
+        labels = [key for key, _ in detect_dir(scan_dir, verbose)["flagged"]]
+    record = io.read_json(os.path.join(scan_dir, RESULTS), "scan results")
+    out = []
+    for key in labels:
+        entry = record["labels"].get(str(key))
+        if entry is None:
+            raise ValueError(f"Label {key} is not in {scan_dir}; scanned: "
+                             f"{', '.join(sorted(record['labels']))}.")
+        mask, pattern = load_reversed(scan_dir, key)
+        out.append(Trigger(np.clip(mask, 0, 1), np.clip(pattern, 0, 255), entry["label"],
+                           sources=entry.get("sources")))
+    return out
 
 
 def save_trigger_pngs(out_dir, prefix, label, pattern, mask):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the environment and runs the main demo on the embedded MNIST:
 # inject a BadNets backdoor, measure it, then scan the model with Neural
-# Cleanse and print the MAD report. Outputs go to demo_out/.
+# Cleanse, print the MAD report, and repair it by unlearning. Outputs go to demo_out/
 source "$(dirname "$0")/setup_env.sh"
 OUT=demo_out/mnist_badnets
 if [ -f "$OUT/model.keras" ]; then
@@ -16,3 +16,6 @@ echo "== 3. scan: reverse-engineer a trigger for each of the 10 labels (resumes 
 nc-tf scan "$OUT/model.keras" --dataset mnist --out demo_out/scan
 echo "== 4. detect: MAD outlier test on the scan folder (PNG triggers in demo_out/scan/)"
 nc-tf detect demo_out/scan
+echo "== 5. mitigate: unlearn the flagged label's reversed trigger (Neural Cleanse), before/after"
+nc-tf mitigate "$OUT/model.keras" --method unlearn --scan demo_out/scan --dataset mnist \
+  --attack "$OUT/attack.json" --out demo_out/unlearn --force

@@ -41,3 +41,14 @@ def tiny_backdoored(mnist_small):
 
 def rng(seed=0):
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_scan(tmp_path_factory, mnist_small, tiny_backdoored):
+    """(record, folder) of a fast-preset scan of `tiny_backdoored` on the 1000 test images."""
+    from nc_tf.scan import scan
+
+    _, _, xt, yt = mnist_small
+    out = tmp_path_factory.mktemp("tiny_scan") / "scan"
+    record = scan(tiny_backdoored[0], xt, yt, out_dir=str(out), progress=False)
+    return record, str(out)

@@ -4,7 +4,7 @@ import pytest
 
 from nc_tf.cli import build_parser, main
 
-COMMANDS = ("inject", "train", "evaluate", "scan", "detect")
+COMMANDS = ("inject", "train", "evaluate", "scan", "detect", "mitigate")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -70,3 +70,25 @@ def test_inject_then_evaluate(tmp_path, capsys):
     assert "add --partial" in capsys.readouterr().err
     assert main(["scan", str(out / "model.keras"), "--labels", "a,b", "--out", str(tmp_path / "u")]) == 2
     assert "comma-separated" in capsys.readouterr().err
+
+
+def test_mitigate_unlearn_from_a_scan_folder(tmp_path, capsys, tiny_backdoored, tiny_scan):
+    model, trigger, _ = tiny_backdoored
+    path = tmp_path / "model.keras"
+    model.save(path)
+    attack = tmp_path / "attack.json"
+    attack.write_text(json.dumps({"intensity": "raw", "targets": [7], "triggers": [trigger.spec]}))
+    out = tmp_path / "fixed"
+    common = ["--dataset", "mnist", "--train-limit", "3000", "--limit", "500", "--out", str(out)]
+    assert main(["mitigate", str(path), "--method", "unlearn", *common]) == 2
+    assert "--scan DIR" in capsys.readouterr().err
+    assert main(["mitigate", str(path), "--method", "unlearn", "--scan", tiny_scan[1],
+                 "--attack", str(attack), "--data-ratio", "1.0", "--json", *common]) == 0
+    report = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "mitigation.json").read_text())
+    assert saved["before"] == report["before"] and saved["options"] == {"data_ratio": 1.0}
+    assert report["before"]["asr_original"][0] > 0.9 > 0.2 > report["after"]["asr_original"][0]
+    assert report["after"]["accuracy"] >= report["before"]["accuracy"] - 0.05
+    assert (out / "model.keras").exists()
+    assert main(["mitigate", str(path), "--method", "flip", *common]) == 2
+    assert "--force" in capsys.readouterr().err

@@ -28,11 +28,14 @@ def tiny_clean(mnist_small):
     return model
 
 
-def test_scan_flags_the_injected_label(tmp_path, mnist_small, tiny_backdoored, capsys):
-    _, _, xt, yt = mnist_small
-    model, trigger, _ = tiny_backdoored
+def test_scan_flags_the_injected_label(tmp_path, tiny_backdoored, tiny_scan, capsys):
+    import shutil
+
+    _, trigger, _ = tiny_backdoored
+    record, folder = tiny_scan
     out = tmp_path / "scan"
-    record = scan(model, xt, yt, out_dir=str(out), progress=False)
+    shutil.copytree(folder, out)
+    detect_dir(str(out))
     printed = capsys.readouterr().out
     assert record["outlier"]["anomaly_index"] > 2
     assert [f[0] for f in record["outlier"]["flagged"]] == [trigger.target]

@@ -1,0 +1,257 @@
+"""One call per mitigation method, with before/after figures written to a folder.
+
+`mitigate(method, model, data, ...)` runs one method on a copy of `model` and
+measures clean accuracy and attack success (of the reversed triggers, and of
+the original triggers when a benchmark or `attack.json` knows them) before
+and after. With `out_dir` it writes
+
+    out_dir/model.keras        the repaired model (filter: filter.json instead)
+    out_dir/mitigation.json    method, settings, before/after, method details
+    out_dir/*.png              the method's curve or histograms
+
+The `nc-tf mitigate` command and `bench/mitigation.py` call this function.
+
+Data roles (`MitigationData`): `x_train`/`y_train` feed fine-tuning
+(unlearning, GYM, fine-pruning's optional epoch); `x_val`/`y_val` are held-out
+clean images for ranking neurons, calibrating thresholds and the stop tests;
+`x_test`/`y_test` give the reported figures.
+"""
+
+import collections
+import os
+import time
+
+import numpy as np
+
+from nc_tf import io
+from nc_tf.datasets import labels_to_int
+from nc_tf.metrics import accuracy, attack_success_rate, predict_labels
+
+METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
+           "gym", "shrinkpad", "flip")
+# Methods that need the reversed triggers of a scan.
+NEEDS_SCAN = ("filter", "prune", "unlearn", "linf-prune")
+
+MitigationData = collections.namedtuple(
+    "MitigationData", "x_train y_train x_val y_val x_test y_test")
+
+
+def split_data(x_train, y_train, x_test, y_test, val_ratio=0.05, seed=0):
+    """`MitigationData` with a random held-out share of the training split as validation.
+
+    Args:
+        x_train: raw training images.
+        y_train: their labels (integer or one-hot).
+        x_test: raw test images (reported figures).
+        y_test: their labels.
+        val_ratio: share of the training split held out. Defaults to `0.05`.
+        seed: seeds the split. Defaults to `0`.
+
+    Returns:
+        a `MitigationData`.
+    """
+    y_train, y_test = labels_to_int(y_train), labels_to_int(y_test)
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError("Each image array needs one label per image.")
+    order = np.random.default_rng(seed).permutation(len(x_train))
+    n_val = max(1, int(round(val_ratio * len(x_train))))
+    val, train = order[:n_val], order[n_val:]
+    return MitigationData(x_train[train], y_train[train], x_train[val], y_train[val],
+                          np.asarray(x_test), y_test)
+
+
+def measure(predict, x, y, reversed_triggers=(), attack_triggers=()):
+    """Clean accuracy and attack success of a predictor (`images -> labels`).
+
+    Attack success counts only samples of a trigger's source labels (partial
+    backdoors) whose true label is not its target.
+    """
+    row = {"accuracy": accuracy(predict(x), y)}
+    for key, triggers in (("asr_reversed", reversed_triggers), ("asr_original", attack_triggers)):
+        row[key] = []
+        for t in triggers:
+            keep = np.ones(len(x), bool) if t.sources is None else np.isin(y, t.sources)
+            row[key].append(attack_success_rate(predict(t.apply(x[keep])), y[keep], t.target))
+    return row
+
+
+def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None, force=False,
+             intensity="raw", seed=0, scan_options=None, verbose=True, **options):
+    """Runs one mitigation method on a copy of `model`; returns `(result, report)`.
+
+    Args:
+        method: one of `METHODS`.
+        model: a Keras classifier (never modified).
+        data: a `MitigationData` (see `split_data`).
+        triggers: reversed triggers from a scan (`nc_tf.scan.scan_triggers`);
+            needed by `filter`, `prune`, `unlearn`, `linf-prune`. Defaults
+            to `()`.
+        attack_triggers: the original triggers, when known (reported only,
+            never used to repair). Defaults to `()`.
+        out_dir: folder for the model, `mitigation.json` and PNGs (new or
+            empty unless `force`). Defaults to `None` (nothing written).
+        force: allow writing into a non-empty `out_dir`. Defaults to `False`.
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        seed: random seed. Defaults to `0`.
+        scan_options: `repair` only: keyword arguments of `nc_tf.scan.scan`.
+            Defaults to `None`.
+        verbose: print progress lines. Defaults to `True`.
+        **options: the method's own keyword arguments (see each module).
+
+    Returns:
+        `(result, report)`: `result` is the repaired model, an
+        `InputFilter` (filter) or a `DefendedModel` (shrinkpad, flip); the
+        report is what `mitigation.json` holds.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown mitigation method {method!r}; use one of {', '.join(METHODS)}.")
+    if method in NEEDS_SCAN and not triggers:
+        raise ValueError(f"--method {method} needs reversed triggers: pass the folder of a scan "
+                         "that flagged a label (`nc-tf scan` then `--scan DIR`). Nothing is "
+                         "flagged in the scan given, so there is nothing to remove.")
+    if out_dir is not None:
+        io.prepare_out_dir(out_dir, force=force, resume=method == "repair")
+    t0 = time.time()
+
+    def log(text):
+        if verbose:
+            print(text, flush=True)
+
+    def predictor(m):
+        return lambda images: predict_labels(m, images, intensity)
+
+    def figures(predict):
+        return measure(predict, data.x_test, data.y_test, triggers, attack_triggers)
+
+    before = figures(predictor(model))
+    log(f"before: {_row_text(before)}")
+    report = {"method": method, "intensity": intensity, "seed": seed, "options": dict(options),
+              "n_test": int(len(data.x_test)), "before": before}
+    result, details = _run(method, model, data, triggers, attack_triggers, intensity, seed,
+                           scan_options, out_dir, log, options)
+    if method == "filter":
+        report["after"] = details.pop("after")
+    elif method in ("shrinkpad", "flip", "gym"):
+        report["after"] = details.pop("after")
+    else:
+        report["after"] = figures(predictor(result))
+    report.update(details=details, wall_time_s=round(time.time() - t0, 2))
+    log(f"after:  {_row_text(report['after'])}")
+    if out_dir is not None:
+        if hasattr(result, "save") and method != "filter" and hasattr(result, "get_weights"):
+            io.save_model(result, os.path.join(out_dir, "model.keras"))
+            report["model"] = os.path.join(out_dir, "model.keras")
+        io.write_json(os.path.join(out_dir, "mitigation.json"), report)
+    return result, report
+
+
+def _run(method, model, data, triggers, attack_triggers, intensity, seed, scan_options,
+         out_dir, log, options):
+    png = (lambda name: os.path.join(out_dir, name)) if out_dir else (lambda name: None)
+    if method == "unlearn":
+        from mitigation.unlearning import unlearn
+
+        tuned, history = unlearn(model, data.x_train, data.y_train, triggers, intensity=intensity,
+                                 seed=seed, **options)
+        return tuned, {"history": history}
+    if method == "prune":
+        from mitigation.pruning import plot_pruning_curve, prune
+
+        pruned, rep = prune(model, data.x_val, data.y_val, triggers, intensity=intensity,
+                            triggers_eval=attack_triggers, **options)
+        if png("pruning.png"):
+            plot_pruning_curve(rep, png("pruning.png"))
+        return pruned, rep
+    if method == "filter":
+        from mitigation.filter import filter_curve, fit_filter, plot_filter_curve
+
+        flt = fit_filter(model, data.x_val, triggers, intensity=intensity, **options)
+        clean_flags = flt.flag(data.x_test)
+        after = {"fpr": float(np.mean(clean_flags))}
+        for key, trigs in (("fnr_reversed", triggers), ("fnr_original", attack_triggers)):
+            after[key] = [float(np.mean(~flt.flag(t.apply(data.x_test[data.y_test != t.target]))))
+                          for t in trigs]
+        curves = {}
+        for name, trigs in (("reversed", triggers), ("original", attack_triggers)):
+            if trigs:
+                t = trigs[0]
+                curves[name] = filter_curve(flt, data.x_test,
+                                            t.apply(data.x_test[data.y_test != t.target]))
+        if out_dir:
+            flt.save(os.path.join(out_dir, "filter.json"))
+            for name, rows in curves.items():
+                plot_filter_curve(rows, png(f"filter_curve_{name}.png"))
+        return flt, {"after": after, "curves": curves, "layer": flt.layer,
+                     "profiles": flt.profiles}
+    if method == "repair":
+        from mitigation.repair import repair
+
+        return repair(model, data, out_dir=out_dir, intensity=intensity, seed=seed,
+                      scan_options=scan_options, attack_triggers=attack_triggers, **options)
+    if method == "linf-prune":
+        from mitigation.linf_pruning import activation_norms, linf_prune, plot_norm_histograms, plot_sweep
+
+        # The first flagged label's trigger drives the sweep (Cheng et al. use one trigger).
+        pruned, rep = linf_prune(model, data.x_val, data.y_val, triggers[0], intensity=intensity,
+                                 triggers_eval=list(attack_triggers) or None, **options)
+        if out_dir:
+            inputs = {"clean": data.x_test[:1000], "reversed": triggers[0]}
+            if attack_triggers:
+                inputs["original"] = attack_triggers[0]
+            norms = activation_norms(model, inputs, layer=rep["settings"].get("layer", "last_conv"),
+                                     intensity=intensity)
+            plot_norm_histograms(norms, png("linf_norms.png"))
+            plot_sweep(rep, png("linf_sweep.png"))
+            rep["separation"] = norms["separation"]
+        return pruned, rep
+    if method == "fine-prune":
+        from mitigation.fine_pruning import fine_prune
+
+        pruned, rep = fine_prune(model, data.x_val, data.y_val, intensity=intensity,
+                                 x_train=data.x_train, y_train=data.y_train,
+                                 triggers_eval=list(attack_triggers) or None, seed=seed, **options)
+        return pruned, rep
+    if method == "gym":
+        return _gym(model, data, triggers, attack_triggers, intensity, seed, log, options)
+    from mitigation.preprocessing import defended
+
+    guarded = defended(model, method, intensity=intensity, seed=seed, **options)
+    after = measure(lambda images: np.argmax(guarded.predict(images), 1), data.x_test,
+                    data.y_test, triggers, attack_triggers)
+    return guarded, {"after": after}
+
+
+def _gym(model, data, triggers, attack_triggers, intensity, seed, log, options):
+    """GYM's four column groups: none, intensive-only, fine-tuned + intensive, + lightweight."""
+    from mitigation.gym import gym_finetune
+    from mitigation.preprocessing import defended
+
+    n_samples = options.pop("n_samples", 1000)
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(data.x_train))[:n_samples]
+    tuned = gym_finetune(model, data.x_train[pick], data.y_train[pick], intensity=intensity,
+                         seed=seed, verbose=0, **options)
+
+    def through(m, how):
+        guarded = defended(m, how, intensity=intensity, seed=seed)
+        return measure(lambda images: np.argmax(guarded.predict(images), 1), data.x_test,
+                       data.y_test, triggers, attack_triggers)
+
+    columns = {"intensive_only": through(model, "intensive")}
+    log(f"original model, intensive inference: {_row_text(columns['intensive_only'])}")
+    columns["finetuned_intensive"] = through(tuned, "intensive")
+    log(f"fine-tuned, intensive inference:     {_row_text(columns['finetuned_intensive'])}")
+    columns["finetuned_lightweight"] = through(tuned, "lightweight")
+    return tuned, {"after": columns["finetuned_lightweight"], "columns": columns,
+                   "n_samples": int(len(pick))}
+
+
+def _row_text(row):
+    parts = []
+    for key, value in row.items():
+        if isinstance(value, list):
+            if value:
+                parts.append(f"{key} " + "/".join(f"{v:.4f}" for v in value))
+        else:
+            parts.append(f"{key} {value:.4f}")
+    return ", ".join(parts)

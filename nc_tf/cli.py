@@ -47,6 +47,10 @@ def _add_training_args(p):
     p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
 
 
+def _mask_init(text):
+    return text if text == "random" else float(text)
+
+
 def build_parser():
     """The argument parser of `nc-tf` (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -126,7 +130,10 @@ def build_parser():
     g.add_argument("--upsample-size", type=int, help="super-pixel side of the mask")
     g.add_argument("--restarts", type=int,
                    help="runs per label from different random triggers; the smallest valid "
-                        "trigger is kept (nc-tf addition; reference preset: 1, fast: 2)")
+                        "trigger is kept (nc-tf addition; default: 1)")
+    g.add_argument("--mask-init", type=_mask_init,
+                   help="initial mask: 'random' (reference) or a constant in (0, 1) "
+                        "(nc-tf addition; fast preset: 0.1)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("mitigate", help="repair a model (or guard its inputs) and measure it",
@@ -182,6 +189,28 @@ def build_parser():
     p.add_argument("scan_dir", help="folder written by `nc-tf scan`")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("preview", help="picture of what GYM's augmentation does to images",
+                       description="Write a PNG grid: one row per image, the original first, "
+                                   "then --variants augmented versions (GYM's intensive or "
+                                   "lightweight pipeline), each enlarged for viewing.")
+    p.add_argument("source", metavar="IMAGE_OR_DATASET",
+                   help="an image file (png/jpg/ppm, used at its own size), or anything "
+                        "--dataset accepts: 'mnist', 'gtsrb', or the path of an .h5/.npz file "
+                        "or image folder (its first test images are used)")
+    p.add_argument("--pipeline", choices=("intensive", "lightweight"), default="intensive",
+                   help="'intensive' (GYM fine-tuning) or 'lightweight' (GYM inference) "
+                        "(default: intensive)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--n-images", type=int, default=8,
+                   help="rows: the first N images (default: 8)")
+    p.add_argument("--variants", type=int, default=4,
+                   help="augmented versions per image (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    p.add_argument("--x-key", help="image array name in an .h5/.npz file (default: X_test/x_test)")
+    p.add_argument("--y-key", help="label array name in an .h5/.npz file (default: Y_test/y_test)")
+    p.set_defaults(func=cmd_preview)
     return parser
 
 
@@ -276,7 +305,7 @@ def cmd_evaluate(args):
 
 SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regularization",
                  "attack_succ_threshold", "patience", "cost_multiplier", "early_stop_threshold",
-                 "early_stop_patience", "upsample_size", "restarts")
+                 "early_stop_patience", "upsample_size", "restarts", "mask_init")
 
 
 def cmd_scan(args):
@@ -374,6 +403,19 @@ def cmd_detect(args):
     result = detect_dir(args.scan_dir, verbose=not args.json)
     if args.json:
         _print(args, result, [])
+
+
+def cmd_preview(args):
+    from mitigation.preview import check_out_path, load_images, preview_grid
+
+    check_out_path(args.out, args.force)  # before reading the data: refuse at once
+    images = load_images(args.source, limit=args.n_images, x_key=args.x_key, y_key=args.y_key)
+    grid = preview_grid(images, pipeline=args.pipeline, n_images=args.n_images,
+                        n_variants=args.variants, seed=args.seed, path=args.out,
+                        force=args.force)
+    rows = min(len(images), args.n_images)
+    print(f"preview: {args.out} ({rows} images x {args.variants} {args.pipeline} variants, "
+          f"{grid.shape[1]}x{grid.shape[0]} px)")
 
 
 if __name__ == "__main__":

@@ -179,6 +179,11 @@ class ReverseEngine:
         seed: seed of the initial triggers and the batch sampling; each
             label's randomness depends only on `(seed, label)`. Defaults to
             `0`.
+        mask_init: the initial mask of jobs started without one: `"random"`
+            (uniform [0, 1), the reference) or a constant in (0, 1). A small
+            constant (the fast preset's 0.1) starts with little of the random
+            pattern showing, which avoids large triggers built from it.
+            Defaults to `"random"`.
 
     Example:
 
@@ -192,7 +197,7 @@ class ReverseEngine:
                  attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
                  reset_cost_to_zero=True, early_stop=True, early_stop_threshold=1.0,
                  early_stop_patience=25, save_last=False, epsilon=1e-7, slots=8,
-                 steps_per_call=10, seed=0):
+                 steps_per_call=10, seed=0, mask_init="random"):
         from nc_tf.models import outputs_probabilities
 
         if regularization not in REGULARIZATIONS:
@@ -204,6 +209,10 @@ class ReverseEngine:
                             ("patience", patience)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
+        if not (mask_init == "random" or (isinstance(mask_init, (int, float))
+                                          and 0 < float(mask_init) < 1)):
+            raise ValueError(f"mask_init must be 'random' or a number in (0, 1), got {mask_init!r}.")
+        self.mask_init = mask_init
         if cost_multiplier <= 1:
             raise ValueError(f"cost_multiplier must be > 1, got {cost_multiplier}.")
         self.model, self.intensity = model, check_intensity(intensity)
@@ -377,7 +386,9 @@ class ReverseEngine:
         key = [self.seed, int(target)] + ([1_000_000 + int(restart)] if restart else [])
         rng = np.random.default_rng(key + (sources or []))
         if mask_init is None:
-            mask_init = rng.random(self.mask_shape)
+            mask_init = rng.random(self.mask_shape)  # drawn anyway: same pattern stream
+            if self.mask_init != "random":
+                mask_init = np.full(self.mask_shape, float(self.mask_init))
         if pattern_init is None:
             pattern_init = rng.random((h, w, c)) * 255.0
         mask_init = np.asarray(mask_init, np.float32).reshape(self.mask_shape + (1,))

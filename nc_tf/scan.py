@@ -37,17 +37,22 @@ PRESETS = {
         steps=1000, batch_size=32, nb_sample=1000, lr=0.1, init_cost=1e-3,
         regularization="l1", attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
         early_stop_threshold=1.0, early_stop_patience=25, upsample_size=1, restarts=1,
+        mask_init="random",
     ),
-    # Fewer images per step and shorter patience, two restarts per label (the smaller
-    # valid trigger is kept: one run in six landed in a large local minimum for the
-    # GTSRB backdoor label). The success threshold is 0.95, not 0.99: a real backdoor need not fire on 99% of
-    # inputs (BadNets on whole-image GTSRB reaches 96%: white corners already look
-    # stamped), and a threshold above the backdoor's own success rate makes the
-    # optimiser miss the trigger and grow a large mask elsewhere (bench/scan.py).
+    # Fewer images per step and shorter patience. Two changes make it find triggers
+    # the reference settings miss (measured on the GTSRB BadNets model, bench/scan.py):
+    # - success threshold 0.95, not 0.99: a real backdoor need not fire on 99% of
+    #   inputs (BadNets on whole-image GTSRB reaches 96%: white corners already look
+    #   stamped); above the backdoor's own success rate the optimiser cannot use the
+    #   trigger and grows a large mask elsewhere;
+    # - initial mask 0.1 everywhere instead of uniform random: from a half-visible
+    #   random pattern, 2 runs in 6 settled on a large central trigger (L1 ~46)
+    #   instead of the 4x4 corner one (L1 ~6); from 0.1, 6 in 6 found the corner.
     "fast": dict(
         steps=300, batch_size=32, nb_sample=128, lr=0.1, init_cost=1e-3,
         regularization="l1", attack_succ_threshold=0.95, patience=5, cost_multiplier=2.0,
-        early_stop_threshold=1.0, early_stop_patience=10, upsample_size=1, restarts=2,
+        early_stop_threshold=1.0, early_stop_patience=10, upsample_size=1, restarts=1,
+        mask_init=0.1,
     ),
 }
 RESULTS = "results.json"
@@ -104,7 +109,8 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
             `attack_succ_threshold`, `patience`, `cost_multiplier`,
             `early_stop_threshold`, `early_stop_patience`, `upsample_size`,
             `restarts`: runs per label from different random triggers, the
-            smallest valid trigger kept).
+            smallest valid trigger kept; `mask_init`: `"random"` or a
+            constant initial mask).
 
     Returns:
         the results dict (as in `results.json`): `settings`, `labels`
@@ -193,6 +199,7 @@ def make_engine(model, x, y, settings, intensity, seed, slots):
         patience=settings["patience"], cost_multiplier=settings["cost_multiplier"],
         early_stop_threshold=settings["early_stop_threshold"],
         early_stop_patience=settings["early_stop_patience"], slots=slots, seed=seed,
+        mask_init=settings["mask_init"],
     )
 
 

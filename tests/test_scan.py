@@ -169,3 +169,25 @@ def test_bad_scan_inputs(mnist_small, tiny_backdoored):
         scan(model, np.zeros((100, 32, 32, 3), np.uint8), progress=False)
     with pytest.raises(ValueError, match="Unknown preset"):
         scan(model, xt[:100], yt[:100], preset="slow")
+    with pytest.raises(ValueError, match="mask_init"):
+        scan(model, xt[:100], yt[:100], mask_init=1.5, progress=False)
+
+
+def test_restarts_keep_the_smallest_valid_trigger(mnist_small, tiny_backdoored):
+    _, _, xt, yt = mnist_small
+    model = tiny_backdoored[0]
+    record = scan(model, xt[:300], yt[:300], labels=[7, 1, 4], restarts=3, mask_init="random",
+                  progress=False, verbose=False, **QUICK)
+    for entry in record["labels"].values():
+        tries = entry["restarts"]
+        assert len(tries) == 3
+        valid = [t["l1_norm"] for t in tries if t["found"]] or [t["l1_norm"] for t in tries]
+        assert entry["l1_norm"] == pytest.approx(min(valid))
+        # different starts: not three identical runs
+        assert len({round(t["l1_norm"], 4) for t in tries}) > 1
+    single = scan(model, xt[:300], yt[:300], labels=[7, 1, 4], mask_init="random", progress=False,
+                  verbose=False, **QUICK)
+    # restart 0 is the single run: the kept norm is never larger
+    for key, entry in single["labels"].items():
+        assert "restarts" not in entry
+        assert record["labels"][key]["restarts"][0]["l1_norm"] == pytest.approx(entry["l1_norm"], rel=1e-3)

@@ -251,12 +251,13 @@ class ReverseEngine:
         self.has_best = var((k,))
         self.target = var((k,), tf.int32)
         self.restart = var((k,), tf.int32)  # restart index: varies the init and the batches
+        self.succ_threshold = var((k,))  # per job: attack_succ_threshold unless run() says
         self.assigned = var((k,))
         self.state = {name: var((k,)) for name in STATE_KEYS}
         self.pool = var((k, self.num_classes))  # 1 = source class the slot samples from
         self._slot_vars = ([self.mask_tanh, self.pattern_tanh, self.adam_t, self.mask_best,
                             self.pattern_best, self.has_best, self.target, self.restart,
-                            self.pool]
+                            self.succ_threshold, self.pool]
                            + list(self.adam.values()) + list(self.state.values()))
         self._run = tf.function(self._run_steps, reduce_retracing=True)
 
@@ -358,7 +359,8 @@ class ReverseEngine:
             means = sums / float(self.mini_batch)
             ce, reg, loss, acc = means[:, 0], means[:, 1], means[:, 2], means[:, 3]
             old = {k: tf.gather(v, idx) for k, v in self.state.items()}
-            new, improved = cost_schedule_update(old, acc, reg, **self.cfg)
+            cfg = dict(self.cfg, attack_succ_threshold=tf.gather(self.succ_threshold, idx))
+            new, improved = cost_schedule_update(old, acc, reg, **cfg)
             mask_now = self._masks(tf.gather(self.mask_tanh, idx))
             pattern_now = self._patterns(tf.gather(self.pattern_tanh, idx))
             keep_m = tf.where(improved[:, None, None, None], mask_now,
@@ -379,7 +381,8 @@ class ReverseEngine:
         return logs.stack()
 
     # ------------------------------------------------------------- host
-    def _init_slot(self, slot, target, pattern_init=None, mask_init=None, sources=None, restart=0):
+    def _init_slot(self, slot, target, pattern_init=None, mask_init=None, sources=None, restart=0,
+                   threshold=None):
         h, w, c = self.image_shape
         sources = None if sources is None else sorted(int(v) for v in sources)
         # per job: a label's randomness does not depend on the other jobs
@@ -408,6 +411,8 @@ class ReverseEngine:
         self.has_best[slot].assign(0.0)
         self.target[slot].assign(int(target))
         self.restart[slot].assign(int(restart))
+        self.succ_threshold[slot].assign(
+            self.cfg["attack_succ_threshold"] if threshold is None else float(threshold))
         pool = np.ones(self.num_classes, np.float32)
         if sources is not None:
             if self.y is None:
@@ -483,7 +488,7 @@ class ReverseEngine:
         return out
 
     def run(self, labels, pattern_init=None, mask_init=None, on_done=None, sources=None,
-            states=None, restarts=None):
+            states=None, restarts=None, thresholds=None):
         """Optimises a trigger for each job (a target label); returns their results.
 
         Args:
@@ -503,6 +508,9 @@ class ReverseEngine:
                 index starts from another random trigger and sees other
                 batches (the scan's `restarts` setting). Defaults to `None`
                 (all 0).
+            thresholds: per job, the attack success a valid trigger needs,
+                or `None` for `attack_succ_threshold` (the divide-and-conquer
+                search lowers it for groups). Defaults to `None`.
 
         Returns:
             list (one per job) of dicts with `label`, `pattern` (H, W, C),
@@ -515,6 +523,7 @@ class ReverseEngine:
         sources = sources or [None] * len(labels)
         states = states or [None] * len(labels)
         restarts = restarts or [0] * len(labels)
+        thresholds = thresholds or [None] * len(labels)
         queue = list(range(len(labels)))
         self.assigned.assign(tf.zeros(self.slots))
         slot_job, started, logs, results = {}, {}, {}, [None] * len(labels)
@@ -524,7 +533,7 @@ class ReverseEngine:
                 job = queue.pop(0)
                 if states[job] is None:
                     self._init_slot(slot, labels[job], pattern_init, mask_init, sources[job],
-                                    restarts[job])
+                                    restarts[job], thresholds[job])
                 else:
                     self.load_slot(slot, states[job])
                 slot_job[slot], started[slot], logs[job] = job, time.time(), []

@@ -113,14 +113,16 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         todo = [j for j in jobs if j[0] not in record["labels"]]
         run_jobs(engine, todo, record, triggers, model, x, y, intensity, out_dir, prefix,
                  progress=progress, restarts=settings["restarts"])
-        return {key: record["labels"][key]["l1_norm"] for key, _, _ in jobs}
+        return {job[0]: record["labels"][job[0]]["l1_norm"] for job in jobs}
 
     if not divide_and_conquer:
         pairs = [(job_key([s], t), t, [s]) for t in targets for s in sources if s != t]
         norms = run(pairs)
         info = {"mode": "pairs", "jobs": len(pairs)}
     else:
-        norms, info = _divide_and_conquer(run, targets, sources, beam, reference, seed)
+        counts = {int(c): int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+        norms, info = _divide_and_conquer(run, targets, sources, beam, reference, seed, counts,
+                                          settings["attack_succ_threshold"])
     scores = _source_normalised(norms) if not divide_and_conquer else norms
     for k, v in scores.items():
         record["labels"][k]["score"] = v
@@ -152,7 +154,25 @@ def _split(group):
     return group[:half], group[half:]
 
 
-def _divide_and_conquer(run, targets, sources, beam, reference, seed):
+GROUP_SLACK = 0.8
+
+
+def group_threshold(group, counts, threshold):
+    """The attack success a group's trigger needs: one source's worth of the group.
+
+    A backdoor from one source makes a small trigger flip that source only.
+    Asking a group trigger to flip the whole group would hide it behind the
+    other sources it must also flip; asking it to flip the share of the
+    group's samples that its smallest source holds (times the usual
+    threshold and a slack of 0.8 for sampling noise) lets the backdoor's
+    small trigger qualify while a group without it still needs a natural,
+    larger trigger for its easiest source.
+    """
+    total = sum(counts[s] for s in group)
+    return threshold * GROUP_SLACK * min(counts[s] for s in group) / total
+
+
+def _divide_and_conquer(run, targets, sources, beam, reference, seed, counts, threshold):
     """The group-splitting search; returns (pair norms for the MAD test, info)."""
     levels, jobs_run = [], 0
     frontier = []  # (group, target) to split next
@@ -166,7 +186,8 @@ def _divide_and_conquer(run, targets, sources, beam, reference, seed):
         children = [(_split(g), t) for g, t in frontier if len(g) > 1]
         if not children:
             break
-        jobs = [(job_key(h, t), t, h) for (a, b), t in children for h in (a, b)]
+        jobs = [(job_key(h, t), t, h, group_threshold(h, counts, threshold) if len(h) > 1 else None)
+                for (a, b), t in children for h in (a, b)]
         norms = run(jobs)
         jobs_run += len(jobs)
         scored = []

@@ -205,7 +205,7 @@ def make_engine(model, x, y, settings, intensity, seed, slots):
 
 def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
              progress=True, states=None, total=None, restarts=1):
-    """Optimises `jobs` (key, target label, source classes or None), saving each at once.
+    """Optimises `jobs` (key, target label, source classes or None[, success threshold]).
 
     Each job runs `restarts` times from different random triggers; the
     smallest trigger that reached the success threshold is kept (the
@@ -238,7 +238,7 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
         finish(job, best, tries)
 
     def finish(job, result, tries):
-        key, label, sources = jobs[job]
+        key, label, sources = jobs[job][:3]
         keep = np.ones(len(x), bool) if sources is None else np.isin(y_ref, sources)
         stamped = injection_func(result["mask"][..., None], result["pattern"], x[keep])
         asr = attack_success_rate(predict_labels(model, stamped, intensity), y_ref[keep], label)
@@ -252,6 +252,8 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
                                  for r in tries]
         if sources is not None:
             entry["sources"] = sorted(int(v) for v in sources)
+        if len(jobs[job]) > 3 and jobs[job][3] is not None:
+            entry["attack_succ_threshold"] = round(float(jobs[job][3]), 4)
         triggers[key] = (result["mask"], result["pattern"])
         record["labels"][key] = entry
         if out_dir is not None:
@@ -267,7 +269,8 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
         engine.run([jobs[j][1] for j, _ in runs], on_done=on_done,
                    states=None if states is None else [states[j] if r == 0 else None
                                                        for j, r in runs],
-                   sources=[jobs[j][2] for j, _ in runs], restarts=[r for _, r in runs])
+                   sources=[jobs[j][2] for j, _ in runs], restarts=[r for _, r in runs],
+                   thresholds=[jobs[j][3] if len(jobs[j]) > 3 else None for j, _ in runs])
     finally:
         if bar is not None:
             bar.close()

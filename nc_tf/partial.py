@@ -9,13 +9,16 @@ pairs before the test (see `_source_normalised`). With `divide_and_conquer=True`
 proposes but never evaluated:
 
 1. for every target, split the other labels into two halves and reverse a
-   trigger for each half (2·N jobs);
+   trigger for each half (2·N jobs); a group's trigger must flip one
+   source's share of the group's samples (`group_threshold`), so a backdoor
+   that fires for one source only still makes its group's trigger small;
 2. score each group by the log-ratio of its norm to its sibling's (a group
    holding the infected source needs a smaller trigger than its sibling);
    keep the `beam` lowest-scoring groups, split them, repeat until groups
    are single sources (2·beam jobs per level, log2 N levels);
-3. test the reached (source, target) pairs against `reference` random
-   pairs with the MAD outlier test.
+3. reverse triggers from each reached source towards random other targets
+   (`reference` pairs in all), divide every pair's norm by its source's
+   median, and run the MAD outlier test over these scores.
 
 Cost: 2·N + 2·beam·log2(N) + reference jobs instead of N·(N-1).
 Jobs are keyed `"3->7"` (source 3, target 7) or `"0,1,2->7"` (a group).
@@ -60,8 +63,10 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         divide_and_conquer: use the group-splitting search instead of all
             pairs. Defaults to `False`.
         beam: groups kept per level by the search. Defaults to `2`.
-        reference: random pairs that give the search's MAD its reference.
-            Defaults to `None`: `max(8, N)`.
+        reference: divide-and-conquer only: how many reference pairs, split
+            between the sources the search reached (each towards random other
+            targets, at least 3 per source); each pair is scored against its
+            source's median. Defaults to `None`: 4 per reached source.
         preset: `"fast"` (with `PARTIAL_DEFAULTS`: 256 samples per step,
             up to 600 steps, early-stop patience 20) or `"reference"`.
             Defaults to `"fast"`.
@@ -123,12 +128,12 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         counts = {int(c): int(n) for c, n in zip(*np.unique(y, return_counts=True))}
         norms, info = _divide_and_conquer(run, targets, sources, beam, reference, seed, counts,
                                           settings["attack_succ_threshold"])
-    scores = _source_normalised(norms) if not divide_and_conquer else norms
+    scores = _source_normalised(norms)
     for k, v in scores.items():
         record["labels"][k]["score"] = v
     record["partial"] = info
     record["outlier"] = detect(record, verbose=verbose)
-    record["outlier"]["score"] = "l1 / median l1 of the source" if not divide_and_conquer else "l1"
+    record["outlier"]["score"] = "l1 / median l1 of the source's pairs"
     if out_dir is not None:
         io.write_json(os.path.join(out_dir, RESULTS), record)
     record["triggers"] = triggers
@@ -198,17 +203,22 @@ def _divide_and_conquer(run, targets, sources, beam, reference, seed, counts, th
         keep = scored[:beam]
         levels.append({"jobs": len(jobs), "kept": [[job_key(g, t), round(s, 3)] for s, g, t in keep]})
         frontier = [(g, t) for _, g, t in keep]
-    # Reference pairs for the MAD: random (source, target) pairs not reached.
-    all_pairs = [(s, t) for t in targets for s in sources if s != t]
+    # Reference pairs: each reached source towards random other targets, so every
+    # reached pair is scored against its own source (a thin "1" flips to anything
+    # cheaply; see _source_normalised). `reference` bounds the total.
     rng = np.random.default_rng(seed)
-    n_ref = min(reference or max(8, len(targets)), len(all_pairs))
-    order = rng.permutation(len(all_pairs))
-    ref_jobs = [(job_key([s], t), t, [s]) for s, t in (all_pairs[i] for i in order)
-                if (s, t) not in reached][:n_ref]
+    reached_sources = sorted({s for s, _ in reached})
+    per_source = max(3, -(-(reference or 4 * len(reached_sources)) // max(len(reached_sources), 1)))
+    ref_jobs = []
+    for s in reached_sources:
+        others = [t for t in targets if t != s and (s, t) not in reached]
+        pick = rng.permutation(len(others))[:per_source]
+        ref_jobs += [(job_key([s], others[i]), others[i], [s]) for i in sorted(pick)]
     ref_norms = run(ref_jobs)
     jobs_run += len(ref_jobs)
     leaf_norms = run([(job_key([s], t), t, [s]) for s, t in sorted(reached)])  # already run
     norms = dict(ref_norms, **leaf_norms)
+    all_pairs = [(s, t) for t in targets for s in sources if s != t]
     info = {"mode": "divide-and-conquer", "jobs": jobs_run, "beam": beam, "levels": levels,
             "reached": sorted(leaf_norms), "reference_pairs": [j[0] for j in ref_jobs],
             "pair_scan_jobs": len(all_pairs)}

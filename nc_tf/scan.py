@@ -296,8 +296,9 @@ def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None
         top_k: candidates kept. Defaults to `None`: `min(100, max(3, n // 10))`.
         overlap_patience: stable iterations needed. Defaults to `None`:
             `min(10, top_k)`.
-        random_sample: extra random labels for the MAD. Defaults to `None`:
-            `min(100, max(3, n // 10))`.
+        random_sample: random other labels whose norms set the median and
+            MAD the candidates are tested against. Defaults to `None`:
+            `min(100, max(top_k, 10))` (the paper: 100).
         short_steps: steps per iteration. Defaults to `2`.
         max_iterations: upper bound on iterations. Defaults to `100`.
         progress: show a progress bar. Defaults to `True`.
@@ -308,7 +309,7 @@ def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None
     n = len(labels)
     top_k = top_k or min(100, max(3, n // 10))
     overlap_patience = overlap_patience or min(10, top_k)
-    random_sample = min(random_sample or min(100, max(3, n // 10)), n - min(top_k, n))
+    random_sample = min(random_sample or min(100, max(top_k, 10)), n - min(top_k, n))
     states = {label: None for label in labels}
     previous, stable, it = None, 0, 0
     bar = None
@@ -355,8 +356,15 @@ def detect(record, verbose=True):
         return result
     items = sorted(((k, v) for k, v in record["labels"].items() if k.isdigit()),
                    key=lambda kv: int(kv[0]))
+    reference = None
+    random_labels = (record.get("low_cost") or {}).get("random") or []
+    if len(random_labels) >= 3 and all(str(v) in record["labels"] for v in random_labels):
+        # Low-cost scan: the random labels are the unbiased sample of the norms.
+        reference = [record["labels"][str(v)]["l1_norm"] for v in random_labels]
     result = outlier_detection([v["l1_norm"] for _, v in items], [int(k) for k, _ in items],
-                               verbose=verbose)
+                               verbose=verbose, reference=reference)
+    if reference is not None:
+        result["reference"] = "random labels of the low-cost scan"
     result["flagged"] = [[label, norm] for label, norm in result["flagged"]]
     result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
     return result

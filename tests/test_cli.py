@@ -89,6 +89,11 @@ def test_mitigate_unlearn_from_a_scan_folder(tmp_path, capsys, tiny_backdoored, 
     assert saved["before"] == report["before"] and saved["options"] == {"data_ratio": 1.0}
     assert report["before"]["asr_original"][0] > 0.9 > 0.2 > report["after"]["asr_original"][0]
     assert report["after"]["accuracy"] >= report["before"]["accuracy"] - 0.05
-    assert (out / "model.keras").exists()
+    # the unlearned model reloads and gives the figures the report holds
+    assert main(["evaluate", str(out / "model.keras"), "--attack", str(attack), "--limit", "500",
+                 "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["accuracy"] == pytest.approx(report["after"]["accuracy"])
+    assert ev["attack_success_rate"] == pytest.approx(report["after"]["asr_original"][0])
     assert main(["mitigate", str(path), "--method", "flip", *common]) == 2
     assert "--force" in capsys.readouterr().err

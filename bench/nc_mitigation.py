@@ -18,7 +18,7 @@ trigger is used for reporting. If the scan did not flag the target, the
 target's reversed trigger is used and the row says so. Output folders:
 runs/bench_mitigation/<model>_<method>/ (mitigation.json, PNG curves).
 
-Usage: python bench/mitigation.py [--only mnist|gtsrb] [--methods unlearn,prune,...]
+Usage: python bench/nc_mitigation.py [--only mnist|gtsrb] [--methods unlearn,prune,...]
 """
 
 import argparse

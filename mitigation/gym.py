@@ -10,8 +10,10 @@ Backdoor Attacks using Data Augmentation") removes a backdoor in two places:
   pipeline before the model sees it (`lightweight_pipeline`; the defended
   inference wrapper lives in `mitigation.preprocessing`).
 
-Both pipelines follow the published Keras code (albumentations 0.4/0.5 era),
-translated to albumentations 2.x:
+Both pipelines follow the published Keras code (YiZeng623/DeepSweep,
+`Code_demo(PubFig_WM).ipynb`: functions `defending` and `defending2`,
+albumentations 0.4/0.5 era, PubFig at 224x224), translated to
+albumentations 2.x:
 
 | step | intensive | lightweight |
 | ---- | --------- | ----------- |
@@ -22,13 +24,26 @@ translated to albumentations 2.x:
 | `RandomGamma`, gamma 2.6 | yes | |
 | `Downscale` 0.25, nearest both ways | yes | |
 | `MedianBlur`, ksize 5 | yes | |
-| `ResizeMedianResize`: 0.8x, ksize 5, back | yes | yes |
+| `ResizeMedianResize`: 180/224 x, ksize 5, back | yes | yes |
 | `RandomShrink` to 0.91-1.0 on a zero canvas | yes | |
-| SAT: `Affine` shift 0.16, scale 0.16, rotate 4, black border | yes | yes |
+| SAT: `LegacyShiftScaleRotate` shift 0.16, scale 0.16, rotate 4, black | yes | yes |
 
-Sizes are ratios, so 28x28x1, 32x32x3 and 224x224x3 images all work. Images
-are raw NHWC in [0, 255] as everywhere in nc-tf; `augment` runs a pipeline on
-such a batch, image by image.
+Every step is always applied: the notebook passes `p=1` to every
+albumentations transform (0.4's own default was `p=0.5` for all of them), and
+its arguments are explicit pairs where 0.4 would have read a scalar
+differently (`RandomGamma(gamma_limit=(60, 60))` is gamma 0.6; a bare 60 meant
+(-60, 60) in 0.4; `MedianBlur(blur_limit=(5, 5))` is ksize 5, a bare 5 meant
+{3, 5}). `OpticalDistortion(p=1)` kept 0.4's defaults: distort_limit 0.05,
+shift_limit 0.05 (the centre shift is rounded to whole pixels, so it is always
+0), linear interpolation, reflect-101 border.
+
+Sizes are ratios, so 28x28x1, 32x32x3 and 224x224x3 images all work, with
+one exception taken as published: the median aperture is 5 *pixels* at every
+size. On the 224x224 images it was tuned for that is 2 % of the width; on
+32x32 images it is 16 %, so the pipelines are much harsher there (a model
+that was not fine-tuned keeps about a quarter of its GTSRB accuracy behind
+the lightweight pipeline). Images are raw NHWC in [0, 255] as everywhere in
+nc-tf; `augment` runs a pipeline on such a batch, image by image.
 
 Seeding: albumentations 2.0.8's `Compose(seed=s)` seeds every child transform
 with its own generator started from the *same* `s`, so two transforms that
@@ -53,6 +68,12 @@ from nc_tf.preprocess import check_intensity, preprocess
 _PIXEL_MAX = 255.0
 # Below this tolerance `int(size * ratio)` would floor 27.999999 to 27.
 _ROUNDING_SLACK = 1e-6
+# The notebook resizes its 224x224 images to 180x180 and back
+# (`cv2.resize(defimg, (180, 180))`): a ratio of 0.8036, not 0.8 (224 -> 179).
+_RESIZE_RATIO = 180 / 224
+# The notebook's fine-tuning optimiser: the model is compiled with
+# `Adadelta(lr = 0.03)` before `model.fit` (not Keras 2's default lr 1.0).
+_ADADELTA_LR = 0.03
 
 
 class ResizeMedianResize(A.ImageOnlyTransform):
@@ -60,7 +81,9 @@ class ResizeMedianResize(A.ImageOnlyTransform):
 
     The down-blur-up round trip wipes out small high-frequency patterns, such
     as a stamped backdoor trigger, while keeping the coarse content. It is the
-    "resize 0.8 -> MedianBlur 5 -> resize back" step of both GYM pipelines.
+    "resize to 180/224 -> MedianBlur 5 -> resize back" step of both GYM
+    pipelines (the notebook's `cv2.resize(defimg, (180, 180))` on 224x224
+    images, as a ratio).
     The output has the input's shape and dtype; grayscale `(H, W, 1)` images
     keep their channel axis.
 
@@ -68,7 +91,7 @@ class ResizeMedianResize(A.ImageOnlyTransform):
         ratio: float, the intermediate size as a fraction of the input size,
             or a `(min, max)` pair to draw the ratio uniformly per image. The
             intermediate size is `int(ratio * size)`, at least 1 pixel.
-            Defaults to `0.8`.
+            Defaults to `180 / 224` (0.8036).
         ksize: odd int >= 3, the median filter's aperture. Values above 5 need
             uint8 images (an OpenCV limit). Defaults to `5`.
         interpolation: OpenCV interpolation flag for both resizes. Defaults to
@@ -84,7 +107,11 @@ class ResizeMedianResize(A.ImageOnlyTransform):
     """
 
     def __init__(
-        self, ratio=0.8, ksize=5, interpolation=cv2.INTER_LINEAR, p=1.0
+        self,
+        ratio=_RESIZE_RATIO,
+        ksize=5,
+        interpolation=cv2.INTER_LINEAR,
+        p=1.0,
     ):
         super().__init__(p=p)
         self.ratio = _check_ratio_range("ratio", ratio, upper=None)
@@ -181,17 +208,110 @@ class RandomShrink(A.ImageOnlyTransform):
         return _run_cv2(shrink, img)
 
 
+class LegacyShiftScaleRotate(A.ImageOnlyTransform):
+    """Shifts, scales and rotates an image as albumentations 0.4 did.
+
+    This is GYM's SAT step, `ShiftScaleRotate(shift_limit=0.16,
+    scale_limit=0.16, rotate_limit=4, border_mode=0)` in the published code,
+    with albumentations 0.4's maths: an angle, a scale factor and x/y shifts
+    are drawn uniformly and independently (in that order), the matrix is
+    `cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)` plus a
+    translation of `(dx * w, dy * h)` pixels, and the image is warped with
+    `cv2.warpAffine` onto a black (zero) border. albumentations 2.x's
+    `Affine` / `ShiftScaleRotate` differ: they truncate the translation to
+    whole pixels (`int(dx * w)`, so every shift below one pixel becomes 0
+    and the others shrink by up to a pixel) and rotate about
+    `(w / 2 - 0.5, h / 2 - 0.5)`. The output has the input's shape and dtype;
+    grayscale `(H, W, 1)` images keep their channel axis.
+
+    Args:
+        shift_limit: float `s` in [0, 1] for shifts in `[-s, s]` of the width
+            (x) and of the height (y), or a `(min, max)` pair. Defaults to
+            `0.16`.
+        scale_limit: float `s` in [0, 1) for a scale factor in
+            `[1 - s, 1 + s]`, or a `(min, max)` pair added to 1. Defaults to
+            `0.16`.
+        rotate_limit: degrees `r` for an angle in `[-r, r]`, or a
+            `(min, max)` pair. Defaults to `4`.
+        interpolation: OpenCV interpolation flag. Defaults to
+            `cv2.INTER_LINEAR`, as in albumentations 0.4.
+        p: probability of applying the transform. Defaults to `1.0` (the
+            published code passed `p=1`; 0.4's default was 0.5).
+
+    Example:
+
+    >>> import albumentations as A
+    >>> import numpy as np
+    >>> step = LegacyShiftScaleRotate(0.0, 0.0, 90)
+    >>> out = A.Compose([step], seed=0)(image=np.ones((32, 32, 3), np.uint8))
+    >>> out["image"].shape
+    (32, 32, 3)
+    """
+
+    def __init__(
+        self,
+        shift_limit=0.16,
+        scale_limit=0.16,
+        rotate_limit=4,
+        interpolation=cv2.INTER_LINEAR,
+        p=1.0,
+    ):
+        super().__init__(p=p)
+        self.shift_limit = _check_limit("shift_limit", shift_limit, bound=1.0)
+        self.scale_limit = _check_limit("scale_limit", scale_limit, bound=1.0)
+        if self.scale_limit[0] <= -1.0:
+            raise ValueError(
+                "scale_limit must keep the scale factor 1 + scale_limit "
+                f"positive; got {scale_limit!r}."
+            )
+        self.rotate_limit = _check_limit(
+            "rotate_limit", rotate_limit, bound=None
+        )
+        self.interpolation = interpolation
+
+    def get_params_dependent_on_data(self, params, data):
+        """Draws the angle, scale and shifts, in albumentations 0.4's order."""
+        uniform = self.py_random.uniform
+        return {
+            "angle": uniform(*self.rotate_limit),
+            "scale": 1.0 + uniform(*self.scale_limit),
+            "dx": uniform(*self.shift_limit),
+            "dy": uniform(*self.shift_limit),
+        }
+
+    def apply(self, img, angle=0.0, scale=1.0, dx=0.0, dy=0.0, **params):
+        """Warps one image with the drawn angle, scale and shifts."""
+        height, width = img.shape[:2]
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
+        matrix[0, 2] += dx * width  # sub-pixel shifts, not truncated
+        matrix[1, 2] += dy * height
+
+        def warp(channels):
+            return cv2.warpAffine(
+                channels,
+                matrix,
+                (width, height),
+                flags=self.interpolation,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=0,
+            )
+
+        return _run_cv2(warp, img)
+
+
 def sat_transform():
     """Returns GYM's SAT step: a random shift, scale and rotation.
 
-    The published code used `ShiftScaleRotate(shift_limit=0.16,
-    scale_limit=0.16, rotate_limit=4)` with a constant black border; in
-    albumentations 2.x that is `Affine` with independent x/y shifts of up to
-    16 % of the size, one isotropic scale in [0.84, 1.16] and a rotation in
-    [-4, 4] degrees.
+    The published code used `ShiftScaleRotate(scale_limit=0.16,
+    shift_limit=0.16, rotate_limit=4, p=1, border_mode=0)` (albumentations
+    0.4): independent x/y shifts of up to 16 % of the size (sub-pixel), one
+    isotropic scale in [0.84, 1.16], a rotation in [-4, 4] degrees about the
+    image centre, bilinear, constant black border, always applied. See
+    `LegacyShiftScaleRotate` for why albumentations 2.x's `Affine` is not
+    used.
 
     Returns:
-        An `albumentations.Affine` applied with probability 1.
+        A `LegacyShiftScaleRotate` applied with probability 1.
 
     Example:
 
@@ -199,14 +319,8 @@ def sat_transform():
     >>> sat_transform()(image=np.zeros((32, 32, 3), np.uint8))["image"].shape
     (32, 32, 3)
     """
-    return A.Affine(
-        translate_percent=(-0.16, 0.16),
-        scale=(0.84, 1.16),
-        rotate=(-4, 4),
-        keep_ratio=True,
-        border_mode=cv2.BORDER_CONSTANT,
-        fill=0,
-        p=1.0,
+    return LegacyShiftScaleRotate(
+        shift_limit=0.16, scale_limit=0.16, rotate_limit=4, p=1.0
     )
 
 
@@ -215,7 +329,7 @@ def intensive_pipeline(seed=None):
 
     In order: optical distortion (k ~ U(-0.05, 0.05), reflect-101 border),
     gamma 0.6, median blur 5, multiplicative noise x1.53 (clipped), gamma 2.6,
-    downscale 0.25 (nearest both ways), median blur 5, resize 0.8 / median
+    downscale 0.25 (nearest both ways), median blur 5, resize 180/224 / median
     blur 5 / resize back, random shrink to 0.91-1.0 on a zero canvas, and SAT
     (shift 0.16, scale 0.16, rotate 4 degrees, black border). Every step is
     always applied.
@@ -237,18 +351,32 @@ def intensive_pipeline(seed=None):
     >>> augment(images, intensive_pipeline(seed=0)).shape
     (2, 28, 28, 1)
     """
+    # Every step has p=1 as in the notebook (`albumentations.X(p=1, ...)`
+    # everywhere; albumentations 0.4's default p was 0.5 for each of these).
     transforms = [
+        # `OpticalDistortion(p=1)`: 0.4 defaults distort_limit 0.05 ->
+        # k ~ U(-0.05, 0.05), shift_limit 0.05 -> centre shift
+        # round(U(-0.05, 0.05)) = 0 pixels, linear, reflect-101. 2.x's
+        # "camera" mode is the same camera-matrix remap without the shift;
+        # its default border is constant, hence the explicit reflect-101.
         A.OpticalDistortion(
             distort_limit=(-0.05, 0.05),
             border_mode=cv2.BORDER_REFLECT_101,
             p=1.0,
         ),
-        # gamma_limit is in percent and must be a pair: a bare 60 would mean
-        # the range (1, 60), i.e. gamma in [0.01, 0.6].
+        # `RandomGamma(gamma_limit=(60, 60))`: gamma = 60 / 100 = 0.6 exactly
+        # (0.4 drew randint(60, 60) / 100). The limits are percent and must
+        # be a pair: a bare 60 means (-60, 60) in 0.4 and (1, 60) in 2.x.
         A.RandomGamma(gamma_limit=(60, 60), p=1.0),
+        # `MedianBlur(blur_limit=(5, 5))`: ksize 5 always (a bare 5 would
+        # draw ksize from {3, 5} in both versions).
         A.MedianBlur(blur_limit=(5, 5), p=1.0),
+        # `MultiplicativeNoise(multiplier=1.53)`: 0.4 read a scalar as
+        # (1.53, 1.53), one factor for the whole image, clipped to 255.
         A.MultiplicativeNoise(multiplier=(1.53, 1.53), p=1.0),
-        A.RandomGamma(gamma_limit=(260, 260), p=1.0),
+        A.RandomGamma(gamma_limit=(260, 260), p=1.0),  # gamma 2.6
+        # `Downscale(scale_min=0.25, scale_max=0.25)`: 0.4's default
+        # interpolation was INTER_NEAREST for the way down and the way up.
         A.Downscale(
             scale_range=(0.25, 0.25),
             interpolation_pair={
@@ -258,7 +386,9 @@ def intensive_pipeline(seed=None):
             p=1.0,
         ),
         A.MedianBlur(blur_limit=(5, 5), p=1.0),
-        ResizeMedianResize(ratio=0.8, ksize=5),
+        ResizeMedianResize(ratio=_RESIZE_RATIO, ksize=5),
+        # `defend_RAND(scalimit=1.1)`: resize to rnd in [size, 1.1 size),
+        # zero-pad to 1.1 size at a random offset, resize back.
         RandomShrink(ratio_range=(0.91, 1.0)),
         sat_transform(),
     ]
@@ -268,8 +398,9 @@ def intensive_pipeline(seed=None):
 def lightweight_pipeline(seed=None):
     """Builds GYM's lightweight pipeline, used on inputs at inference time.
 
-    In order: median blur 5, resize 0.8 / median blur 5 / resize back, and SAT
-    (shift 0.16, scale 0.16, rotate 4 degrees, black border).
+    In order: median blur 5, resize 180/224 / median blur 5 / resize back, and
+    SAT (shift 0.16, scale 0.16, rotate 4 degrees, black border), each always
+    applied, as the notebook's `defending2`.
 
     Args:
         seed: int or None. Seeds the pipeline so the sequence of augmentations
@@ -290,7 +421,7 @@ def lightweight_pipeline(seed=None):
     """
     transforms = [
         A.MedianBlur(blur_limit=(5, 5), p=1.0),
-        ResizeMedianResize(ratio=0.8, ksize=5),
+        ResizeMedianResize(ratio=_RESIZE_RATIO, ksize=5),
         sat_transform(),
     ]
     return seed_pipeline(A.Compose(transforms, seed=seed), seed)
@@ -521,7 +652,10 @@ def gym_finetune(
     when the model's last layer, looking into nested models, applies a
     softmax) and trained on a `GymFineTuneDataset`, which re-augments the
     clean set every epoch. The paper fine-tunes on 1,000-10,000 clean
-    samples for 5 epochs with batch size 10.
+    samples for 5 epochs with batch size 10; the published notebook ran its
+    5-epoch loop on ten successive chunks of 1,000 clean samples ("count from
+    0 to 9 to acquire 10000 clean samples"): 50,000 augmented samples in
+    all, as 5 epochs on 10,000 images here.
 
     Args:
         model: a built Sequential or functional Keras classifier with one
@@ -532,9 +666,11 @@ def gym_finetune(
         epochs: int >= 1. Defaults to `5`.
         batch_size: int >= 1. Defaults to `10`.
         optimizer: a Keras optimizer instance or name. Defaults to `None`,
-            meaning `keras.optimizers.Adadelta(learning_rate=1.0)`: the
-            published code used Keras 2's Adadelta, whose default learning
-            rate was 1.0 (Keras 3's default is 0.001, far too small here).
+            meaning `keras.optimizers.Adadelta(learning_rate=0.03)`, as the
+            published notebook: it compiles the model with
+            `Adadelta(lr = 0.03)` before `model.fit`, neither Keras 2's
+            default lr 1.0 nor Keras 3's 0.001 (the update rule, rho 0.95
+            and epsilon 1e-7 are the same in both Keras versions).
         intensity: the model's intensity range, one of `"raw"`, `"mnist"`,
             `"imagenet"`, `"inception"`. Defaults to `"raw"`.
         seed: int or None, seeds the augmentation and the shuffling. Weight
@@ -599,7 +735,7 @@ def gym_finetune(
 
     probabilities = models.outputs_probabilities(model)
     if optimizer is None:
-        optimizer = keras.optimizers.Adadelta(learning_rate=1.0)
+        optimizer = keras.optimizers.Adadelta(learning_rate=_ADADELTA_LR)
     tuned.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(
@@ -753,6 +889,27 @@ def _check_ratio_range(name, value, upper, allow_scalar=True):
     if not 0 < low <= high or (upper is not None and high > upper):
         raise ValueError(
             f"{name} must satisfy 0 < min <= max{bound}; got {value!r}."
+        )
+    return (low, high)
+
+
+def _check_limit(name, value, bound):
+    """albumentations 0.4's `to_tuple`: `v` -> `(-|v|, |v|)`, a pair as is."""
+    if isinstance(value, numbers.Real):
+        value = (-abs(value), abs(value))
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be a number or a (min, max) pair; got {value!r}."
+        ) from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise ValueError(
+            f"{name} must be finite with min <= max; got {value!r}."
+        )
+    if bound is not None and max(abs(low), abs(high)) > bound:
+        raise ValueError(
+            f"{name} must lie in [-{bound:g}, {bound:g}]; got {value!r}."
         )
     return (low, high)
 

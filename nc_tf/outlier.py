@@ -11,8 +11,7 @@ CONSISTENCY_CONSTANT = 1.4826
 ANOMALY_THRESHOLD = 2.0
 
 
-def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY_THRESHOLD,
-                      reference=None):
+def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY_THRESHOLD):
     """Flags labels whose reversed trigger is anomalously small.
 
     Prints the reference three lines when `verbose`:
@@ -25,10 +24,6 @@ def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY
         verbose: print the reference report. Defaults to `True`.
         threshold: anomaly index above which a label is flagged. Defaults to
             `2.0`.
-        reference: norms that set the median and MAD instead of
-            `l1_norm_list` (the low-cost scan's random labels: an unbiased
-            sample, while its candidates are the smallest by selection).
-            Defaults to `None`.
 
     Returns:
         dict with `median`, `mad`, `anomaly_index` (of the smallest norm),
@@ -56,11 +51,8 @@ def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY
         raise ValueError(f"MAD outlier detection needs at least 3 labels, got {len(norms)}.")
     if not np.all(np.isfinite(norms)):
         raise ValueError("Norms contain NaN or inf; rerun the scan for those labels.")
-    base = norms if reference is None else np.asarray(reference, dtype=np.float64).reshape(-1)
-    if len(base) < 3 or not np.all(np.isfinite(base)):
-        raise ValueError("The reference norms must be at least 3 finite values.")
-    median = float(np.median(base))
-    mad = float(CONSISTENCY_CONSTANT * np.median(np.abs(base - median)))
+    median = float(np.median(norms))
+    mad = float(CONSISTENCY_CONSTANT * np.median(np.abs(norms - median)))
     deviation = np.abs(norms - median)
     index = deviation / mad if mad > 0 else np.where(deviation > 0, np.inf, 0.0)
     anomaly_index = float(np.abs(np.min(norms) - median) / mad) if mad > 0 else (

@@ -139,7 +139,12 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     todo = [v for v in labels if str(v) not in record["labels"]]
     engine = make_engine(model, x, None, settings, intensity, seed, slots) if todo else None
     states = None
-    if low_cost and todo:
+    previous = record.get("low_cost") if isinstance(record.get("low_cost"), dict) else None
+    if low_cost and todo and previous:
+        # Resuming a low-cost scan: keep its selection (the short-pass states are
+        # gone, so unfinished candidates restart from scratch).
+        todo = [v for v in previous["top"] + previous["random"] if str(v) not in record["labels"]]
+    elif low_cost and todo:
         start = time.time()
         chosen, states, info = low_cost_selection(engine, labels, seed, progress=progress,
                                                   **(low_cost if isinstance(low_cost, dict) else {}))
@@ -356,15 +361,8 @@ def detect(record, verbose=True):
         return result
     items = sorted(((k, v) for k, v in record["labels"].items() if k.isdigit()),
                    key=lambda kv: int(kv[0]))
-    reference = None
-    random_labels = (record.get("low_cost") or {}).get("random") or []
-    if len(random_labels) >= 3 and all(str(v) in record["labels"] for v in random_labels):
-        # Low-cost scan: the random labels are the unbiased sample of the norms.
-        reference = [record["labels"][str(v)]["l1_norm"] for v in random_labels]
     result = outlier_detection([v["l1_norm"] for _, v in items], [int(k) for k, _ in items],
-                               verbose=verbose, reference=reference)
-    if reference is not None:
-        result["reference"] = "random labels of the low-cost scan"
+                               verbose=verbose)
     result["flagged"] = [[label, norm] for label, norm in result["flagged"]]
     result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
     return result

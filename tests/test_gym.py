@@ -46,6 +46,7 @@ TRANSFORMS = {
     # A ratio range so that the seed matters for this otherwise fixed step.
     "resize_median_resize": lambda: gym.ResizeMedianResize(ratio=(0.5, 0.9)),
     "random_shrink": lambda: gym.RandomShrink(ratio_range=(0.6, 0.95)),
+    "shift_scale_rotate": lambda: gym.LegacyShiftScaleRotate(),
 }
 
 
@@ -92,6 +93,42 @@ def test_random_shrink_pastes_on_a_black_canvas():
     assert out.sum() == 255 * 16 * 16 * 3  # everything else is zero
 
 
+def test_sat_shifts_like_albumentations_04():
+    # 0.4's ShiftScaleRotate: M = getRotationMatrix2D((w/2, h/2), a, s) plus
+    # (dx * w, dy * h), sub-pixel; black border.
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:16, 8:16] = 255
+    shift = A.Compose(
+        [gym.LegacyShiftScaleRotate((0.25, 0.25), (0.0, 0.0), (0, 0))],
+        seed=0,
+    )
+    out = shift(image=image)["image"]
+    expected = np.zeros_like(image)
+    expected[16:24, 16:24] = 255  # 0.25 * 32 = 8 pixels right and down
+    np.testing.assert_array_equal(out, expected)
+    # A shift of 0.32 pixels is kept (2.x's Affine truncates it to 0).
+    tiny = A.Compose(
+        [gym.LegacyShiftScaleRotate((0.01, 0.01), (0.0, 0.0), (0, 0))],
+        seed=0,
+    )
+    assert not np.array_equal(tiny(image=image)["image"], image)
+    grey = tiny(image=image[..., :1])["image"]
+    assert grey.shape == (32, 32, 1)
+
+
+def test_pipelines_follow_the_published_parameters():
+    sat = gym.sat_transform()
+    assert isinstance(sat, gym.LegacyShiftScaleRotate)
+    assert sat.shift_limit == (-0.16, 0.16)
+    assert sat.scale_limit == (-0.16, 0.16)
+    assert sat.rotate_limit == (-4.0, 4.0)
+    for make in (gym.intensive_pipeline, gym.lightweight_pipeline):
+        steps = make(seed=0).transforms
+        assert all(step.p == 1.0 for step in steps)  # p=1 in the notebook
+        (resize,) = [s for s in steps if isinstance(s, gym.ResizeMedianResize)]
+        assert resize.ratio == (180 / 224, 180 / 224)  # 224 -> 180 -> 224
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -99,6 +136,9 @@ def test_random_shrink_pastes_on_a_black_canvas():
         lambda: gym.ResizeMedianResize(ksize=4),
         lambda: gym.RandomShrink(ratio_range=(0.9, 1.2)),
         lambda: gym.RandomShrink(ratio_range=0.9),
+        lambda: gym.LegacyShiftScaleRotate(shift_limit=1.5),
+        lambda: gym.LegacyShiftScaleRotate(scale_limit=(-1.0, 0.1)),
+        lambda: gym.LegacyShiftScaleRotate(rotate_limit=(5, -5)),
     ],
 )
 def test_transform_arguments_are_validated(bad):
@@ -224,7 +264,8 @@ def test_gym_finetune_tunes_a_copy():
         for a, b in zip(original, tuned.get_weights())
     )
     assert isinstance(tuned.optimizer, keras.optimizers.Adadelta)
-    assert float(tuned.optimizer.learning_rate) == pytest.approx(1.0)
+    # The notebook compiles with Adadelta(lr = 0.03) before fine-tuning.
+    assert float(tuned.optimizer.learning_rate) == pytest.approx(0.03)
     assert tuned.loss.from_logits is False  # softmax output
 
 

@@ -179,3 +179,30 @@ def test_measure_counts_only_source_labels_of_partial_triggers(tiny_backdoored, 
     keep = yt == 3
     expected = np.mean(predict_labels(model, partial.apply(xt[keep])) == 7)
     assert row["asr_original"] == [pytest.approx(expected)]
+
+
+def test_iterative_repair_unlearns_what_each_scan_flags_and_resumes(tmp_path, tiny_backdoored,
+                                                                    mnist_small):
+    from mitigation.repair import repair
+
+    model, trigger, _ = tiny_backdoored
+    x, y, xt, yt = mnist_small
+    data = split_data(x, y, xt, yt, val_ratio=0.25)
+    quick = dict(steps=80, nb_sample=64)
+    out = tmp_path / "repair"
+    fixed, details = repair(model, data, rounds=1, out_dir=str(out), scan_options=quick,
+                            attack_triggers=[trigger], unlearn_options={"data_ratio": 1.0},
+                            verbose=False)
+    first = details["rounds"][0]
+    assert first["flagged"] == [7] and details["triggers_unlearned"] == [7]
+    assert first["after_unlearning"]["asr_original"][0] < ASR_REMOVED
+    assert len(details["rounds"]) == 2  # the round-1 scan ran on the unlearned model
+    assert (out / "round_0" / "scan" / "results.json").exists()
+    saved = out / "round_0" / "model.keras"
+    stamp = saved.stat().st_mtime_ns
+    again, details2 = repair(model, data, rounds=1, out_dir=str(out), scan_options=quick,
+                             unlearn_options={"data_ratio": 1.0}, verbose=False)
+    assert saved.stat().st_mtime_ns == stamp  # resumed: the round's model was reused
+    assert [r["flagged"] for r in details2["rounds"]] == [r["flagged"] for r in details["rounds"]]
+    np.testing.assert_allclose(again.predict(xt[:32], verbose=0), fixed.predict(xt[:32], verbose=0),
+                               atol=1e-5)

@@ -127,6 +127,8 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     log(f"before: {_row_text(before)}")
     report = {"method": method, "intensity": intensity, "seed": seed, "options": dict(options),
               "n_test": int(len(data.x_test)), "before": before}
+    if method == "repair":
+        options = dict(options, verbose=verbose)  # the scans' progress and MAD reports
     result, details = _run(method, model, data, triggers, attack_triggers, intensity, seed,
                            scan_options, out_dir, log, options)
     if method == "filter":

@@ -386,8 +386,6 @@ def cmd_mitigate(args):
     options = {kw: getattr(args, flag) for flag, kw in MITIGATE_OPTIONS[args.method].items()
                if getattr(args, flag) is not None}
     scan_options = {"preset": args.preset} if args.preset else None
-    if args.method == "repair":
-        options["verbose"] = not args.json
     _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],
                          out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
                          scan_options=scan_options, verbose=not args.json, **options)

@@ -97,3 +97,17 @@ def test_mitigate_unlearn_from_a_scan_folder(tmp_path, capsys, tiny_backdoored, 
     assert ev["attack_success_rate"] == pytest.approx(report["after"]["asr_original"][0])
     assert main(["mitigate", str(path), "--method", "flip", *common]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_mitigate_repair_runs_its_own_scans(tmp_path, capsys, tiny_backdoored):
+    model, _, _ = tiny_backdoored
+    path = tmp_path / "model.keras"
+    model.save(path)
+    out = tmp_path / "repair"
+    assert main(["mitigate", str(path), "--method", "repair", "--rounds", "1", "--dataset", "mnist",
+                 "--train-limit", "2000", "--val-ratio", "0.25", "--limit", "300", "--out", str(out),
+                 "--json"]) == 0
+    report = json.loads((out / "mitigation.json").read_text())
+    rounds = report["details"]["rounds"]
+    assert rounds[0]["round"] == 0 and len(rounds) <= 2
+    assert (out / "round_0" / "scan" / "results.json").exists() and (out / "model.keras").exists()

@@ -10,5 +10,6 @@ from injection.triggers import (
     infect_X,
     injection_func,
     load_triggers,
+    shape_trigger,
     square_trigger,
 )

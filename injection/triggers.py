@@ -186,10 +186,16 @@ class Trigger:
                 margin=spec["margin"], position=spec["position"], color=spec["color"],
                 sources=spec.get("sources"),
             )
+        if kind == "shape":
+            return shape_trigger(
+                spec["image_shape"], spec["target"], spec["shape"], spec["size"], spec["margin"],
+                spec["position"], spec["color"], spec.get("seed", 0), spec.get("sources"),
+            )
         if kind == "arrays":
             return cls(_decode_array(spec["mask"]), _decode_array(spec["pattern"]),
                        spec["target"], spec, spec.get("sources"))
-        raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected 'square' or 'arrays'.")
+        raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected 'square', 'shape' "
+                         "or 'arrays'.")
 
     def __repr__(self):
         return f"Trigger(kind={self.spec.get('kind')!r}, target={self.target})"
@@ -244,6 +250,62 @@ def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right
         "color": [float(v) for v in color],
     }
     return Trigger(mask, pattern, target, spec, sources)
+
+
+SHAPES = ("square", "triangle", "checkerboard")
+
+
+def shape_trigger(image_shape, target, shape="square", size=4, margin=1,
+                  position="bottom-right", color=255, seed=0, sources=None):
+    """A BadNets trigger of another shape or a random colour (NC's robustness tests).
+
+    Args:
+        image_shape: `(H, W, C)` of the images.
+        target: the target label.
+        shape: `"square"` (solid), `"triangle"` (the lower-left half of the
+            square, diagonal included) or `"checkerboard"` (the square's
+            pixels alternate between `color` and black). Defaults to
+            `"square"`.
+        size: side of the bounding square in pixels. Defaults to `4`.
+        margin: gap in pixels to the borders it touches. Defaults to `1`.
+        position: as in `square_trigger`. Defaults to `"bottom-right"`.
+        color: one value or one per channel, raw [0, 255], or `"noisy"`: a
+            random colour per pixel and channel, drawn from `seed` (the
+            paper's noisy square). Defaults to `255`.
+        seed: seed of the noisy colours. Defaults to `0`.
+        sources: source labels of a partial backdoor. Defaults to `None`.
+
+    Returns:
+        a `Trigger` whose spec (kind `"shape"`) rebuilds it exactly.
+
+    Example:
+
+    >>> t = shape_trigger((28, 28, 1), 7, shape="triangle", size=4)
+    >>> int(t.mask.sum())
+    10
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"Unknown trigger shape {shape!r}; use one of {SHAPES}.")
+    noisy = isinstance(color, str)
+    if noisy and color != "noisy":
+        raise ValueError(f"color must be numbers or 'noisy', got {color!r}.")
+    base = square_trigger(image_shape, target, size, margin, position, 255 if noisy else color)
+    h, w, c = base.pattern.shape
+    row, col = _square_origin(h, w, int(size), int(margin), position)
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    keep = {"square": np.ones_like(i, bool), "triangle": j <= i,
+            "checkerboard": np.ones_like(i, bool)}[shape]
+    mask = np.zeros((h, w, 1), np.float32)
+    mask[row : row + size, col : col + size, 0] = keep
+    pattern = base.pattern.copy()
+    if noisy:
+        patch = np.random.default_rng(seed).integers(0, 256, (size, size, c)).astype(np.float32)
+        pattern[row : row + size, col : col + size] = patch
+    if shape == "checkerboard":
+        pattern[row : row + size, col : col + size][(i + j) % 2 == 1] = 0.0
+    spec = dict(base.spec, kind="shape", shape=shape, seed=int(seed),
+                color="noisy" if noisy else base.spec["color"])
+    return Trigger(mask, pattern * mask, target, spec, sources)
 
 
 def _square_origin(h, w, size, margin, position):

@@ -67,8 +67,11 @@ def build_parser():
     p.add_argument("--size", type=int, default=4, help="trigger square side in pixels (default: 4)")
     p.add_argument("--margin", type=int, default=1,
                    help="gap between the square and the bottom-right corner (default: 1)")
-    p.add_argument("--color", type=float, nargs="+", default=[255.0],
-                   help="trigger colour, one value or one per channel (default: 255)")
+    p.add_argument("--color", nargs="+", default=["255"],
+                   help="trigger colour, one value or one per channel, or 'noisy' for a random "
+                        "colour per pixel drawn from --seed (default: 255)")
+    p.add_argument("--shape", choices=("square", "triangle", "checkerboard"), default="square",
+                   help="trigger shape inside its size x size box (default: square)")
     p.add_argument("--ratio", type=float, default=0.1,
                    help="poisoned fraction per target label, r (default: 0.1)")
     p.add_argument("--source", type=int, action="append",
@@ -244,11 +247,23 @@ def _asr_text(value):
 
 
 def cmd_inject(args):
-    from injection import square_trigger
+    from injection import shape_trigger, square_trigger
+
+    if args.color == ["noisy"]:
+        color = "noisy"
+    else:
+        try:
+            color = [float(v) for v in args.color]
+        except ValueError:
+            raise ValueError(f"--color takes numbers in [0, 255] or 'noisy', got {args.color}.") from None
 
     def triggers(shape):
-        return [square_trigger(shape, t, args.size, args.margin, color=args.color,
-                               sources=args.source) for t in args.target]
+        if args.shape == "square" and color != "noisy":
+            return [square_trigger(shape, t, args.size, args.margin, color=color,
+                                   sources=args.source) for t in args.target]
+        return [shape_trigger(shape, t, args.shape, args.size, args.margin, color=color,
+                              seed=args.seed + i, sources=args.source)
+                for i, t in enumerate(args.target)]
 
     return _train(args, triggers)
 

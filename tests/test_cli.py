@@ -111,3 +111,19 @@ def test_mitigate_repair_runs_its_own_scans(tmp_path, capsys, tiny_backdoored):
     rounds = report["details"]["rounds"]
     assert rounds[0]["round"] == 0 and len(rounds) <= 2
     assert (out / "round_0" / "scan" / "results.json").exists() and (out / "model.keras").exists()
+
+
+def test_inject_shaped_noisy_trigger_is_recorded_exactly(tmp_path, capsys):
+    from injection import load_triggers
+
+    out = tmp_path / "tri"
+    assert main(["inject", "--target", "2", "--shape", "triangle", "--color", "noisy", "--size", "5",
+                 "--limit", "600", "--epochs", "1", "--seed", "3", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    spec = json.loads((out / "attack.json").read_text())["triggers"][0]
+    assert spec["kind"] == "shape" and spec["shape"] == "triangle" and spec["color"] == "noisy"
+    trigger = load_triggers(str(out / "attack.json"))[0]
+    assert int(trigger.mask.sum()) == 15 and trigger.target == 2
+    assert main(["inject", "--target", "2", "--color", "red", "--limit", "50",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "'noisy'" in capsys.readouterr().err

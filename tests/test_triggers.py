@@ -89,3 +89,37 @@ def test_load_triggers_errors(tmp_path):
         load_triggers(bad)
     with pytest.raises(ValueError, match="no 'triggers'"):
         load_triggers({"targets": [1]})
+
+
+@pytest.mark.parametrize("shape", ["square", "triangle", "checkerboard"])
+@pytest.mark.parametrize("color", [255, [10, 200, 30], "noisy"])
+def test_shape_triggers_rebuild_exactly_from_json(shape, color):
+    import json
+
+    from injection.triggers import Trigger, shape_trigger
+
+    t = shape_trigger((32, 32, 3), 5, shape=shape, size=6, margin=2, position="top-left",
+                      color=color, seed=4)
+    again = Trigger.from_spec(json.loads(json.dumps(t.spec)))
+    np.testing.assert_array_equal(again.mask, t.mask)
+    np.testing.assert_array_equal(again.pattern, t.pattern)
+    area = {"square": 36, "triangle": 21, "checkerboard": 36}[shape]
+    assert int(t.mask.sum()) == area
+    box = t.pattern[2:8, 2:8]
+    assert t.mask[:2].sum() == 0 and t.mask[8:].sum() == 0  # only the box is stamped
+    if shape == "checkerboard":
+        assert np.all(box[1::2, ::2] == 0) and np.all(box[::2, 1::2] == 0)
+    if color == "noisy":
+        other = shape_trigger((32, 32, 3), 5, shape=shape, size=6, margin=2, position="top-left",
+                              color="noisy", seed=5)
+        assert not np.array_equal(other.pattern, t.pattern)
+        assert len(np.unique(box[t.mask[2:8, 2:8, 0] > 0])) > 10
+
+
+def test_shape_trigger_rejects_bad_arguments():
+    from injection.triggers import shape_trigger
+
+    with pytest.raises(ValueError, match="Unknown trigger shape"):
+        shape_trigger((28, 28, 1), 7, shape="circle")
+    with pytest.raises(ValueError, match="noisy"):
+        shape_trigger((28, 28, 1), 7, color="rainbow")

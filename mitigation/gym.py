@@ -692,15 +692,7 @@ def gym_finetune(
     >>> tuned is model
     False
     """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"gym_finetune needs a keras.Model; got {type(model).__name__}."
-        )
-    if not model.built:
-        raise ValueError(
-            "The model is not built, so it has no weights to copy. Build it "
-            "first, e.g. call it on a batch or give it a keras.Input."
-        )
+    tuned = models.copy_model(model, "gym_finetune")
     outputs = getattr(model, "outputs", None) or []
     if len(outputs) > 1:
         raise ValueError(
@@ -722,16 +714,6 @@ def gym_finetune(
             f"{num_classes} outputs. Pass integer labels in "
             f"[0, {num_classes})."
         )
-
-    try:
-        tuned = keras.models.clone_model(model)
-    except Exception as error:  # Keras raises several types here.
-        raise ValueError(
-            "gym_finetune copies the model with keras.models.clone_model, "
-            "which failed. Use a Sequential or functional model, or give "
-            "your subclassed model get_config/from_config."
-        ) from error
-    tuned.set_weights(model.get_weights())
 
     probabilities = models.outputs_probabilities(model)
     if optimizer is None:

@@ -21,6 +21,7 @@ import collections
 import os
 import time
 
+import keras
 import numpy as np
 
 from nc_tf import io
@@ -131,16 +132,12 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         options = dict(options, verbose=verbose)  # the scans' progress and MAD reports
     result, details = _run(method, model, data, triggers, attack_triggers, intensity, seed,
                            scan_options, out_dir, log, options)
-    if method == "filter":
-        report["after"] = details.pop("after")
-    elif method in ("shrinkpad", "flip", "gym"):
-        report["after"] = details.pop("after")
-    else:
-        report["after"] = figures(predictor(result))
+    # Filter and inference-time defences measure themselves; repaired models are measured here.
+    report["after"] = details.pop("after") if "after" in details else figures(predictor(result))
     report.update(details=details, wall_time_s=round(time.time() - t0, 2))
     log(f"after:  {_row_text(report['after'])}")
     if out_dir is not None:
-        if hasattr(result, "save") and method != "filter" and hasattr(result, "get_weights"):
+        if isinstance(result, keras.Model):
             io.save_model(result, os.path.join(out_dir, "model.keras"))
             report["model"] = os.path.join(out_dir, "model.keras")
         io.write_json(os.path.join(out_dir, "mitigation.json"), report)

@@ -80,7 +80,11 @@ class UnlearningDataset(keras.utils.PyDataset):
         return preprocess(self.data[idx], self.intensity), self.y[idx]
 
     def on_epoch_end(self):
-        self.epoch += 1
+        self.set_epoch(self.epoch + 1)
+
+    def set_epoch(self, epoch):
+        """Re-stamps for `epoch` (a fresh share, fixed by `(seed, epoch)`)."""
+        self.epoch = int(epoch)
         self._make_epoch()
 
 
@@ -163,8 +167,7 @@ class Unlearning(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch != self.data.epoch:
-            self.data.epoch = epoch
-            self.data._make_epoch()
+            self.data.set_epoch(epoch)
         self._cursor = 0
 
     def on_train_batch_end(self, batch, logs=None):

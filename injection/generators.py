@@ -91,9 +91,9 @@ class PoisonedDataset(keras.utils.PyDataset):
                 options = self.by_target[self.targets[k]]
                 trigger = options[rng.integers(len(options))]
                 xb[i] = trigger.apply(xb[i])
-                # a partial backdoor relabels its sources only; others stay correct
-                if trigger.sources is None or yb[i] in trigger.sources:
-                    yb[i] = trigger.target
+                # a partial backdoor relabels its sources only (others stay correct);
+                # an all-to-all one sends label i to i + 1
+                yb[i] = trigger.poison_labels(yb[i])
         return preprocess(xb, self.intensity), yb
 
 

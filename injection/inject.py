@@ -124,6 +124,11 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
     if callable(triggers):
         triggers = triggers(x.shape[1:])
     for t in triggers:
+        if getattr(t, "all_to_all", None):
+            if t.all_to_all != num_classes:
+                raise ValueError(f"The all-to-all trigger is for {t.all_to_all} classes, the data "
+                                 f"has {num_classes}; rebuild it with num_classes={num_classes}.")
+            continue
         if not 0 <= t.target < num_classes:
             raise ValueError(f"Target label {t.target} is out of range: the data has labels "
                              f"0..{num_classes - 1}.")
@@ -142,7 +147,7 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         "intensity": intensity,
         "image_shape": list(x.shape[1:]),
         "num_classes": num_classes,
-        "targets": sorted({t.target for t in triggers}),
+        "targets": sorted({t.target for t in triggers if not getattr(t, "all_to_all", None)}),
         "triggers": [t.spec for t in triggers],
         "clean_accuracy": result["accuracy"],
         "attack_success_rate": result["attack_success_rate"],

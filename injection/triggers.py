@@ -118,6 +118,12 @@ class Trigger:
         sources: for a partial (source-specific) backdoor, the source labels
             it applies to; other labels keep their label when stamped.
             Defaults to `None` (every label).
+        delta: an additive `(H, W, C)` perturbation in raw units, added after
+            the mask/pattern stamp and clipped to [0, 255] (invisible
+            backdoors). Defaults to `None` (none).
+        all_to_all: the number of classes K of an all-to-all attack: a
+            stamped input of label i is sent to (i + 1) mod K, and `target`
+            is `-1`. Defaults to `None` (one target).
 
     Example:
 
@@ -127,7 +133,8 @@ class Trigger:
     7
     """
 
-    def __init__(self, mask, pattern, target, spec=None, sources=None):
+    def __init__(self, mask, pattern, target, spec=None, sources=None, delta=None,
+                 all_to_all=None):
         pattern = np.asarray(pattern, dtype=np.float32)
         mask = np.asarray(mask, dtype=np.float32)
         if mask.ndim == 2:
@@ -141,7 +148,16 @@ class Trigger:
             raise ValueError("mask values must lie in [0, 1].")
         if pattern.min() < 0 or pattern.max() > 255:
             raise ValueError("pattern values must lie in the raw range [0, 255].")
-        self.mask, self.pattern, self.target = mask, pattern, int(target)
+        if delta is not None:
+            delta = np.asarray(delta, dtype=np.float32)
+            if delta.shape != pattern.shape or np.abs(delta).max() > 255:
+                raise ValueError(f"delta must be shaped like the pattern {pattern.shape} with "
+                                 f"values in [-255, 255]; got {delta.shape}.")
+        if all_to_all is not None and (int(all_to_all) < 2 or sources is not None):
+            raise ValueError("all_to_all takes the number of classes (>= 2) and excludes sources.")
+        self.mask, self.pattern, self.delta = mask, pattern, delta
+        self.all_to_all = None if all_to_all is None else int(all_to_all)
+        self.target = -1 if self.all_to_all else int(target)
         self.sources = None if sources is None else sorted(int(v) for v in sources)
         self.spec = dict(spec) if spec is not None else {
             "kind": "arrays",
@@ -149,8 +165,42 @@ class Trigger:
             "mask": _encode_array(mask),
             "pattern": _encode_array(pattern),
         }
+        if delta is not None and "delta" not in self.spec and self.spec["kind"] == "arrays":
+            self.spec["delta"] = _encode_array(delta)
         if self.sources is not None:
             self.spec["sources"] = self.sources
+        if self.all_to_all is not None:
+            self.spec["all_to_all"] = self.all_to_all
+
+    def poison_labels(self, y):
+        """The labels stamped inputs of labels `y` are meant to get.
+
+        The target for a plain trigger; for a partial backdoor the target on
+        its sources and the true label elsewhere; `(y + 1) mod K` all-to-all.
+
+        Example:
+
+        >>> square_trigger((28, 28, 1), 7, sources=[3]).poison_labels([3, 4]).tolist()
+        [7, 4]
+        """
+        y = np.asarray(y, dtype=np.int64)
+        if self.all_to_all:
+            return (y + 1) % self.all_to_all
+        out = np.full_like(y, self.target)
+        if self.sources is not None:
+            out = np.where(np.isin(y, self.sources), out, y)
+        return out
+
+    def attack_samples(self, y):
+        """Which inputs count for attack success: label changed by the attack.
+
+        Example:
+
+        >>> square_trigger((28, 28, 1), 7, sources=[3, 7]).attack_samples([3, 4, 7]).tolist()
+        [True, False, False]
+        """
+        y = np.asarray(y, dtype=np.int64)
+        return self.poison_labels(y) != y
 
     @property
     def image_shape(self):
@@ -172,6 +222,8 @@ class Trigger:
                 f"{images.shape[-3:]}."
             )
         out = injection_func(self.mask, self.pattern, images.astype(np.float32))
+        if self.delta is not None:
+            out = np.clip(out + self.delta, 0.0, 255.0)
         if images.dtype == np.uint8:
             return np.clip(np.rint(out), 0, 255).astype(np.uint8)
         return out.astype(images.dtype)
@@ -181,24 +233,44 @@ class Trigger:
         """Rebuilds a trigger from its spec (the inverse of `.spec`)."""
         kind = spec.get("kind")
         if kind == "square":
-            return square_trigger(
+            t = square_trigger(
                 spec["image_shape"], spec["target"], size=spec["size"],
                 margin=spec["margin"], position=spec["position"], color=spec["color"],
                 sources=spec.get("sources"),
             )
-        if kind == "shape":
-            return shape_trigger(
+        elif kind == "shape":
+            t = shape_trigger(
                 spec["image_shape"], spec["target"], spec["shape"], spec["size"], spec["margin"],
                 spec["position"], spec["color"], spec.get("seed", 0), spec.get("sources"),
             )
-        if kind == "arrays":
+        elif kind == "blend":
+            from injection.blend import blend_trigger
+
+            image = spec["image"]
+            if image not in ("logo", "watermark"):
+                image = _decode_array(image)
+            t = blend_trigger(spec["image_shape"], spec["target"], image, spec["alpha"],
+                              spec["size"], spec["margin"], spec["position"], spec.get("sources"))
+        elif kind == "arrays":
+            delta = _decode_array(spec["delta"]) if "delta" in spec else None
             return cls(_decode_array(spec["mask"]), _decode_array(spec["pattern"]),
-                       spec["target"], spec, spec.get("sources"))
-        raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected 'square', 'shape' "
-                         "or 'arrays'.")
+                       spec["target"], spec, spec.get("sources"), delta, spec.get("all_to_all"))
+        else:
+            raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected 'square', "
+                             "'shape', 'blend' or 'arrays'.")
+        if spec.get("all_to_all"):
+            t = t.to_all_to_all(spec["all_to_all"])
+        return t
+
+    def to_all_to_all(self, num_classes):
+        """The same stamp as an all-to-all attack: label i -> (i + 1) mod `num_classes`."""
+        spec = {k: v for k, v in self.spec.items() if k != "sources"}
+        spec["target"] = -1
+        return Trigger(self.mask, self.pattern, -1, spec, None, self.delta, num_classes)
 
     def __repr__(self):
-        return f"Trigger(kind={self.spec.get('kind')!r}, target={self.target})"
+        target = "i+1" if self.all_to_all else self.target
+        return f"Trigger(kind={self.spec.get('kind')!r}, target={target})"
 
 
 def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right",

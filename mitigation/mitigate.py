@@ -26,7 +26,7 @@ import numpy as np
 
 from nc_tf import io
 from nc_tf.datasets import labels_to_int
-from nc_tf.metrics import accuracy, attack_success_rate, predict_labels
+from nc_tf.metrics import accuracy, predict_labels, trigger_success_rate
 
 METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
            "gym", "shrinkpad", "flip")
@@ -69,10 +69,7 @@ def measure(predict, x, y, reversed_triggers=(), attack_triggers=()):
     """
     row = {"accuracy": accuracy(predict(x), y)}
     for key, triggers in (("asr_reversed", reversed_triggers), ("asr_original", attack_triggers)):
-        row[key] = []
-        for t in triggers:
-            keep = np.ones(len(x), bool) if t.sources is None else np.isin(y, t.sources)
-            row[key].append(attack_success_rate(predict(t.apply(x[keep])), y[keep], t.target))
+        row[key] = [trigger_success_rate(predict, t, x, y) for t in triggers]
     return row
 
 

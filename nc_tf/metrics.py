@@ -60,6 +60,37 @@ def attack_success_rate(y_pred, y_true, target):
     return float(np.mean(y_pred[keep] == target[keep]))
 
 
+def trigger_success_rate(predict, trigger, x, y):
+    """Attack success of one trigger, whatever kind of backdoor it is.
+
+    Counts the inputs whose label the attack changes (`trigger.attack_samples`:
+    not already the target; a partial backdoor's sources only; all-to-all:
+    every input, success meaning label i -> i + 1).
+
+    Args:
+        predict: a function `raw images -> labels`.
+        trigger: an `injection.Trigger` (or any object with `.apply` and
+            `.target`; then the plain target definition is used).
+        x: raw clean images.
+        y: their integer labels.
+
+    Returns:
+        float in [0, 1], or NaN when no input counts.
+
+    Example:
+
+    >>> trigger_success_rate(lambda im: predict_labels(model, im), trigger, x, y)  # doctest: +SKIP
+    """
+    y = np.asarray(y, dtype=np.int64)
+    if not hasattr(trigger, "poison_labels"):
+        return attack_success_rate(predict(trigger.apply(x)), y, trigger.target)
+    keep = np.flatnonzero(trigger.attack_samples(y))
+    if len(keep) == 0:
+        return float("nan")
+    pred = predict(trigger.apply(x[keep]))
+    return float(np.mean(pred == trigger.poison_labels(y[keep])))
+
+
 def evaluate_backdoor(model, x, y, triggers=(), intensity="raw", batch_size=256):
     """Clean accuracy and, per trigger, attack success rate on raw images.
 
@@ -88,11 +119,10 @@ def evaluate_backdoor(model, x, y, triggers=(), intensity="raw", batch_size=256)
     result = {"accuracy": accuracy(predict_labels(model, x, intensity, batch_size), y)}
     per = []
     for trigger in triggers:
-        sources = getattr(trigger, "sources", None)
-        keep = np.ones(len(y), bool) if sources is None else np.isin(y, sources)
-        pred = predict_labels(model, trigger.apply(x[keep]), intensity, batch_size)
-        per.append({"target": trigger.target,
-                    "attack_success_rate": attack_success_rate(pred, y[keep], trigger.target)})
+        rate = trigger_success_rate(
+            lambda images: predict_labels(model, images, intensity, batch_size), trigger, x, y)
+        per.append({"target": "i+1" if getattr(trigger, "all_to_all", None) else trigger.target,
+                    "attack_success_rate": rate})
     result["per_trigger"] = per
     result["attack_success_rate"] = (
         float(np.nanmean([p["attack_success_rate"] for p in per])) if per else None

@@ -1,5 +1,7 @@
 """Training with a backdoor injected (BadNets), or its clean twin."""
 
+import inspect
+
 import keras
 
 from injection.callbacks import BackdoorCall
@@ -71,7 +73,7 @@ def inject_backdoor(model, x, y, triggers=(), ratio=PER_LABEL_RATIO, epochs=10, 
 
 def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL_RATIO,
                    epochs=10, batch_size=32, intensity="raw", seed=0, limit=None, force=False,
-                   verbose=1, x_key=None, y_key=None):
+                   verbose=1, x_key=None, y_key=None, pretrain_epochs=0):
     """Trains an infected model (or, without triggers, its clean twin) and saves it.
 
     Writes `out/model.keras` and `out/attack.json` (infected) or
@@ -82,8 +84,11 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         out: output folder; must be new or empty unless `force`.
         dataset: data set name or path (see `nc_tf.datasets.load_data`).
             Defaults to `"mnist"`.
-        triggers: `Trigger` objects, or a function `image_shape -> triggers`.
-            Defaults to `()` (clean twin).
+        triggers: `Trigger` objects, or a function `image_shape -> triggers`
+            that may also take `num_classes=` and `model=` keywords (a
+            function taking `model` is called after `pretrain_epochs` of
+            clean training: Trojan and invisible attacks optimise their
+            trigger on the trained model). Defaults to `()` (clean twin).
         arch: `"mnist"`, `"gtsrb"`, `"resnet"`; `None` picks by data shape.
             Defaults to `None`.
         ratio: r, poisoned fraction per target. Defaults to `0.1`.
@@ -97,6 +102,8 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         verbose: Keras verbosity. Defaults to `1`.
         x_key: image array name in an `.h5`/`.npz` file. Defaults to `None`.
         y_key: label array name. Defaults to `None`.
+        pretrain_epochs: clean epochs before a model-dependent trigger is
+            made (then `epochs` of poisoned training follow). Defaults to `0`.
 
     Returns:
         the report dict written to the JSON file.
@@ -121,8 +128,18 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
     num_classes = int(max(y.max(), y_test.max()) + 1)
     if num_classes < 2:
         raise ValueError("The training data has a single class; a classifier needs two or more.")
+    arch = arch or models.default_arch(x.shape[1:], num_classes)
+    keras.utils.set_random_seed(seed)  # weights are created when the model is built
+    model = models.build_model(arch, x.shape[1:], num_classes)
+    start = time.time()
+    pre = None
     if callable(triggers):
-        triggers = triggers(x.shape[1:])
+        wants = inspect.signature(triggers).parameters
+        if "model" in wants and pretrain_epochs > 0:
+            pre = inject_backdoor(model, x, y, (), ratio, pretrain_epochs, batch_size, intensity,
+                                  seed, validation_data=(x_test, y_test), verbose=verbose)
+        context = {"model": model, "num_classes": num_classes}
+        triggers = triggers(x.shape[1:], **{k: v for k, v in context.items() if k in wants})
     for t in triggers:
         if getattr(t, "all_to_all", None):
             if t.all_to_all != num_classes:
@@ -132,10 +149,6 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         if not 0 <= t.target < num_classes:
             raise ValueError(f"Target label {t.target} is out of range: the data has labels "
                              f"0..{num_classes - 1}.")
-    arch = arch or models.default_arch(x.shape[1:], num_classes)
-    keras.utils.set_random_seed(seed)  # weights are created when the model is built
-    model = models.build_model(arch, x.shape[1:], num_classes)
-    start = time.time()
     history = inject_backdoor(model, x, y, triggers, ratio, epochs, batch_size, intensity, seed,
                               validation_data=(x_test, y_test), verbose=verbose)
     wall = time.time() - start
@@ -147,6 +160,7 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         "intensity": intensity,
         "image_shape": list(x.shape[1:]),
         "num_classes": num_classes,
+        "attack": sorted({t.spec.get("attack", t.spec.get("kind")) for t in triggers}),
         "targets": sorted({t.target for t in triggers if not getattr(t, "all_to_all", None)}),
         "triggers": [t.spec for t in triggers],
         "clean_accuracy": result["accuracy"],
@@ -155,6 +169,7 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         "training": {
             "epochs": epochs, "batch_size": batch_size, "per_label_ratio": ratio,
             "inject_ratio": data.inject_ratio, "seed": seed, "n_train": int(len(x)),
+            "pretrain_epochs": int(pretrain_epochs) if pre is not None else 0,
             "n_test": int(len(x_test)), "optimizer": "Adam(1e-3, decay 1e-4)",
             "wall_time_s": round(wall, 2),
         },

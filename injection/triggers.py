@@ -260,6 +260,7 @@ class Trigger:
                              "'shape', 'blend' or 'arrays'.")
         if spec.get("all_to_all"):
             t = t.to_all_to_all(spec["all_to_all"])
+        t.spec.update({k: v for k, v in spec.items() if k not in t.spec})  # e.g. "attack"
         return t
 
     def to_all_to_all(self, num_classes):

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from injection.attacks import ATTACKS as ATTACK_NAMES
 from nc_tf.preprocess import INTENSITY_RANGES
 
 
@@ -57,26 +58,43 @@ def build_parser():
         prog="nc-tf", description="Find, visualise and remove backdoors in Keras classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("inject", help="train a model with a BadNets backdoor",
-                       description="Train a reference model on data poisoned with a square "
-                                   "trigger; writes OUT/model.keras and OUT/attack.json.")
+    p = sub.add_parser("inject", help="train a model with a backdoor (BadNets and variants)",
+                       description="Train a reference model on data poisoned with an attack's "
+                                   "triggers; writes OUT/model.keras and OUT/attack.json (the "
+                                   "trigger specs that re-apply them exactly).")
     _add_data_args(p)
     _add_training_args(p)
-    p.add_argument("--target", type=int, action="append", required=True,
-                   help="target label (repeat for several infected labels)")
-    p.add_argument("--size", type=int, default=4, help="trigger square side in pixels (default: 4)")
+    p.add_argument("--attack", default="badnets", choices=ATTACK_NAMES,
+                   help="backdoor variant (default: badnets); see injection/attacks.py")
+    p.add_argument("--target", type=int, action="append",
+                   help="target label (repeat for several infected labels; not for all-to-all)")
+    p.add_argument("--size", type=int,
+                   help="trigger side in pixels (default: 4; blend: the whole image; trojan: its "
+                        "own default)")
     p.add_argument("--margin", type=int, default=1,
-                   help="gap between the square and the bottom-right corner (default: 1)")
+                   help="gap between the trigger and the borders it touches (default: 1)")
+    p.add_argument("--position", default="bottom-right",
+                   help="bottom-right, bottom-left, top-right, top-left, top, bottom, left, "
+                        "right, center, or ROW,COL (default: bottom-right)")
     p.add_argument("--color", nargs="+", default=["255"],
                    help="trigger colour, one value or one per channel, or 'noisy' for a random "
                         "colour per pixel drawn from --seed (default: 255)")
     p.add_argument("--shape", choices=("square", "triangle", "checkerboard"), default="square",
                    help="trigger shape inside its size x size box (default: square)")
-    p.add_argument("--ratio", type=float, default=0.1,
-                   help="poisoned fraction per target label, r (default: 0.1)")
+    p.add_argument("--image", default="logo",
+                   help="blend: 'logo', 'watermark' (drawn by nc-tf) or an image file (default: "
+                        "logo)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="blend: transparency in (0, 1] (default: 1)")
+    p.add_argument("--ratio", type=float,
+                   help="poisoned fraction per target label, r (default: 0.1; invisible-*: "
+                        "0.0526, i.e. 5%% of the data)")
     p.add_argument("--source", type=int, action="append",
                    help="partial backdoor: only this source label is sent to the target when "
                         "stamped; other labels are stamped and keep their label (repeatable)")
+    p.add_argument("--pretrain-epochs", type=int,
+                   help="trojan-*/invisible-*: clean epochs before the trigger is optimised on "
+                        "the model (default: --epochs)")
     p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser("train", help="train a clean model (the infected model's twin)",
@@ -247,7 +265,7 @@ def _asr_text(value):
 
 
 def cmd_inject(args):
-    from injection import shape_trigger, square_trigger
+    from injection.attacks import build_attack, default_ratio, needs_model
 
     if args.color == ["noisy"]:
         color = "noisy"
@@ -256,16 +274,53 @@ def cmd_inject(args):
             color = [float(v) for v in args.color]
         except ValueError:
             raise ValueError(f"--color takes numbers in [0, 255] or 'noisy', got {args.color}.") from None
+    position = args.position
+    if "," in position:
+        position = [int(v) for v in position.split(",")]
+    image = args.image
+    if image not in ("logo", "watermark"):
+        image = _read_image(image)
+    if args.attack == "badnets" and (color == "noisy" or args.shape != "square"):
+        attack = "noisy" if args.shape == "square" else "shape"
+    else:
+        attack = args.attack
+    if attack != "all-to-all" and not args.target:
+        raise ValueError(f"--attack {attack} needs --target LABEL.")
+    common = dict(size=args.size, margin=args.margin, position=position, color=color,
+                  shape=args.shape, sources=args.source, image=image, alpha=args.alpha,
+                  seed=args.seed, intensity=args.intensity or "raw")
 
-    def triggers(shape):
-        if args.shape == "square" and color != "noisy":
-            return [square_trigger(shape, t, args.size, args.margin, color=color,
-                                   sources=args.source) for t in args.target]
-        return [shape_trigger(shape, t, args.shape, args.size, args.margin, color=color,
-                              seed=args.seed + i, sources=args.source)
-                for i, t in enumerate(args.target)]
+    if needs_model(attack):
+        def triggers(shape, model):
+            return build_attack(attack, shape, args.target, model=model, **common)
+    else:
+        def triggers(shape, num_classes):
+            return build_attack(attack, shape, args.target, num_classes=num_classes, **common)
 
+    args.ratio = default_ratio(attack) if args.ratio is None else args.ratio
+    if args.pretrain_epochs is None:
+        args.pretrain_epochs = args.epochs if needs_model(attack) else 0
     return _train(args, triggers)
+
+
+def _read_image(path):
+    import numpy as np
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--image {path!r} is not a file; pass 'logo', 'watermark' or an image "
+                         "file (PNG, JPEG).")
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGBA"), dtype=np.uint8)
+
+
+def _trigger_text(spec):
+    parts = [spec.get("attack") or spec.get("kind", "?")]
+    if "position" in spec and spec.get("kind") != "arrays":
+        parts.append(str(spec["position"]))
+    if spec.get("sources"):
+        parts.append(f"sources {spec['sources']}")
+    return ", ".join(parts)
 
 
 def cmd_train(args):
@@ -278,7 +333,8 @@ def _train(args, triggers):
     report = train_and_save(
         args.out, args.dataset, triggers, args.arch, getattr(args, "ratio", 0.1), args.epochs,
         args.batch_size, args.intensity or "raw", args.seed, args.limit, args.force,
-        verbose=0 if args.json else 2, x_key=args.x_key, y_key=args.y_key)
+        verbose=0 if args.json else 2, x_key=args.x_key, y_key=args.y_key,
+        pretrain_epochs=getattr(args, "pretrain_epochs", 0) or 0)
     name = "attack.json" if report["triggers"] else "train.json"
     _print(args, report, [
         f"model:               {os.path.join(args.out, 'model.keras')}",
@@ -313,7 +369,9 @@ def cmd_evaluate(args):
     if triggers:
         lines.append(f"attack success rate: {_asr_text(report['attack_success_rate'])}")
         if len(triggers) > 1:
-            lines += [f"  trigger {i} -> {p['target']}: {p['attack_success_rate']:.4f}"
+            specs = attack.get("triggers", [])
+            lines += [f"  trigger {i} ({_trigger_text(specs[i] if i < len(specs) else {})}) -> "
+                      f"{p['target']}: {p['attack_success_rate']:.4f}"
                       for i, p in enumerate(report["per_trigger"])]
     _print(args, report, lines)
 

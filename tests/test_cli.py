@@ -127,3 +127,30 @@ def test_inject_shaped_noisy_trigger_is_recorded_exactly(tmp_path, capsys):
     assert main(["inject", "--target", "2", "--color", "red", "--limit", "50",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "'noisy'" in capsys.readouterr().err
+
+
+def test_inject_attack_variants_and_per_trigger_evaluation(tmp_path, capsys):
+    from injection import load_triggers
+
+    out = tmp_path / "multi"
+    assert main(["inject", "--attack", "multi-label", "--target", "1", "--target", "2",
+                 "--limit", "600", "--epochs", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "attack.json").read_text())
+    assert report["attack"] == ["multi-label"] and report["targets"] == [1, 2]
+    assert [t.target for t in load_triggers(str(out / "attack.json"))] == [1, 2]
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "model.keras"), "--attack", str(out / "attack.json"),
+                 "--limit", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "trigger 0 (multi-label, bottom-right) -> 1:" in text and "-> 2:" in text
+    a2a = tmp_path / "a2a"
+    assert main(["inject", "--attack", "all-to-all", "--limit", "600", "--epochs", "1",
+                 "--out", str(a2a), "--json"]) == 0
+    capsys.readouterr()
+    trigger = load_triggers(str(a2a / "attack.json"))[0]
+    assert trigger.all_to_all == 10 and trigger.poison_labels([9]).tolist() == [0]
+    assert main(["inject", "--attack", "blend", "--limit", "50", "--out", str(tmp_path / "b")]) == 2
+    assert "--target" in capsys.readouterr().err
+    assert main(["inject", "--attack", "blend", "--target", "1", "--image", "nope.png",
+                 "--limit", "50", "--out", str(tmp_path / "c")]) == 2
+    assert "'logo', 'watermark'" in capsys.readouterr().err

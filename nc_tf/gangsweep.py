@@ -1,0 +1,751 @@
+"""GangSweep (Zhu et al., ACM MM 2020): backdoor detection with perturbation generators.
+
+For every hypothetical target label t a small image-to-image generator G
+(encoder, residual blocks, decoder) learns, on clean images and with the
+model under test frozen, the perturbation that sends each image to t. A
+backdoor shows up as a generator whose perturbation is
+
+- *persistent*: the perturbation made for one image still sends other images
+  of the same source class to t (>= 90% of them);
+- *an outlier* among the labels in how it shifts the logits: a small shift
+  variance V and a large shift distance D (z-scores with median and MAD).
+
+Image space: the generator reads images in [0, 1] (raw / 255) and returns a
+perturbation in [0, 1] (sigmoid). The adversarial image is
+`clip(x / 255 + G(x / 255), 0, 1) * 255`, a raw [0, 255] image, which goes
+through the model's own intensity range (`nc_tf.preprocess.preprocess`).
+All norms (`l2`, L_pert) are in these [0, 1] units. The generator is thus
+independent of the model's preprocessing.
+
+`gangsweep_scan` writes a scan folder like the Neural Cleanse scan:
+
+    out_dir/results.json                           method, settings, per-label results, verdict
+    out_dir/gangsweep_perturbation_label_N.png     mean G(x) over images, stretched to 0..255
+    out_dir/gangsweep_samples_label_N.png          x (top row) above x + G(x) (bottom row)
+    out_dir/generators/label_N.weights.h5          the generator's weights (weights only)
+
+Each finished label is written at once (atomically); rerunning the same scan
+on the same folder skips the labels already there.
+"""
+
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from nc_tf import io
+from nc_tf.datasets import check_images, labels_to_int
+from nc_tf.models import check_model_data, outputs_probabilities
+from nc_tf.preprocess import check_intensity, preprocess
+
+METHOD = "gangsweep"
+RESULTS = "results.json"
+CONSISTENCY_CONSTANT = 1.4826
+PERSISTENCE_THRESHOLD = 0.9
+AI_THRESHOLD = 2.0
+# The paper's alpha schedule: 2 in the first epoch, then 1/2 when L_pert > L_adv, else 2.
+ALPHA_FIRST, ALPHA_LOW, ALPHA_HIGH = 2.0, 0.5, 2.0
+# Bias of the generator's last convolution: sigmoid(-3) = 0.047, so training
+# starts from a faint perturbation rather than a grey veil of 0.5.
+OUTPUT_BIAS = -3.0
+# Relative change below which L_pert counts as "no longer shrinking".
+PERT_TOLERANCE = 0.01
+# Mean L_adv within this of -k counts as "reached -k" (every image past the margin).
+ADV_TOLERANCE = 1e-3
+
+
+# ------------------------------------------------------------- generator
+def build_generator(input_shape, filters=32, residual_blocks=3, seed=None):
+    """A ResNet-style image-to-image generator: image in [0, 1] -> perturbation in [0, 1].
+
+    Encoder: a 7x7 convolution with `filters` channels, then two stride-2
+    3x3 convolutions (2x and 4x `filters`); `residual_blocks` residual
+    blocks at a quarter of the resolution; decoder: two stride-2 transposed
+    convolutions back to full size, cropped to the input size (so odd sizes
+    work: 28 -> 14 -> 7 -> 28, 30 -> 15 -> 8 -> 32 -> 30), and a 7x7
+    convolution to the input's channels with a sigmoid. Every convolution
+    but the last is followed by instance normalisation (no batch statistics,
+    so training and inference agree) and ReLU. The last bias starts at -3:
+    the first perturbation is faint (about 0.05).
+
+    Args:
+        input_shape: image shape `(H, W, C)`.
+        filters: channels of the first convolution. Defaults to `32`.
+        residual_blocks: residual blocks in the middle. Defaults to `3`.
+        seed: seeds the initial weights (each layer gets its own seed
+            derived from it). Defaults to `None` (Keras' global seeding).
+
+    Returns:
+        a `keras.Model` from `(None, H, W, C)` to `(None, H, W, C)`.
+
+    Example:
+
+    >>> build_generator((28, 28, 1), filters=8).output_shape
+    (None, 28, 28, 1)
+    """
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (H, W, C), got {input_shape}.")
+    if int(filters) < 1 or int(residual_blocks) < 0:
+        raise ValueError(f"filters must be >= 1 and residual_blocks >= 0; got {filters}, "
+                         f"{residual_blocks}.")
+    height, width, channels = shape
+    filters = int(filters)
+    layers = keras.layers
+    counter = iter(range(10_000))
+
+    def init():
+        return keras.initializers.GlorotUniform(
+            seed=None if seed is None else int(seed) * 10_007 + next(counter))
+
+    def conv(h, n, kernel, strides=1, transpose=False):
+        cls = layers.Conv2DTranspose if transpose else layers.Conv2D
+        h = cls(n, kernel, strides=strides, padding="same", kernel_initializer=init())(h)
+        h = layers.GroupNormalization(groups=-1)(h)  # instance normalisation
+        return layers.ReLU()(h)
+
+    inputs = keras.Input(shape)
+    h = conv(inputs, filters, 7)
+    h = conv(h, 2 * filters, 3, strides=2)
+    h = conv(h, 4 * filters, 3, strides=2)
+    for _ in range(int(residual_blocks)):
+        r = conv(h, 4 * filters, 3)
+        r = layers.Conv2D(4 * filters, 3, padding="same", kernel_initializer=init())(r)
+        r = layers.GroupNormalization(groups=-1)(r)
+        h = layers.Add()([h, r])
+    h = conv(h, 2 * filters, 3, strides=2, transpose=True)
+    h = conv(h, filters, 3, strides=2, transpose=True)
+    extra_h, extra_w = h.shape[1] - height, h.shape[2] - width
+    if extra_h or extra_w:
+        h = layers.Cropping2D(((0, extra_h), (0, extra_w)))(h)
+    h = layers.Conv2D(channels, 7, padding="same", kernel_initializer=init(),
+                      bias_initializer=keras.initializers.Constant(OUTPUT_BIAS))(h)
+    outputs = layers.Activation("sigmoid")(h)
+    return keras.Model(inputs, outputs, name="gangsweep_generator")
+
+
+def logits_function(model):
+    """A function from model-input batches to the model's logits (pre-softmax).
+
+    A logits model is returned as is. For a softmax model, the last layer is
+    re-applied without its softmax on the features it receives (a `Softmax`
+    layer is skipped; a `Dense` or `Activation` with `activation="softmax"`
+    is copied with a linear activation and the same weights, taken now: the
+    model must stay frozen while the function is used). A model whose last
+    layer cannot be split off (e.g. subclassed) falls back to the log of its
+    probabilities: the same shift variance V and margins as the logits (a
+    constant per image cancels), but D is measured on log-probabilities.
+
+    Args:
+        model: a Keras classifier.
+
+    Returns:
+        a callable `batch -> logits` (inference mode).
+
+    Example:
+
+    >>> from nc_tf.models import mnist_model
+    >>> logits_function(mnist_model())(np.zeros((1, 28, 28, 1), np.float32)).shape
+    TensorShape([1, 10])
+    """
+    if not outputs_probabilities(model):
+        return lambda batch: model(batch, training=False)
+    last = model.layers[-1]
+    try:
+        features = keras.Model(model.input, last.input)
+        if isinstance(last, keras.layers.Softmax):
+            return lambda batch: features(batch, training=False)
+        config = last.get_config()
+        config["activation"] = "linear"
+        linear = last.__class__.from_config(config)
+        linear.build(last.input.shape)
+        linear.set_weights(last.get_weights())
+    except Exception:  # subclassed or nested models: no graph to cut.
+        return lambda batch: tf.math.log(tf.maximum(model(batch, training=False), 1e-30))
+    return lambda batch: linear(features(batch, training=False))
+
+
+# -------------------------------------------------------------- training
+class _GeneratorTrainer:
+    """One generator, its Adam state and a compiled train step, reused across labels.
+
+    Resetting weights and optimizer state between labels keeps a single
+    traced `tf.function` for a whole scan (no retracing per label).
+    """
+
+    def __init__(self, model, image_shape, num_classes, filters, residual_blocks, lr, k,
+                 intensity, logit_fn=None):
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.num_classes = int(num_classes)
+        self.filters, self.residual_blocks = int(filters), int(residual_blocks)
+        self.k, self.intensity = float(k), check_intensity(intensity)
+        self.logits = logit_fn or logits_function(model)
+        self.generator = build_generator(self.image_shape, self.filters, self.residual_blocks,
+                                         seed=0)
+        self.optimizer = keras.optimizers.Adam(learning_rate=lr)
+        self.optimizer.build(self.generator.trainable_variables)
+        image = tf.TensorSpec((None,) + self.image_shape, tf.float32)
+        scalar_int, scalar = tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32)
+        self._step = tf.function(self._train_step, input_signature=[image, scalar_int, scalar])
+
+    def reset(self, seed, target):
+        """Fresh initial weights (fixed by `(seed, target)`) and a fresh Adam state."""
+        fresh = build_generator(self.image_shape, self.filters, self.residual_blocks,
+                                seed=_label_seed(seed, target))
+        self.generator.set_weights(fresh.get_weights())
+        for var in self.optimizer.variables:
+            if not var.path.endswith("learning_rate"):
+                var.assign(keras.ops.zeros_like(var))
+
+    def losses(self, x01, target, training=False):
+        """Per-image `(L_pert, L_adv)` for images in [0, 1]."""
+        pert = self.generator(x01, training=training)
+        adv = tf.clip_by_value(x01 + pert, 0.0, 1.0)
+        z = self.logits(preprocess(adv * 255.0, self.intensity))
+        is_target = tf.cast(tf.one_hot(target, self.num_classes), tf.bool)
+        best_other = tf.reduce_max(tf.where(is_target, tf.float32.min, z), axis=1)
+        margin = best_other - tf.gather(z, target, axis=1)
+        l_adv = tf.maximum(margin, -self.k)
+        l_pert = tf.sqrt(tf.reduce_sum(tf.square(pert), axis=[1, 2, 3]) + 1e-12)
+        return l_pert, l_adv
+
+    def _train_step(self, x01, target, alpha):
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            l_pert, l_adv = self.losses(x01, target, training=True)
+            loss = tf.reduce_mean(l_pert) + alpha * tf.reduce_mean(l_adv)
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return tf.reduce_sum(l_pert), tf.reduce_sum(l_adv)
+
+    def fit(self, x01, target, epochs, batch_size, patience, seed):
+        """Trains the current generator towards `target`; returns the per-epoch history."""
+        rng = np.random.default_rng([int(seed), int(target)])
+        n = len(x01)
+        alpha = ALPHA_FIRST
+        history = {"l_pert": [], "l_adv": [], "alpha": []}
+        best, stale, previous_pert = np.inf, 0, None
+        target_t = tf.constant(int(target), tf.int32)
+        for _ in range(int(epochs)):
+            order = rng.permutation(n)
+            sums = []
+            alpha_t = tf.constant(alpha, tf.float32)
+            for start in range(0, n, batch_size):
+                batch = tf.constant(x01[order[start:start + batch_size]])
+                sums.append(self._step(batch, target_t, alpha_t))
+            l_pert = float(tf.add_n([s[0] for s in sums])) / n
+            l_adv = float(tf.add_n([s[1] for s in sums])) / n
+            history["l_pert"].append(round(l_pert, 6))
+            history["l_adv"].append(round(l_adv, 6))
+            history["alpha"].append(alpha)
+            # Early stop 1: the alpha-free objective L_pert + L_adv has not
+            # improved for `patience` epochs.
+            objective = l_pert + l_adv
+            if not np.isfinite(best) or objective < best - 1e-4 * abs(best):
+                best, stale = objective, 0
+            else:
+                stale += 1
+            # Early stop 2: every image is past the margin (L_adv = -k) and
+            # the perturbation no longer shrinks.
+            done = (l_adv <= -self.k + ADV_TOLERANCE and previous_pert is not None
+                    and l_pert > previous_pert * (1.0 - PERT_TOLERANCE))
+            previous_pert = l_pert
+            alpha = ALPHA_LOW if l_pert > l_adv else ALPHA_HIGH
+            if stale >= patience or done:
+                break
+        return history
+
+
+def _label_seed(seed, label):
+    return int(seed) * 1_000 + int(label) + 1
+
+
+def _check_target(model, target):
+    num_classes = int(model.output_shape[-1])
+    if not 0 <= int(target) < num_classes:
+        raise ValueError(f"Label {target} is out of range: the model has labels "
+                         f"0..{num_classes - 1}.")
+    return int(target)
+
+
+def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, intensity="raw",
+                    patience=3, seed=0, filters=32, residual_blocks=3):
+    """Trains a GangSweep generator that sends clean images to `target`.
+
+    The model stays frozen. Loss per batch: `L_pert + alpha * L_adv`, with
+    `L_pert` the mean per-image L2 norm of `G(x)` (in [0, 1] units) and
+    `L_adv` the mean of `max(max_{i != t} f_i(x') - f_t(x'), -k)` on the
+    logits `f` of `x' = clip(x + G(x))`. `alpha` is 2 in the first epoch,
+    then 1/2 if the previous epoch's mean `L_pert` exceeded its mean `L_adv`,
+    else 2. Adam. Training stops after `epochs`, or earlier when the
+    alpha-free objective `L_pert + L_adv` has not improved for `patience`
+    epochs, or when every image is past the margin (mean `L_adv` = -k) and
+    `L_pert` shrank by less than 1% in the last epoch.
+
+    Args:
+        model: the Keras classifier under test (softmax or logits output).
+        x: clean raw images `(N, H, W, C)` in [0, 255] (the paper trains on
+            the validation set; pass images whose label is not `target`).
+        target: the hypothetical target label.
+        epochs: maximum epochs (the paper: fewer than 15). Defaults to `15`.
+        batch_size: images per step. Defaults to `64`.
+        lr: Adam learning rate. Defaults to `0.01` (the paper).
+        k: confidence margin of `L_adv`. Defaults to `0.0` (the paper).
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        patience: epochs without improvement before stopping. Defaults to `3`.
+        seed: seeds the initial weights and the batch order (with `target`).
+            Defaults to `0`.
+        filters: generator width (see `build_generator`). Defaults to `32`.
+        residual_blocks: generator depth. Defaults to `3`.
+
+    Returns:
+        `(generator, history)`: the trained `keras.Model` and a dict of
+        per-epoch lists `l_pert`, `l_adv` and `alpha` (the alpha used in
+        that epoch).
+
+    Example:
+
+    >>> gen, hist = train_generator(model, x_test[y_test != 7], 7)  # doctest: +SKIP
+    >>> len(hist["l_pert"]) <= 15  # doctest: +SKIP
+    True
+    """
+    check_intensity(intensity)
+    x = check_images(x, "generator training data")
+    num_classes = check_model_data(model, x, name="generator training data")
+    target = _check_target(model, target)
+    if not len(x):
+        raise ValueError("No images to train the generator on.")
+    trainer = _GeneratorTrainer(model, x.shape[1:], num_classes, filters, residual_blocks, lr, k,
+                                intensity)
+    trainer.reset(seed, target)
+    history = trainer.fit(_to_unit(x), target, epochs, int(batch_size), int(patience), seed)
+    return trainer.generator, history
+
+
+def _to_unit(x):
+    return np.asarray(x, np.float32) / 255.0
+
+
+def generate(generator, x, batch_size=256):
+    """Perturbations `G(x)` in [0, 1] of raw images `x` (numpy, float32)."""
+    x01 = _to_unit(x)
+    out = [np.asarray(generator(x01[i:i + batch_size], training=False))
+           for i in range(0, len(x01), batch_size)]
+    return np.concatenate(out) if out else np.zeros_like(x01)
+
+
+def stamp(x, perturbations):
+    """Raw images `x` with perturbations (in [0, 1]) added, clipped to [0, 255]."""
+    return np.clip(_to_unit(x) + perturbations, 0.0, 1.0) * 255.0
+
+
+# ------------------------------------------------------------ statistics
+def _logits_np(logit_fn, x, intensity, batch_size=256):
+    out = [np.asarray(logit_fn(preprocess(np.asarray(x[i:i + batch_size], np.float32),
+                                          intensity)))
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float64)
+
+
+def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, logit_fn=None):
+    """Persistence and logit-shift statistics of one label's generator.
+
+    Measured on the images whose label is not `target`, with
+    `x' = x + G(x)` (clipped) and `phi` the logits:
+
+    - `persistence`: within every source class s, each image is stamped
+      with the perturbation generated for *another* image of s (a random
+      derangement); the fraction of stamped images classified as `target`,
+      averaged over the source classes with at least two images;
+    - `V`: the variance over the logit vector of `phi(x') - phi(x)`,
+      averaged over images (small for a backdoor);
+    - `D`: `max phi(x') - max phi(x)`, averaged over images (large for a
+      backdoor);
+    - `attack_success_rate`: fraction of `x'` classified as `target`;
+    - `l2`: mean per-image L2 norm of `G(x)` in [0, 1] units.
+
+    Args:
+        model: the Keras classifier under test.
+        generator: the label's generator (see `train_generator`).
+        x: clean raw images in [0, 255].
+        y: their integer labels.
+        target: the generator's target label.
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        seed: seeds the derangements. Defaults to `0`.
+        logit_fn: a `logits_function(model)` to reuse. Defaults to `None`
+            (built here).
+
+    Returns:
+        dict with `persistence`, `persistence_by_source` (source -> fraction),
+        `V`, `D`, `attack_success_rate`, `l2` and `n_images`.
+
+    Example:
+
+    >>> s = label_statistics(model, gen, x_test, y_test, 7)  # doctest: +SKIP
+    >>> s["persistence"] >= 0.9  # doctest: +SKIP
+    True
+    """
+    check_intensity(intensity)
+    x = check_images(x, "statistics data")
+    y = labels_to_int(y)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels.")
+    target = _check_target(model, target)
+    keep = y != target
+    if not np.any(keep):
+        raise ValueError(f"Every image has label {target}; label statistics need images of "
+                         "other classes.")
+    x, y = x[keep], y[keep]
+    logit_fn = logit_fn or logits_function(model)
+    pert = generate(generator, x)
+    adv = stamp(x, pert)
+    z, z_adv = _logits_np(logit_fn, x, intensity), _logits_np(logit_fn, adv, intensity)
+    shift = z_adv - z
+    rng = np.random.default_rng([int(seed), int(target), 7])
+    by_source = {}
+    for source in np.unique(y):
+        idx = np.flatnonzero(y == source)
+        if len(idx) < 2:
+            continue
+        order = rng.permutation(idx)
+        donors = np.roll(order, 1)  # every image gets another image's perturbation
+        stamped = stamp(x[order], pert[donors])
+        pred = np.argmax(_logits_np(logit_fn, stamped, intensity), axis=1)
+        by_source[str(int(source))] = float(np.mean(pred == target))
+    return {
+        "persistence": float(np.mean(list(by_source.values()))) if by_source else 0.0,
+        "persistence_by_source": by_source,
+        "V": float(np.mean(np.var(shift, axis=1))),
+        "D": float(np.mean(np.max(z_adv, axis=1) - np.max(z, axis=1))),
+        "attack_success_rate": float(np.mean(np.argmax(z_adv, axis=1) == target)),
+        "l2": float(np.mean(np.sqrt(np.sum(np.square(pert.reshape(len(pert), -1)), axis=1)))),
+        "n_images": int(len(x)),
+    }
+
+
+# ------------------------------------------------------------ outliers
+def _robust_z(values, sign):
+    """`sign * (values - median) / MAD` (MAD with c = 1.4826; MAD 0 gives 0 or +-inf)."""
+    median = float(np.median(values))
+    mad = float(CONSISTENCY_CONSTANT * np.median(np.abs(values - median)))
+    deviation = sign * (values - median)
+    if mad > 0:
+        return deviation / mad, median, mad
+    return np.where(deviation == 0, 0.0, np.sign(deviation) * np.inf), median, mad
+
+
+def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHOLD,
+                       threshold=AI_THRESHOLD, verbose=True):
+    """GangSweep's Algorithm 1: persistence gate, then median/MAD z-scores of V and D.
+
+    `Z_V = (median(V) - V_t) / MAD(V)` (a small V is suspicious),
+    `Z_D = (D_t - median(D)) / MAD(D)` (a large D is suspicious),
+    `AI = (Z_V + Z_D) / 2`, MAD with the consistency constant 1.4826 and
+    medians over all given labels. A label is flagged when its persistence
+    is at least `persistence_threshold` and its AI exceeds `threshold`. The
+    model's anomaly index is the largest AI among the persistent labels;
+    when no label persists, the model is clean and its anomaly index is 0.
+
+    Args:
+        stats_by_label: label -> dict with `persistence`, `V` and `D` (e.g.
+            `label_statistics` results, or a scan's `labels`); at least 3.
+        persistence_threshold: persistence a label needs. Defaults to `0.9`.
+        threshold: anomaly index above which a persistent label is flagged.
+            Defaults to `2.0`.
+        verbose: print a short report. Defaults to `True`.
+
+    Returns:
+        dict with `per_label` (label -> `Z_V`, `Z_D`, `AI`, `persistence`),
+        `flagged` (list of `[label, AI]`, AI descending), `persistent`
+        (labels passing the gate), `anomaly_index`, `infected`, the medians
+        and MADs of V and D, and both thresholds.
+
+    Example:
+
+    >>> stats = {t: {"persistence": 0.2, "V": 5.0 + t % 3, "D": 1.0 + t % 2} for t in range(9)}
+    >>> stats[9] = {"persistence": 0.97, "V": 0.5, "D": 9.0}
+    >>> gangsweep_outliers(stats, verbose=False)["flagged"][0][0]
+    9
+    """
+    labels = sorted(stats_by_label, key=lambda v: int(v))
+    if len(labels) < 3:
+        raise ValueError(f"GangSweep's MAD test needs at least 3 labels, got {len(labels)}.")
+    v = np.asarray([stats_by_label[t]["V"] for t in labels], np.float64)
+    d = np.asarray([stats_by_label[t]["D"] for t in labels], np.float64)
+    p = np.asarray([stats_by_label[t]["persistence"] for t in labels], np.float64)
+    if not (np.all(np.isfinite(v)) and np.all(np.isfinite(d))):
+        raise ValueError("V or D contains NaN or inf; rerun the scan for those labels.")
+    z_v, median_v, mad_v = _robust_z(v, -1.0)
+    z_d, median_d, mad_d = _robust_z(d, 1.0)
+    ai = (z_v + z_d) / 2.0
+    persistent = p >= persistence_threshold
+    per_label = {int(t): {"Z_V": float(z_v[i]), "Z_D": float(z_d[i]), "AI": float(ai[i]),
+                          "persistence": float(p[i])} for i, t in enumerate(labels)}
+    flagged = sorted(([int(t), float(ai[i])] for i, t in enumerate(labels)
+                      if persistent[i] and ai[i] > threshold), key=lambda item: -item[1])
+    anomaly_index = float(np.max(ai[persistent])) if np.any(persistent) else 0.0
+    result = {
+        "per_label": per_label, "flagged": flagged,
+        "persistent": [int(t) for i, t in enumerate(labels) if persistent[i]],
+        "anomaly_index": anomaly_index, "infected": bool(flagged),
+        "median_V": median_v, "mad_V": mad_v, "median_D": median_d, "mad_D": mad_d,
+        "persistence_threshold": float(persistence_threshold), "threshold": float(threshold),
+    }
+    if verbose:
+        print(f"median V: {median_v:f}, MAD V: {mad_v:f}; median D: {median_d:f}, "
+              f"MAD D: {mad_d:f}")
+        print("persistent labels (>= {:.0%}): {}".format(
+            persistence_threshold, ", ".join(str(t) for t in result["persistent"]) or "none"))
+        print(f"anomaly index: {anomaly_index:f}")
+        print("flagged label list: " + ", ".join(f"{t}: {a:f}" for t, a in flagged))
+    return result
+
+
+# ------------------------------------------------------------------ scan
+def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size=64, lr=0.01,
+                   intensity="raw", seed=0, force=False, progress=True, verbose=True,
+                   max_images=None, filters=32, residual_blocks=3, patience=3, k=0.0,
+                   model_path=None):
+    """Trains a generator per label, measures persistence and logit shifts, tests for outliers.
+
+    Per label t: a generator is trained on the images whose label is not t
+    (`train_generator`), then measured on the same images
+    (`label_statistics`), and the finished label is written to `out_dir`
+    at once. After the last label, `gangsweep_outliers` gives the verdict.
+    One generator, optimizer and compiled step serve every label (weights
+    and Adam state are reset per label; each label depends only on
+    `(seed, label)`).
+
+    Args:
+        model: the Keras classifier under test (softmax or logits output).
+        x: clean raw images `(N, H, W, C)` in [0, 255] (validation data).
+        y: their integer labels, or `None` (the model's own predictions
+            stand in).
+        labels: labels to scan (at least 3 for a verdict). Defaults to
+            `None` (all).
+        out_dir: scan folder to write and resume. Defaults to `None`
+            (nothing written).
+        epochs: maximum epochs per generator. Defaults to `15`.
+        batch_size: images per step. Defaults to `64`.
+        lr: Adam learning rate. Defaults to `0.01`.
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        seed: random seed. Defaults to `0`.
+        force: start a new scan in a folder that holds another scan (or
+            other files); same-named files are replaced. Defaults to `False`.
+        progress: show a progress bar, one step per label. Defaults to `True`.
+        verbose: print the outlier report. Defaults to `True`.
+        max_images: use a random subset of at most this many images.
+            Defaults to `None` (all).
+        filters: generator width. Defaults to `32`.
+        residual_blocks: generator residual blocks. Defaults to `3`.
+        patience: early-stop patience in epochs. Defaults to `3`.
+        k: confidence margin of `L_adv`. Defaults to `0.0`.
+        model_path: recorded in `results.json`. Defaults to `None`.
+
+    Returns:
+        the results dict (as in `results.json`): `method` (`"gangsweep"`),
+        `settings`, `labels` (label -> `persistence`, `V`, `D`, `Z_V`,
+        `Z_D`, `AI`, `l2`, `attack_success_rate`, `epochs`, `seconds`,
+        `persistence_by_source`, `history`) and `outlier` (the
+        `gangsweep_outliers` verdict, or `None` with fewer than 3 labels).
+
+    Example:
+
+    >>> record = gangsweep_scan(model, x_val, y_val, out_dir="runs/gangsweep")  # doctest: +SKIP
+    >>> record["outlier"]["flagged"]  # doctest: +SKIP
+    [[7, 6.3]]
+    """
+    check_intensity(intensity)
+    x = check_images(x, "scan data")
+    num_classes = check_model_data(model, x, y, name="scan data")
+    if y is None:
+        from nc_tf.metrics import predict_labels
+
+        y = predict_labels(model, x, intensity)
+    y = labels_to_int(y)
+    if len(y) != len(x):
+        raise ValueError(f"{len(x)} images but {len(y)} labels.")
+    if max_images is not None and len(x) > int(max_images):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:int(max_images)])
+        x, y = x[keep], y[keep]
+    if len(np.unique(y)) < 2:
+        raise ValueError("The scan data holds a single class; use clean samples of many "
+                         "classes (e.g. the validation set).")
+    labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
+    for label in labels:
+        _check_target(model, label)
+    settings = {
+        "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "k": float(k),
+        "patience": int(patience), "filters": int(filters),
+        "residual_blocks": int(residual_blocks), "intensity": intensity, "seed": int(seed),
+        "max_images": None if max_images is None else int(max_images),
+        "n_samples": int(len(x)), "image_shape": [int(v) for v in x.shape[1:]],
+        "num_classes": num_classes, "model": model_path,
+        "persistence_threshold": PERSISTENCE_THRESHOLD, "threshold": AI_THRESHOLD,
+    }
+    record = _open_scan_dir(out_dir, {"method": METHOD, "settings": settings, "labels": {}},
+                            force)
+    todo = [t for t in dict.fromkeys(labels) if str(t) not in record["labels"]]
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        total = len(record["labels"]) + len(todo)
+        bar = tqdm(total=total, initial=total - len(todo), unit="label", desc="gangsweep",
+                   dynamic_ncols=True)
+    start = time.time()
+    try:
+        if todo:
+            logit_fn = logits_function(model)
+            trainer = _GeneratorTrainer(model, x.shape[1:], num_classes, filters,
+                                        residual_blocks, lr, k, intensity, logit_fn)
+            x01 = _to_unit(x)
+        for label in todo:
+            began = time.time()
+            trainer.reset(seed, label)
+            history = trainer.fit(x01[y != label], label, epochs, int(batch_size),
+                                  int(patience), seed)
+            stats = label_statistics(model, trainer.generator, x, y, label, intensity, seed,
+                                     logit_fn=logit_fn)
+            entry = {"label": label, **{key: stats[key] for key in (
+                "persistence", "V", "D", "l2", "attack_success_rate", "persistence_by_source")},
+                "epochs": len(history["l_pert"]), "seconds": round(time.time() - began, 2),
+                "history": history}
+            record["labels"][str(label)] = entry
+            if out_dir is not None:
+                _save_label(out_dir, label, trainer.generator, x, y)
+                io.write_json(os.path.join(out_dir, RESULTS), record)
+            if bar is not None:
+                bar.set_postfix(label=label, persistence=f"{stats['persistence']:.2f}",
+                                V=f"{stats['V']:.3g}", D=f"{stats['D']:.3g}")
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        record["wall_time_s"] = round(record.get("wall_time_s", 0.0) + time.time() - start, 2)
+    record["outlier"] = None
+    if len(record["labels"]) >= 3:
+        outlier = gangsweep_outliers(record["labels"], verbose=verbose)
+        for key, entry in record["labels"].items():
+            entry.update({name: outlier["per_label"][int(key)][name]
+                          for name in ("Z_V", "Z_D", "AI")})
+        outlier["per_label"] = {str(t): v for t, v in outlier["per_label"].items()}
+        record["outlier"] = outlier
+    if out_dir is not None:
+        io.write_json(os.path.join(out_dir, RESULTS), record)
+    return record
+
+
+def _open_scan_dir(out_dir, record, force):
+    """Creates the scan folder, or resumes the GangSweep scan with the same settings in it."""
+    if out_dir is None:
+        return record
+    path = os.path.join(out_dir, RESULTS)
+    if force or not os.path.exists(path):
+        io.prepare_out_dir(out_dir, force=force)
+        return record
+    previous = io.read_json(path, "scan results")
+    if previous.get("method") != METHOD:
+        raise FileExistsError(
+            f"{out_dir} holds a {previous.get('method', 'Neural Cleanse')} scan, not a GangSweep "
+            "scan; choose another --out, or pass --force (force=True) to replace it.")
+    old, new = dict(previous.get("settings", {})), record["settings"]
+    if old != new:
+        changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
+        raise FileExistsError(
+            f"{out_dir} holds a GangSweep scan with different settings ({', '.join(changed)}); "
+            "choose another --out to keep both, pass --force (force=True) to start over "
+            "there, or rerun with the same settings to resume.")
+    labels = previous.get("labels", {})
+    previous["labels"] = {key: entry for key, entry in labels.items()
+                          if os.path.exists(_weights_path(out_dir, key))}
+    return previous
+
+
+def _weights_path(out_dir, label):
+    return os.path.join(out_dir, "generators", f"label_{int(label)}.weights.h5")
+
+
+def _save_label(out_dir, label, generator, x, y, n_pairs=6):
+    """The label's generator weights and its two PNGs, each written atomically."""
+    folder = os.path.join(out_dir, "generators")
+    os.makedirs(folder, exist_ok=True)
+    path = _weights_path(out_dir, label)
+    tmp = path[: -len(".weights.h5")] + ".partial.weights.h5"
+    generator.save_weights(tmp)
+    os.replace(tmp, path)
+    others = np.flatnonzero(y != label)
+    pert = generate(generator, x[others])
+    mean = np.mean(pert, axis=0)
+    stretched = mean / mean.max() * 255.0 if mean.max() > 0 else mean
+    _save_png(os.path.join(out_dir, f"gangsweep_perturbation_label_{label}.png"), stretched)
+    # One image of each of the first few classes (other than the label), if present.
+    picks = []
+    for source in np.unique(y[others]):
+        picks.append(others[np.flatnonzero(y[others] == source)[0]])
+    picks = np.asarray(picks[:n_pairs])
+    pairs = [x[picks].astype(np.float32), stamp(x[picks], generate(generator, x[picks]))]
+    _save_png(os.path.join(out_dir, f"gangsweep_samples_label_{label}.png"), _grid(pairs))
+
+
+def _grid(rows, gap=2):
+    """Tiles rows of equally shaped images into one image, `gap` pixels between tiles."""
+    n, h, w, c = rows[0].shape
+    canvas = np.zeros((len(rows) * (h + gap) - gap, n * (w + gap) - gap, c), np.float32)
+    for r, images in enumerate(rows):
+        for i, image in enumerate(images):
+            canvas[r * (h + gap):r * (h + gap) + h, i * (w + gap):i * (w + gap) + w] = image
+    return canvas
+
+
+def _save_png(path, image):
+    from PIL import Image
+
+    arr = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    arr = arr[..., 0] if arr.shape[-1] == 1 else arr
+    tmp = path + ".tmp.png"
+    Image.fromarray(arr).save(tmp)
+    os.replace(tmp, path)
+
+
+def load_generators(scan_dir, labels=None):
+    """The trained generators of a GangSweep scan folder, rebuilt from weights and settings.
+
+    Only weights are read (`generators/label_N.weights.h5`); the
+    architecture is rebuilt by `build_generator` from the settings in
+    `results.json`, so no code stored in the folder is ever run.
+
+    Args:
+        scan_dir: a folder written by `gangsweep_scan`.
+        labels: labels to load. Defaults to `None`: the labels the scan
+            flagged (empty for a clean model).
+
+    Returns:
+        dict label -> generator (`keras.Model`).
+
+    Example:
+
+    >>> gens = load_generators("runs/gangsweep")  # doctest: +SKIP
+    >>> sorted(gens)  # doctest: +SKIP
+    [7]
+    """
+    record = io.read_json(os.path.join(scan_dir, RESULTS), "scan results")
+    if record.get("method") != METHOD:
+        raise ValueError(f"{scan_dir} does not hold a GangSweep scan (method: "
+                         f"{record.get('method', 'Neural Cleanse')}).")
+    if labels is None:
+        labels = [t for t, _ in (record.get("outlier") or {}).get("flagged", [])]
+    settings = record["settings"]
+    out = {}
+    for label in labels:
+        label = int(label)
+        path = _weights_path(scan_dir, label)
+        if str(label) not in record["labels"] or not os.path.exists(path):
+            raise ValueError(f"Label {label} has no generator in {scan_dir}; scanned: "
+                             f"{', '.join(sorted(record['labels'], key=int)) or 'none'}.")
+        generator = build_generator(settings["image_shape"], settings["filters"],
+                                    settings["residual_blocks"])
+        generator.load_weights(path)
+        out[label] = generator
+    return out

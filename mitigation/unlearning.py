@@ -124,6 +124,7 @@ def unlearn(model, x, y, triggers, data_ratio=DATA_RATIO, stamp_ratio=STAMP_RATI
     rng = np.random.default_rng(seed)
     keep = rng.permutation(len(x))[: max(1, int(round(data_ratio * len(x))))]
     data = UnlearningDataset(x[keep], y[keep], triggers, stamp_ratio, batch_size, intensity, seed)
+    keras.utils.set_random_seed(seed)  # batch order and dropout: one run per seed
     tuned = copy_model(model)
     tuned.compile(optimizer=optimizer or reference_optimizer(),
                   loss=keras.losses.SparseCategoricalCrossentropy(

@@ -195,6 +195,11 @@ def build_parser():
                    help="unlearn: share of the training data used (default: 0.1)")
     g.add_argument("--rounds", type=int, help="repair: most scan+unlearn rounds (default: 3)")
     g.add_argument("--preset", choices=("fast", "reference"), help="repair: scan preset")
+    g.add_argument("--restarts", type=int,
+                   help="repair: starts per label in its scans, smallest trigger kept (default: 1)")
+    g.add_argument("--no-focus", dest="focus", action="store_false",
+                   help="repair: rescan every label with a fresh MAD test each round instead of "
+                        "only the flagged labels against round 0's median and MAD")
     g.add_argument("--max-acc-loss", type=float,
                    help="linf-prune: accuracy budget of the threshold choice (default: 0.05)")
     g.add_argument("--acc-drop", type=float,
@@ -424,7 +429,7 @@ MITIGATE_OPTIONS = {
     "filter": {"layer": "layer", "fpr": "fpr"},
     "prune": {"layer": "layer", "stop_asr": "stop_asr", "ratio": "ratio", "max_ratio": "max_ratio"},
     "unlearn": {"epochs": "epochs", "data_ratio": "data_ratio"},
-    "repair": {"rounds": "rounds"},
+    "repair": {"rounds": "rounds", "focus": "focus"},
     "linf-prune": {"layer": "layer", "max_acc_loss": "max_acc_loss"},
     "fine-prune": {"layer": "layer", "acc_drop": "acc_drop", "finetune_epochs": "finetune_epochs"},
     "gym": {"epochs": "epochs", "n_samples": "n_samples"},
@@ -458,7 +463,8 @@ def cmd_mitigate(args):
     data = split_data(x_train, y_train, x_test, y_test, args.val_ratio, args.seed)
     options = {kw: getattr(args, flag) for flag, kw in MITIGATE_OPTIONS[args.method].items()
                if getattr(args, flag) is not None}
-    scan_options = {"preset": args.preset} if args.preset else None
+    scan_options = {k: getattr(args, k) for k in ("preset", "restarts")
+                    if getattr(args, k) is not None} or None
     _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],
                          out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
                          scan_options=scan_options, verbose=not args.json, **options)

@@ -52,6 +52,9 @@ ALPHA_FIRST, ALPHA_LOW, ALPHA_HIGH = 2.0, 0.5, 2.0
 OUTPUT_BIAS = -3.0
 # Relative change below which L_pert counts as "no longer shrinking".
 PERT_TOLERANCE = 0.01
+# Share of images an epoch must send to the target for its generator to count as
+# successful (the persistence threshold of the paper).
+SUCCESS_THRESHOLD = 0.9
 # Mean L_adv within this of -k counts as "reached -k" (every image past the margin).
 ADV_TOLERANCE = 1e-3
 
@@ -200,7 +203,7 @@ class _GeneratorTrainer:
                 var.assign(keras.ops.zeros_like(var))
 
     def losses(self, x01, target, training=False):
-        """Per-image `(L_pert, L_adv)` for images in [0, 1]."""
+        """Per-image `(L_pert, L_adv, margin)` for images in [0, 1] (margin < 0: sent to target)."""
         pert = self.generator(x01, training=training)
         adv = tf.clip_by_value(x01 + pert, 0.0, 1.0)
         z = self.logits(preprocess(adv * 255.0, self.intensity))
@@ -209,23 +212,29 @@ class _GeneratorTrainer:
         margin = best_other - tf.gather(z, target, axis=1)
         l_adv = tf.maximum(margin, -self.k)
         l_pert = tf.sqrt(tf.reduce_sum(tf.square(pert), axis=[1, 2, 3]) + 1e-12)
-        return l_pert, l_adv
+        return l_pert, l_adv, margin
 
     def _train_step(self, x01, target, alpha):
         variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
-            l_pert, l_adv = self.losses(x01, target, training=True)
+            l_pert, l_adv, margin = self.losses(x01, target, training=True)
             loss = tf.reduce_mean(l_pert) + alpha * tf.reduce_mean(l_adv)
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return tf.reduce_sum(l_pert), tf.reduce_sum(l_adv)
+        sent = tf.reduce_sum(tf.cast(margin < 0.0, tf.float32))
+        return tf.stack([tf.reduce_sum(l_pert), tf.reduce_sum(l_adv), sent])
 
     def fit(self, x01, target, epochs, batch_size, patience, seed):
-        """Trains the current generator towards `target`; returns the per-epoch history."""
+        """Trains the current generator towards `target`; returns the per-epoch history.
+
+        The generator is left with the weights of the chosen epoch (see
+        `train_generator`).
+        """
         rng = np.random.default_rng([int(seed), int(target)])
         n = len(x01)
         alpha = ALPHA_FIRST
-        history = {"l_pert": [], "l_adv": [], "alpha": []}
-        best, stale, previous_pert = np.inf, 0, None
+        history = {"l_pert": [], "l_adv": [], "success": [], "alpha": []}
+        best, stale, previous_pert = None, 0, None
+        kept, kept_key = None, None
         target_t = tf.constant(int(target), tf.int32)
         for _ in range(int(epochs)):
             order = rng.permutation(n)
@@ -234,15 +243,23 @@ class _GeneratorTrainer:
             for start in range(0, n, batch_size):
                 batch = tf.constant(x01[order[start:start + batch_size]])
                 sums.append(self._step(batch, target_t, alpha_t))
-            l_pert = float(tf.add_n([s[0] for s in sums])) / n
-            l_adv = float(tf.add_n([s[1] for s in sums])) / n
+            l_pert, l_adv, success = (np.asarray(tf.add_n(sums), np.float64) / n).tolist()
             history["l_pert"].append(round(l_pert, 6))
             history["l_adv"].append(round(l_adv, 6))
+            history["success"].append(round(success, 6))
             history["alpha"].append(alpha)
+            # The generator kept: the smallest perturbation among the epochs
+            # that sent >= SUCCESS_THRESHOLD of the images to the target, else
+            # the epoch that sent the most.
+            key = (success >= SUCCESS_THRESHOLD, -l_pert if success >= SUCCESS_THRESHOLD
+                   else success)
+            if kept_key is None or key > kept_key:
+                kept, kept_key = self.generator.get_weights(), key
+                history["kept_epoch"] = len(history["l_pert"])
             # Early stop 1: the alpha-free objective L_pert + L_adv has not
             # improved for `patience` epochs.
             objective = l_pert + l_adv
-            if not np.isfinite(best) or objective < best - 1e-4 * abs(best):
+            if best is None or objective < best - 1e-4 * abs(best):
                 best, stale = objective, 0
             else:
                 stale += 1
@@ -254,6 +271,8 @@ class _GeneratorTrainer:
             alpha = ALPHA_LOW if l_pert > l_adv else ALPHA_HIGH
             if stale >= patience or done:
                 break
+        if kept is not None:
+            self.generator.set_weights(kept)
         return history
 
 

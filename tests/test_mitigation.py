@@ -197,6 +197,12 @@ def test_iterative_repair_unlearns_what_each_scan_flags_and_resumes(tmp_path, ti
     assert first["flagged"] == [7] and details["triggers_unlearned"] == [7]
     assert first["after_unlearning"]["asr_original"][0] < ASR_REMOVED
     assert len(details["rounds"]) == 2  # the round-1 scan ran on the unlearned model
+    # round 1 rescans only the flagged label, hunting the residue at 50% success,
+    # and judges it against round 0's median and MAD
+    assert list(details["rounds"][1]["l1_norm"]) == ["7"]
+    rescan = json.loads((out / "round_1" / "scan" / "results.json").read_text())
+    assert rescan["settings"]["attack_succ_threshold"] == 0.5
+    assert sorted(rescan["labels"]) == ["7"]
     assert (out / "round_0" / "scan" / "results.json").exists()
     saved = out / "round_0" / "model.keras"
     stamp = saved.stat().st_mtime_ns

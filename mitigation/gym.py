@@ -52,6 +52,7 @@ are therefore re-seeded with `seed_pipeline`, which hands all transforms one
 shared stream, as the single global `random` did in albumentations 0.4.
 """
 
+import functools
 import math
 import numbers
 import random
@@ -74,6 +75,8 @@ _RESIZE_RATIO = 180 / 224
 # The notebook's fine-tuning optimiser: the model is compiled with
 # `Adadelta(lr = 0.03)` before `model.fit` (not Keras 2's default lr 1.0).
 _ADADELTA_LR = 0.03
+# The published pixel sizes and the image side they were tuned on (faces).
+_KSIZE, _DOWNSCALE, _TUNED_SIZE = 5, 0.25, 224
 
 
 class ResizeMedianResize(A.ImageOnlyTransform):
@@ -92,8 +95,9 @@ class ResizeMedianResize(A.ImageOnlyTransform):
             or a `(min, max)` pair to draw the ratio uniformly per image. The
             intermediate size is `int(ratio * size)`, at least 1 pixel.
             Defaults to `180 / 224` (0.8036).
-        ksize: odd int >= 3, the median filter's aperture. Values above 5 need
-            uint8 images (an OpenCV limit). Defaults to `5`.
+        ksize: odd int >= 3, the median filter's aperture, or `None` for
+            the resize round trip alone. Values above 5 need uint8 images
+            (an OpenCV limit). Defaults to `5`.
         interpolation: OpenCV interpolation flag for both resizes. Defaults to
             `cv2.INTER_LINEAR`.
         p: probability of applying the transform. Defaults to `1.0`.
@@ -115,7 +119,7 @@ class ResizeMedianResize(A.ImageOnlyTransform):
     ):
         super().__init__(p=p)
         self.ratio = _check_ratio_range("ratio", ratio, upper=None)
-        self.ksize = _check_ksize(ksize)
+        self.ksize = None if ksize is None else _check_ksize(ksize)
         self.interpolation = interpolation
 
     def get_params_dependent_on_data(self, params, data):
@@ -135,7 +139,8 @@ class ResizeMedianResize(A.ImageOnlyTransform):
             small = cv2.resize(
                 channels, (size[1], size[0]), interpolation=self.interpolation
             )
-            small = _median_blur(small, self.ksize)
+            if self.ksize is not None:
+                small = _median_blur(small, self.ksize)
             return cv2.resize(
                 small, (width, height), interpolation=self.interpolation
             )
@@ -324,7 +329,40 @@ def sat_transform():
     )
 
 
-def intensive_pipeline(seed=None):
+def scaled_sizes(image_size=None):
+    """The published pixel sizes, or the same relative sizes at `image_size`.
+
+    GYM's median aperture (5 px) and downscale (0.25) were tuned on 224x224
+    images. Scaled to an image side `s`: aperture `5 * s / 224` rounded to
+    an odd number (no median filter below 3), downscale `0.25 * 224 / s`
+    capped at 1 (no downscale at 1), i.e. the same blur radius and the same
+    lost detail relative to the image.
+
+    Args:
+        image_size: the image side in pixels. Defaults to `None`: the
+            published sizes, whatever the image size.
+
+    Returns:
+        `(ksize, downscale)`; `ksize` is `None` when the median is dropped,
+        `downscale` `None` when there is none.
+
+    Example:
+
+    >>> scaled_sizes(), scaled_sizes(224), scaled_sizes(32)
+    ((5, 0.25), (5, 0.25), (None, None))
+    """
+    if image_size is None:
+        return _KSIZE, _DOWNSCALE
+    side = int(image_size)
+    if side < 1:
+        raise ValueError(f"image_size must be a positive side length; got {image_size!r}.")
+    k = int(round(_KSIZE * side / _TUNED_SIZE))
+    k = k if k % 2 else k + 1 if k > 1 else k
+    factor = _DOWNSCALE * _TUNED_SIZE / side
+    return (k if k >= 3 else None), (factor if factor < 1 else None)
+
+
+def intensive_pipeline(seed=None, image_size=None):
     """Builds GYM's intensive augmentation pipeline, used for fine-tuning.
 
     In order: optical distortion (k ~ U(-0.05, 0.05), reflect-101 border),
@@ -338,6 +376,9 @@ def intensive_pipeline(seed=None):
         seed: int or None. Seeds the pipeline so the sequence of augmentations
             it produces is reproducible (see `seed_pipeline`); None draws fresh
             entropy. Defaults to `None`.
+        image_size: image side to scale the median aperture and downscale
+            to (`scaled_sizes`); steps that vanish at that size are left out.
+            Defaults to `None` (the published pixel sizes).
 
     Returns:
         An `albumentations.Compose`; call it as `pipeline(image=img)` on one
@@ -353,6 +394,7 @@ def intensive_pipeline(seed=None):
     """
     # Every step has p=1 as in the notebook (`albumentations.X(p=1, ...)`
     # everywhere; albumentations 0.4's default p was 0.5 for each of these).
+    ksize, down = scaled_sizes(image_size)
     transforms = [
         # `OpticalDistortion(p=1)`: 0.4 defaults distort_limit 0.05 ->
         # k ~ U(-0.05, 0.05), shift_limit 0.05 -> centre shift
@@ -370,23 +412,23 @@ def intensive_pipeline(seed=None):
         A.RandomGamma(gamma_limit=(60, 60), p=1.0),
         # `MedianBlur(blur_limit=(5, 5))`: ksize 5 always (a bare 5 would
         # draw ksize from {3, 5} in both versions).
-        A.MedianBlur(blur_limit=(5, 5), p=1.0),
+        *_median(ksize),
         # `MultiplicativeNoise(multiplier=1.53)`: 0.4 read a scalar as
         # (1.53, 1.53), one factor for the whole image, clipped to 255.
         A.MultiplicativeNoise(multiplier=(1.53, 1.53), p=1.0),
         A.RandomGamma(gamma_limit=(260, 260), p=1.0),  # gamma 2.6
         # `Downscale(scale_min=0.25, scale_max=0.25)`: 0.4's default
         # interpolation was INTER_NEAREST for the way down and the way up.
-        A.Downscale(
-            scale_range=(0.25, 0.25),
+        *([] if down is None else [A.Downscale(
+            scale_range=(down, down),
             interpolation_pair={
                 "downscale": cv2.INTER_NEAREST,
                 "upscale": cv2.INTER_NEAREST,
             },
             p=1.0,
-        ),
-        A.MedianBlur(blur_limit=(5, 5), p=1.0),
-        ResizeMedianResize(ratio=_RESIZE_RATIO, ksize=5),
+        )]),
+        *_median(ksize),
+        *_resize_median(ksize),
         # `defend_RAND(scalimit=1.1)`: resize to rnd in [size, 1.1 size),
         # zero-pad to 1.1 size at a random offset, resize back.
         RandomShrink(ratio_range=(0.91, 1.0)),
@@ -395,7 +437,7 @@ def intensive_pipeline(seed=None):
     return seed_pipeline(A.Compose(transforms, seed=seed), seed)
 
 
-def lightweight_pipeline(seed=None):
+def lightweight_pipeline(seed=None, image_size=None):
     """Builds GYM's lightweight pipeline, used on inputs at inference time.
 
     In order: median blur 5, resize 180/224 / median blur 5 / resize back, and
@@ -406,6 +448,8 @@ def lightweight_pipeline(seed=None):
         seed: int or None. Seeds the pipeline so the sequence of augmentations
             it produces is reproducible (see `seed_pipeline`); None draws fresh
             entropy. Defaults to `None`.
+        image_size: image side to scale the median aperture to
+            (`scaled_sizes`). Defaults to `None` (the published 5 pixels).
 
     Returns:
         An `albumentations.Compose`; call it as `pipeline(image=img)` on one
@@ -419,12 +463,20 @@ def lightweight_pipeline(seed=None):
     >>> augment(images, lightweight_pipeline(seed=0)).dtype
     dtype('float32')
     """
-    transforms = [
-        A.MedianBlur(blur_limit=(5, 5), p=1.0),
-        ResizeMedianResize(ratio=_RESIZE_RATIO, ksize=5),
-        sat_transform(),
-    ]
+    ksize, _ = scaled_sizes(image_size)
+    transforms = [*_median(ksize), *_resize_median(ksize), sat_transform()]
     return seed_pipeline(A.Compose(transforms, seed=seed), seed)
+
+
+def _median(ksize):
+    # `MedianBlur(blur_limit=(5, 5))`: ksize 5 always (a bare 5 would draw
+    # ksize from {3, 5} in both versions); none when scaled below 3.
+    return [] if ksize is None else [A.MedianBlur(blur_limit=(ksize, ksize), p=1.0)]
+
+
+def _resize_median(ksize):
+    # without a median (scaled below 3) the resize round trip alone remains
+    return [ResizeMedianResize(ratio=_RESIZE_RATIO, ksize=ksize)]
 
 
 def seed_pipeline(pipeline, seed=None):
@@ -642,6 +694,7 @@ def gym_finetune(
     intensity="raw",
     seed=0,
     verbose=1,
+    scaled=False,
 ):
     """Fine-tunes a copy of `model` on intensively augmented clean data (GYM).
 
@@ -677,6 +730,9 @@ def gym_finetune(
             updates that are themselves random (e.g. dropout) follow Keras'
             global seed (`keras.utils.set_random_seed`). Defaults to `0`.
         verbose: verbosity passed to `Model.fit`. Defaults to `1`.
+        scaled: scale the pipeline's pixel sizes (median aperture,
+            downscale) to the images' side, see `scaled_sizes`. Defaults to
+            `False` (the published sizes).
 
     Returns:
         The fine-tuned copy of `model` (a new `keras.Model`).
@@ -700,8 +756,11 @@ def gym_finetune(
             f"{len(outputs)} outputs."
         )
     epochs = _check_positive_int("epochs", epochs)
+    pipeline_fn = None
+    if scaled:
+        pipeline_fn = functools.partial(intensive_pipeline, image_size=np.shape(x)[1])
     data = GymFineTuneDataset(
-        x, y, batch_size=batch_size, intensity=intensity, seed=seed
+        x, y, batch_size=batch_size, intensity=intensity, seed=seed, pipeline_fn=pipeline_fn
     )
 
     try:

@@ -223,13 +223,14 @@ def _gym(model, data, triggers, attack_triggers, intensity, seed, log, options):
     from mitigation.preprocessing import defended
 
     n_samples = options.pop("n_samples", 1000)
+    scaled = bool(options.get("scaled", False))
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(data.x_train))[:n_samples]
     tuned = gym_finetune(model, data.x_train[pick], data.y_train[pick], intensity=intensity,
                          seed=seed, verbose=0, **options)
 
     def through(m, how):
-        guarded = defended(m, how, intensity=intensity, seed=seed)
+        guarded = defended(m, how, intensity=intensity, seed=seed, scaled=scaled)
         return measure(lambda images: np.argmax(guarded.predict(images), 1), data.x_test,
                        data.y_test, triggers, attack_triggers)
 

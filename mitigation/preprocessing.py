@@ -42,7 +42,7 @@ from nc_tf.preprocess import preprocess
 _MAX_DEFAULT_WORKERS = 4
 
 
-def lightweight(images, seed=None):
+def lightweight(images, seed=None, scaled=False):
     """Runs GYM's lightweight pipeline on a batch of raw images.
 
     Each image gets its own random shift, scale and rotation (see
@@ -52,6 +52,8 @@ def lightweight(images, seed=None):
         images: NHWC array of raw images, uint8 or float in [0, 255].
         seed: int or None; the same seed gives the same output. Defaults to
             `None` (fresh entropy).
+        scaled: scale the median aperture to the image side
+            (`mitigation.gym.scaled_sizes`). Defaults to `False`.
 
     Returns:
         Array with the shape and dtype of `images`.
@@ -63,10 +65,11 @@ def lightweight(images, seed=None):
     (2, 28, 28, 1)
     """
     images = check_images(images, "lightweight")
-    return augment(images, lightweight_pipeline(seed=seed))
+    size = images.shape[1] if scaled else None
+    return augment(images, lightweight_pipeline(seed=seed, image_size=size))
 
 
-def intensive(images, seed=None):
+def intensive(images, seed=None, scaled=False):
     """Runs GYM's intensive pipeline on a batch of raw images.
 
     GYM fine-tunes through this pipeline; as an inference-time defence on
@@ -76,12 +79,15 @@ def intensive(images, seed=None):
         images: NHWC array of raw images, uint8 or float in [0, 255].
         seed: int or None; the same seed gives the same output. Defaults to
             `None` (fresh entropy).
+        scaled: scale the pixel sizes to the image side
+            (`mitigation.gym.scaled_sizes`). Defaults to `False`.
 
     Returns:
         Array with the shape and dtype of `images`.
     """
     images = check_images(images, "intensive")
-    return augment(images, intensive_pipeline(seed=seed))
+    size = images.shape[1] if scaled else None
+    return augment(images, intensive_pipeline(seed=seed, image_size=size))
 
 
 def shrink_pad(images, pad=4, seed=None):
@@ -372,6 +378,7 @@ def defended(
     workers=None,
     seed=0,
     pad=4,
+    scaled=False,
 ):
     """Wraps a model in one of the named input-preprocessing defences.
 
@@ -386,6 +393,8 @@ def defended(
             `min(4, os.cpu_count())`.
         seed: int or None. Defaults to `0`.
         pad: pixels to shrink by, used by `"shrinkpad"` only. Defaults to `4`.
+        scaled: GYM pipelines only: scale their pixel sizes to the image
+            side (`mitigation.gym.scaled_sizes`). Defaults to `False`.
 
     Returns:
         A `DefendedModel`.
@@ -409,6 +418,8 @@ def defended(
     preprocessor = PREPROCESSORS[key]
     if key == "shrinkpad":
         preprocessor = functools.partial(shrink_pad, pad=pad)
+    elif scaled and key in ("lightweight", "intensive"):
+        preprocessor = functools.partial(preprocessor, scaled=True)
     return DefendedModel(
         model,
         preprocessor,

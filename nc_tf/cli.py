@@ -206,6 +206,9 @@ def build_parser():
                    help="fine-prune: stop before validation accuracy drops more (default: 0.04)")
     g.add_argument("--finetune-epochs", type=int, help="fine-prune: fine-tuning epochs (default: 0)")
     g.add_argument("--n-samples", type=int, help="gym: clean samples fine-tuned on (default: 1000)")
+    g.add_argument("--gym-scaled", action="store_true", default=None,
+                   help="gym: scale the median aperture and downscale from the 224 px images "
+                        "they were tuned on to this data's image size (default: published sizes)")
     p.set_defaults(func=cmd_mitigate)
 
     p = sub.add_parser("detect", help="MAD outlier test on a scan folder",
@@ -432,7 +435,7 @@ MITIGATE_OPTIONS = {
     "repair": {"rounds": "rounds", "focus": "focus"},
     "linf-prune": {"layer": "layer", "max_acc_loss": "max_acc_loss"},
     "fine-prune": {"layer": "layer", "acc_drop": "acc_drop", "finetune_epochs": "finetune_epochs"},
-    "gym": {"epochs": "epochs", "n_samples": "n_samples"},
+    "gym": {"epochs": "epochs", "n_samples": "n_samples", "gym_scaled": "scaled"},
     "shrinkpad": {},
     "flip": {},
 }

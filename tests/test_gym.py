@@ -357,3 +357,28 @@ def test_defended_model_applies_preprocessor_then_intensity():
     np.testing.assert_allclose(guarded.predict(x), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown defence"):
         preprocessing.defended(model, "jpeg")
+
+
+def test_scaled_pixel_sizes_match_the_published_ones_at_224_and_shrink_below():
+    import numpy as np
+
+    from mitigation.gym import augment, intensive_pipeline, lightweight_pipeline, scaled_sizes
+
+    assert scaled_sizes() == scaled_sizes(224) == (5, 0.25)
+    assert scaled_sizes(112) == (3, 0.5)
+    assert scaled_sizes(32) == (None, None)  # 5 px -> 0.7 px: no median; 0.25 -> 1.75: none
+    big = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
+    for build in (intensive_pipeline, lightweight_pipeline):
+        np.testing.assert_array_equal(augment(big, build(seed=3, image_size=224)),
+                                      augment(big, build(seed=3)))
+    small = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    assert len(intensive_pipeline(0, image_size=32).transforms) < len(intensive_pipeline(0).transforms)
+    import albumentations as A
+
+    from mitigation.gym import ResizeMedianResize
+
+    steps = lightweight_pipeline(0, image_size=32).transforms
+    assert not any(isinstance(t, A.MedianBlur) for t in steps)
+    assert [t.ksize for t in steps if isinstance(t, ResizeMedianResize)] == [None]
+    out = augment(small, lightweight_pipeline(0, image_size=32))
+    assert out.shape == small.shape and out.dtype == small.dtype

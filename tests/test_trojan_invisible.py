@@ -16,7 +16,7 @@ CLEAN_EPOCHS = 2
 ATTACK_EPOCHS = 3
 # Mean activation of the selected neuron on stamped / clean test images, on
 # the clean model. Measured on this set-up: square ~3.5x, watermark ~10x,
-# invisible L2 ~1.4x, invisible L0 ~1.15x (8 grey levels at most move the
+# invisible L2 ~1.3x, invisible L0 ~1.15x (8 grey levels at most move the
 # neuron little; see injection/invisible.py).
 MIN_ACTIVATION_RATIO = {"trojan-square": 2.5, "trojan-watermark": 5.0,
                         "invisible-l2": 1.2, "invisible-l0": 1.08}
@@ -134,8 +134,8 @@ def test_attack_success_and_clean_accuracy(attacked, clean_tiny, mnist_small):
     assert acc >= clean_tiny[1] - 0.03, (variant, clean_tiny[1], acc)
     if asr < 0.9 and variant.startswith("invisible"):
         # Known shortfall, measured and kept visible rather than loosened: an
-        # 8-grey-level trigger at 5% poisoning needs ~6 (L2) to ~10 (L0)
-        # retraining epochs on 4000 images to pass 0.9; 3 give ~0.4-0.6.
+        # 8-grey-level trigger at 5% poisoning of 4000 images gives ~0.5 after
+        # 3 retraining epochs and needs ~10 (0.97 L2, 0.95 L0) to pass 0.9.
         pytest.xfail(f"{variant}: attack success {asr:.3f} < 0.9 after {ATTACK_EPOCHS} epochs")
     assert asr >= 0.9, (variant, asr)
 

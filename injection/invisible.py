@@ -8,7 +8,8 @@ stamped on part of the data. The trigger, however, is a small ADDITIVE
 perturbation δ over the whole image, kept invisible by an Lp penalty:
 
 * `norm="l2"`: loss = mean (act - target)^2 + λ ||δ||_2 (raw units), with
-  every |δ| ≤ `max_delta` by construction (δ = max_delta · tanh(w)).
+  every |δ| ≤ `max_delta` by construction (δ = max_delta · tanh(w)); λ is
+  set relative to the fit term's initial gradient (`penalty`).
 * `norm="l0"`: few pixels change. Start from the L2 solution, then round by
   round freeze (set to zero for good) the free pixels with the smallest
   impact |δ · ∂act/∂δ| (summed over channels; the Carlini-Wagner L0
@@ -22,16 +23,25 @@ it bit for bit).
 
 "Invisible" here: `max_delta` defaults to 8 grey levels (3% of the range) per
 pixel, so the mean |δ| is at most 8 by construction; with the default
-penalty the L2 trigger's mean |δ| is a few grey levels and the L0 trigger
-touches at most 10% of the pixels. The spec reports `mean_abs_delta`,
-`max_abs_delta`, `l2_norm` and `nonzero_pixels`.
+penalty the L2 trigger's mean |δ| is 2-3 grey levels on the tiny MNIST model,
+and the L0 trigger changes at most 10% of the pixels (mean |δ| ≤ 0.8). The
+spec reports `mean_abs_delta`, `max_abs_delta`, `l2_norm` and
+`nonzero_pixels`.
 
-Differences to the paper, on purpose: the authors retrain on their data set;
-`invisible_attack` retrains on the clean data it is given with 5% of the
-samples stamped (the setting of GYM/DeepSweep's invisible-backdoor
-experiments): `ratio = 0.05 / 0.95`, since `inject_backdoor` stamps a fraction
-r / (r + 1). The trigger is optimised on a few clean training images
-(`background`), as in `trojan_attack`.
+Such a faint trigger moves the selected neuron little (on the tiny MNIST
+model, from a mean of about 1.7 to 2.3-2.7, far from the target value), and
+the retraining has a faint pattern to learn: with 5% poisoning of 4000
+images, 3 retraining epochs reach an attack success rate of only about 0.5
+(L2 and L0), 6 epochs 0.78-0.88, 10 epochs 0.95-0.97, with clean accuracy
+unharmed.
+
+Retraining: `invisible_attack` retrains on the clean data it is given with
+5% of the samples stamped and relabelled (the setting of GYM/DeepSweep's
+invisible-backdoor experiments): `ratio = 0.05 / 0.95`, since
+`inject_backdoor` stamps a fraction r / (r + 1). The trigger is optimised on a
+few clean training images (`background`), as in `trojan_attack`; the
+optimiser is Adam on a tanh parameterisation, compiled as one `tf.function`
+loop (`injection.trojan.AdamLoop`).
 """
 
 import math
@@ -40,21 +50,22 @@ import numpy as np
 import tensorflow as tf
 
 from injection.triggers import Trigger
-from injection.trojan import (TARGET_VALUE, AdamLoop, _pick_background, background_images,
-                              neuron_probe, resolve_neurons, selected_activation)
+from injection.trojan import (TARGET_VALUE, AdamLoop, _pick_background, _warn_if_flat,
+                              background_images, neuron_probe, resolve_neurons,
+                              selected_activation)
 from nc_tf.preprocess import check_intensity
 
 NORMS = ("l2", "l0")
 MAX_DELTA = 8.0
-PENALTY = 10.0
+PENALTY = 0.5
 L0_BUDGET = 0.1
 # GYM's invisible backdoors poison 5% of the data: r / (r + 1) = 0.05.
 INVISIBLE_RATIO = 0.05 / 0.95
 
 
 def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate", neurons=1,
-                      target_value=TARGET_VALUE, max_delta=MAX_DELTA, penalty=PENALTY, steps=300,
-                      lr=0.05, l0_budget=L0_BUDGET, l0_fraction=0.3, l0_steps=100,
+                      target_value=TARGET_VALUE, max_delta=MAX_DELTA, penalty=PENALTY, steps=200,
+                      lr=0.05, l0_budget=L0_BUDGET, l0_fraction=0.3, l0_steps=50,
                       background=None, intensity="raw", seed=0):
     """An invisible additive trigger δ that drives selected neurons high.
 
@@ -72,11 +83,16 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
             `100.0`, as `trojan_trigger`.
         max_delta: the largest |δ| of a pixel, raw grey levels. Defaults to
             `8.0` (3% of the range).
-        penalty: λ, the weight of ||δ||_2 (raw units) in the loss. Defaults
-            to `10.0`: against (act - target)^2 of order 1e4, this removes
-            the parts of δ that do not help (e.g. negative values on black
-            MNIST background, which clipping ignores).
-        steps: Adam steps of the L2 stage. Defaults to `300`.
+        penalty: the weight of ||δ||_2 in the loss, RELATIVE to the pull
+            of the fit term at the start: λ = penalty · ||∂(act - target)^2
+            / ∂δ|| at δ ≈ 0 (the absolute λ is `penalty_weight` in the
+            spec). The norm's gradient has length λ whatever δ is, so a
+            relative penalty of 1 or more erases δ; a fixed absolute λ does
+            that on one model and nothing on another. Defaults to `0.5`: on
+            the tiny MNIST model it reaches the same activation as no
+            penalty with two thirds of the mean |δ| (about 2.6 grey levels
+            instead of 3.9).
+        steps: Adam steps of the L2 stage. Defaults to `200`.
         lr: Adam learning rate on w (δ = max_delta · tanh(w)). Defaults to
             `0.05`.
         l0_budget: `"l0"`: largest fraction of the H x W pixels left nonzero.
@@ -84,7 +100,7 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
         l0_fraction: `"l0"`: fraction of the still free pixels frozen per
             round (at least one, never past the budget). Defaults to `0.3`.
         l0_steps: `"l0"`: Adam steps re-optimising after each round.
-            Defaults to `100`.
+            Defaults to `50`.
         background: raw images δ is added to while optimising; `None`: one
             grey image with noise (data-free). Defaults to `None`.
         intensity: the model's intensity range. Defaults to `"raw"`.
@@ -118,7 +134,7 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
     rng = np.random.default_rng(seed)
     var = tf.Variable(rng.normal(0.0, 0.01, (h, w, c)).astype(np.float32))
     free = tf.Variable(tf.ones((h, w, 1)), trainable=False)
-    lam = tf.Variable(float(penalty), trainable=False)
+    lam = tf.Variable(0.0, trainable=False)
     bg = tf.constant(images)
     idx = tf.constant(chosen, tf.int32)
     tv = tf.constant(float(target_value))
@@ -130,11 +146,19 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
     def activation(d):
         return selected_activation(probe, tf.clip_by_value(bg + d, 0.0, 255.0), idx, intensity)
 
+    def fit_of(d):
+        return tf.reduce_mean(tf.square(activation(d) - tv))
+
     def loss_fn(v):
         d = delta_of(v)
-        fit = tf.reduce_mean(tf.square(activation(d) - tv))
-        return fit + lam * tf.sqrt(tf.reduce_sum(tf.square(d)) + 1e-12)
+        return fit_of(d) + lam * tf.sqrt(tf.reduce_sum(tf.square(d)) + 1e-12)
 
+    # λ relative to the pull of the fit term at the start, ||∂fit/∂δ|| at δ ≈ 0:
+    # the norm's own gradient has length λ whatever δ is, so a λ above that
+    # pull would collapse δ to zero; a fixed λ would do so on some models.
+    pull = _grad_norm(fit_of, delta_of(var))
+    lam.assign(float(penalty) * pull)
+    weight = float(lam.numpy())
     optimise = AdamLoop(loss_fn, var, lr)
     final_loss = optimise(steps)
     rounds = 0
@@ -160,11 +184,13 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
     clean = np.asarray(selected_activation(probe, images, chosen, intensity)).mean(0)
     reached = np.asarray(selected_activation(probe, trigger.apply(images), chosen,
                                              intensity)).mean(0)
+    _warn_if_flat(clean, reached, lay.name, chosen)
     trigger.spec.update(
         attack=f"invisible-{norm}", norm=norm, layer=lay.name, neurons=chosen,
         target_value=float(target_value), clean_activation=[float(a) for a in clean],
         reached_activation=[float(a) for a in reached], final_loss=final_loss,
-        max_delta=bound, penalty=float(penalty), steps=int(steps), lr=float(lr),
+        max_delta=bound, penalty=float(penalty), penalty_weight=weight, steps=int(steps),
+        lr=float(lr),
         mean_abs_delta=float(np.abs(delta).mean()), max_abs_delta=float(np.abs(delta).max()),
         l2_norm=float(np.sqrt((delta.astype(np.float64) ** 2).sum())),
         nonzero_pixels=int(np.any(delta != 0, axis=-1).sum()),
@@ -176,6 +202,14 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
                             l0_fraction=float(l0_fraction), l0_steps=int(l0_steps),
                             l0_rounds=rounds)
     return trigger
+
+
+def _grad_norm(fn, delta):
+    d = tf.convert_to_tensor(delta)
+    with tf.GradientTape() as tape:
+        tape.watch(d)
+        value = fn(d)
+    return float(tf.norm(tape.gradient(value, d)))
 
 
 def _impact(delta, activation):

@@ -20,18 +20,22 @@ Differences to the paper, on purpose:
 
 * The paper retrains on data it *generates* by model inversion (it assumes no
   access to the training set). `trojan_attack` retrains on the clean data
-  it is given, with a fraction `ratio` stamped (through `inject_backdoor`),
-  which is how Neural Cleanse and later evaluations reproduce the attack.
-* The paper starts the trigger from a grey image with noise and optimises
-  it alone (no other image content); that is what `trojan_trigger` does
-  without `background`. `trojan_attack` instead optimises the trigger while it
-  is stamped on a few clean training images (`background=64`), so the trigger
-  excites the neurons on the inputs it will actually be stamped on. Pass
-  `background=0` for the paper's data-free start.
-* The paper's generator (gradient ascent with normalised steps and a total-
-  variation denoiser between steps) is replaced by Adam on a tanh-
-  parameterised pattern, so every pixel stays in [0, 255] without clipping;
-  there is no denoiser.
+  it is given, with a fraction `ratio / (ratio + 1)` stamped and relabelled
+  (through `inject_backdoor`).
+* The authors' generator starts from a grey image with noise (value 175,
+  standard deviation 8) and optimises the trigger on it alone; that is what
+  `trojan_trigger` does without `background` (grey 127.5, noise 8).
+  `trojan_attack` instead optimises the trigger while it is stamped on a few
+  clean training images (`background=64`), so the trigger excites the
+  neurons on the inputs it will actually be stamped on. Pass `background=0`
+  for that data-free start.
+* The authors' generator (gradient ascent with normalised steps and a
+  total-variation denoiser between steps, pushing the activation up without
+  a cap) is replaced by Adam on a tanh-parameterised pattern, so every pixel
+  stays in [0, 255] without clipping, on the paper's loss (activation -
+  target value)^2; there is no denoiser. The target value 100 is this
+  toolkit's choice: far above the activations the tiny models reach, so in
+  practice the loss keeps raising the activation as far as the mask allows.
 
 The trigger is an ordinary `Trigger` (spec kind `"arrays"`), so
 `attack.json` rebuilds it bit for bit; the spec also records the attack
@@ -40,6 +44,7 @@ optimiser settings.
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -50,10 +55,11 @@ from mitigation.activations import _consumers, resolve_layer
 from nc_tf.preprocess import check_intensity, preprocess
 
 MASKS = ("square", "watermark")
-# The square covers about 7% of the image area, the middle trigger size of the
-# Trojan paper's size study (4%, 7%, 10%); on 28x28 that is a 7x7 square
-# (6.3%), on 32x32 an 8x8 one (6.3%). The authors' released face trigger is a
-# 44x44 square of the 224x224 input (3.9%), 20 pixels from the bottom-right.
+# The default square covers about 7% of the image area (the size usually
+# quoted for the Trojan paper's square trigger; not re-checked against the
+# paper here): 7x7 on 28x28 (6.3%), 8x8 on 32x32 (6.3%), i.e. about a
+# quarter of the side. The authors' released code masks a 44x44 square of the
+# 224x224 face input (3.9%), 20 pixels from the bottom-right corner.
 SQUARE_AREA = 0.07
 TARGET_VALUE = 100.0
 
@@ -61,7 +67,7 @@ TARGET_VALUE = 100.0
 # weight sum): pointwise activations, dropout/noise, pooling over space.
 _PASS_THROUGH = (
     keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
-    keras.layers.PReLU, keras.layers.Softmax, keras.layers.Dropout,
+    keras.layers.PReLU, keras.layers.Dropout,
     keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D, keras.layers.GaussianNoise,
     keras.layers.GaussianDropout, keras.layers.AlphaDropout, keras.layers.MaxPooling2D,
     keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
@@ -102,8 +108,8 @@ def select_neurons(model, layer="penultimate", n=1):
         layer: anything `mitigation.activations.resolve_layer` accepts:
             `"penultimate"`, `"last_conv"`, a name or an index. Defaults to
             `"penultimate"`.
-        n: how many neurons. Defaults to `1` (the paper's face attack
-            drives one fc6 neuron).
+        n: how many neurons. Defaults to `1` (the authors' face trigger
+            script drives one fc6 neuron).
 
     Returns:
         list of `n` neuron indices, strongest first.
@@ -175,14 +181,15 @@ def _outgoing(model, layer, units, scale, seen):
                                  f"{layer.name!r} has {units}; cannot match them.")
             total += scale * kernel.sum(axis=(0, 1, 3))
         elif isinstance(nxt, keras.layers.BatchNormalization):
-            if nxt.axis not in (-1, len(nxt.input.shape) - 1) and nxt.axis != [-1]:
+            axis = nxt.axis[0] if isinstance(nxt.axis, (list, tuple)) else nxt.axis
+            if int(axis) % len(nxt.input.shape) != len(nxt.input.shape) - 1:
                 raise ValueError(f"BatchNormalization {nxt.name!r} does not normalise the last "
                                  "axis; cannot follow the channels through it.")
             var = keras.ops.convert_to_numpy(nxt.moving_variance).astype(np.float64)
             gamma = (keras.ops.convert_to_numpy(nxt.gamma).astype(np.float64)
                      if nxt.gamma is not None else np.ones_like(var))
-            total += _outgoing(model, nxt, units, scale * np.abs(gamma) / np.sqrt(var + nxt.epsilon),
-                               seen)
+            bn_scale = np.abs(gamma) / np.sqrt(var + nxt.epsilon)
+            total += _outgoing(model, nxt, units, scale * bn_scale, seen)
         elif isinstance(nxt, _PASS_THROUGH):
             total += _outgoing(model, nxt, units, scale, seen)
         else:
@@ -315,9 +322,9 @@ def selected_activation(probe, images, neurons, intensity="raw"):
 def background_images(image_shape, background=None, seed=0):
     """The images a trigger is stamped on while it is optimised (float32 NHWC).
 
-    `None` gives the paper's start: one grey image (value 127.5) with a little
-    Gaussian noise (standard deviation 8, as the authors' generator); an
-    array is used as is (raw images).
+    `None` gives a data-free start like the authors' generator: one grey
+    image (value 127.5; theirs 175) with Gaussian noise of standard deviation
+    8; an array is used as is (raw images).
     """
     shape = tuple(int(v) for v in image_shape)
     if background is None:
@@ -391,7 +398,7 @@ def adam_minimise(loss_fn, var, steps, lr):
 # ----------------------------------------------------------- the trigger
 def trojan_trigger(model, target, image_shape, mask="square", size=None, margin=1,
                    position="bottom-right", layer="penultimate", neurons=1,
-                   target_value=TARGET_VALUE, steps=300, lr=0.1, background=None,
+                   target_value=TARGET_VALUE, steps=200, lr=0.1, background=None,
                    intensity="raw", seed=0):
     """A Trojan trigger: a pattern inside a fixed mask that makes chosen neurons fire.
 
@@ -417,15 +424,15 @@ def trojan_trigger(model, target, image_shape, mask="square", size=None, margin=
             accepts. Defaults to `"penultimate"` (the last hidden dense
             layer; the paper used VGG-Face's fc6).
         neurons: how many neurons to select with `select_neurons`, or a list
-            of indices. Defaults to `1` (the paper's face attack).
+            of indices. Defaults to `1` (as the authors' face trigger script).
         target_value: the activation the neurons are pushed to. Defaults to
             `100.0` (far above a ReLU unit's usual values; the loss keeps
             pushing while it is not reached, `reached_activation` in the spec
             says how far it got).
-        steps: Adam steps. Defaults to `300`.
+        steps: Adam steps. Defaults to `200`.
         lr: Adam learning rate on w (tanh space). Defaults to `0.1`.
         background: raw images to stamp on while optimising; `None` is the
-            paper's data-free start (a grey image with noise). Defaults to
+            data-free start (a grey image with noise). Defaults to
             `None`.
         intensity: the model's intensity range. Defaults to `"raw"`.
         seed: seeds the random start. Defaults to `0`.
@@ -475,6 +482,7 @@ def trojan_trigger(model, target, image_shape, mask="square", size=None, margin=
     reached = np.asarray(selected_activation(probe, trigger.apply(images), chosen,
                                              intensity)).mean(0)
     name = mask if isinstance(mask, str) else "custom"
+    _warn_if_flat(clean, reached, lay.name, chosen)
     trigger.spec.update(
         attack=f"trojan-{name}", mask_kind=name, layer=lay.name, neurons=chosen,
         target_value=float(target_value), clean_activation=[float(a) for a in clean],
@@ -515,7 +523,7 @@ def trojan_attack(model, x, y, target, mask="square", ratio=0.1, epochs=2, batch
         epochs: retraining epochs. Defaults to `2`.
         batch_size: batch size. Defaults to `32`.
         background: how many random training images the trigger is optimised
-            on (`0`: the paper's data-free grey start), or an array of raw
+            on (`0`: the data-free grey start), or an array of raw
             images. Defaults to `64`.
         intensity: the model's intensity range. Defaults to `"raw"`.
         seed: seeds the trigger start, the background choice and retraining.
@@ -544,6 +552,14 @@ def trojan_attack(model, x, y, target, mask="square", ratio=0.1, epochs=2, batch
                               batch_size=batch_size, intensity=intensity, seed=seed,
                               validation_data=validation_data, verbose=verbose)
     return trigger, history
+
+
+def _warn_if_flat(clean, reached, layer_name, neurons):
+    if np.all(np.asarray(reached) <= np.asarray(clean)):
+        warnings.warn(f"The trigger did not raise neurons {neurons} of layer {layer_name!r} "
+                      f"(activation {np.round(clean, 3).tolist()} -> "
+                      f"{np.round(reached, 3).tolist()}); they may be dead on these inputs. "
+                      "Try other neurons or layer, more steps or a larger lr.", stacklevel=3)
 
 
 def _pick_background(x, background, seed):

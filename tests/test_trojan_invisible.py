@@ -1,8 +1,10 @@
 """Trojan (square, watermark) and invisible (L2, L0) attacks on a tiny MNIST model.
 
 One clean model (2 epochs on 4000 images) is shared by the whole module; each
-attack copies it, optimises its trigger on it and retrains the copy for 3
-epochs.
+attack copies it, optimises its trigger on it and retrains the copy: 3 epochs
+for Trojan; 10 for the invisible triggers, whose 8-grey-level perturbation at
+5% poisoning is learnt slowly (measured: ASR ~0.5 after 3 epochs, 0.88/0.78
+after 6, 0.97/0.95 after 10 for L2/L0).
 """
 
 import json
@@ -13,7 +15,7 @@ import pytest
 VARIANTS = ("trojan-square", "trojan-watermark", "invisible-l2", "invisible-l0")
 TARGET = 7
 CLEAN_EPOCHS = 2
-ATTACK_EPOCHS = 3
+ATTACK_EPOCHS = {"trojan": 3, "invisible": 10}
 # Mean activation of the selected neuron on stamped / clean test images, on
 # the clean model. Measured on this set-up: square ~3.5x, watermark ~10x,
 # invisible L2 ~1.3x, invisible L0 ~1.15x (8 grey levels at most move the
@@ -50,9 +52,9 @@ def attacked(request, clean_tiny, mnist_small):
     model = copy_model(clean_tiny[0])
     family, kind = variant.split("-")
     if family == "trojan":
-        trigger, _ = trojan_attack(model, x, y, TARGET, mask=kind, epochs=ATTACK_EPOCHS)
+        trigger, _ = trojan_attack(model, x, y, TARGET, mask=kind, epochs=ATTACK_EPOCHS[family])
     else:
-        trigger, _ = invisible_attack(model, x, y, TARGET, norm=kind, epochs=ATTACK_EPOCHS)
+        trigger, _ = invisible_attack(model, x, y, TARGET, norm=kind, epochs=ATTACK_EPOCHS[family])
     return variant, trigger, model
 
 
@@ -132,11 +134,6 @@ def test_attack_success_and_clean_accuracy(attacked, clean_tiny, mnist_small):
     result = evaluate_backdoor(model, xt, yt, [t])
     acc, asr = result["accuracy"], result["attack_success_rate"]
     assert acc >= clean_tiny[1] - 0.03, (variant, clean_tiny[1], acc)
-    if asr < 0.9 and variant.startswith("invisible"):
-        # Known shortfall, measured and kept visible rather than loosened: an
-        # 8-grey-level trigger at 5% poisoning of 4000 images gives ~0.5 after
-        # 3 retraining epochs and needs ~10 (0.97 L2, 0.95 L0) to pass 0.9.
-        pytest.xfail(f"{variant}: attack success {asr:.3f} < 0.9 after {ATTACK_EPOCHS} epochs")
     assert asr >= 0.9, (variant, asr)
 
 

@@ -142,7 +142,8 @@ def test_select_neurons_uses_outgoing_weights(clean_tiny):
     from injection.trojan import outgoing_weight_sums, select_neurons
 
     model = clean_tiny[0]
-    dense, out = model.get_layer("dense"), model.get_layer("dense_1")
+    # by position: layer names depend on how many models the session built before
+    dense, out = [layer for layer in model.layers if "dense" in layer.name][-2:]
     manual = np.abs(np.asarray(out.kernel)).sum(axis=1)
     assert np.allclose(outgoing_weight_sums(model, "penultimate"), manual)
     assert select_neurons(model, dense.name, 3) == list(np.argsort(-manual, kind="stable")[:3])

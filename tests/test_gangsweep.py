@@ -1,0 +1,246 @@
+"""GangSweep detection and patching on the tiny MNIST models (small, fast settings)."""
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from mitigation.gangsweep_patching import PatchingDataset, patch
+from nc_tf import gangsweep as gs
+from nc_tf import io
+from nc_tf.gangsweep import (
+    build_generator,
+    gangsweep_outliers,
+    gangsweep_scan,
+    label_statistics,
+    load_generators,
+)
+from nc_tf.metrics import evaluate_backdoor, predict_labels
+
+# 300 scan images, a narrow generator, at most 10 epochs: about 2 s a label here.
+FAST = dict(epochs=10, batch_size=32, filters=8, residual_blocks=1, progress=False,
+            verbose=False)
+N_SCAN = 300
+
+
+class ConstantGenerator:
+    """Stands in for a generator: the same perturbation (in [0, 1]) for every image."""
+
+    def __init__(self, perturbation):
+        self.perturbation = np.asarray(perturbation, np.float32)
+
+    def __call__(self, x, training=False):
+        return np.broadcast_to(self.perturbation, np.shape(x)).copy()
+
+
+@pytest.fixture(scope="module")
+def clean_tiny(mnist_small):
+    """The tiny model's clean twin: same architecture, 2 epochs on the 4000 images."""
+    from nc_tf.models import mnist_model
+
+    x, y, _, _ = mnist_small
+    keras.utils.set_random_seed(2)
+    model = mnist_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def infected_scan(tmp_path_factory, mnist_small, tiny_backdoored):
+    """(record, folder) of a GangSweep scan of all 10 labels of the backdoored model."""
+    _, _, xt, yt = mnist_small
+    out = str(tmp_path_factory.mktemp("gangsweep") / "scan")
+    record = gangsweep_scan(tiny_backdoored[0], xt[:N_SCAN], yt[:N_SCAN], out_dir=out, **FAST)
+    return record, out
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (27, 30, 3)])
+def test_generator_keeps_the_image_shape_and_outputs_unit_range(shape):
+    generator = build_generator(shape, filters=4, residual_blocks=1, seed=0)
+    assert generator.output_shape == (None,) + shape
+    x = np.random.default_rng(0).random((3,) + shape).astype(np.float32)
+    out = np.asarray(generator(x))
+    assert out.shape == (3,) + shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.mean() < 0.1  # training starts from a faint perturbation
+    # Seeded: the same seed gives the same initial weights.
+    again = build_generator(shape, filters=4, residual_blocks=1, seed=0)
+    np.testing.assert_array_equal(np.asarray(again(x)), out)
+
+
+def test_label_statistics_of_the_true_trigger_and_of_nothing(mnist_small, tiny_backdoored):
+    model, trigger, _ = tiny_backdoored
+    _, _, xt, yt = mnist_small
+    x, y = xt[:N_SCAN], yt[:N_SCAN]
+    real = ConstantGenerator(trigger.mask * trigger.pattern / 255.0)
+    stats = label_statistics(model, real, x, y, 7)
+    assert stats["persistence"] >= 0.9
+    assert stats["attack_success_rate"] >= 0.9
+    assert stats["l2"] == pytest.approx(4.0)  # 16 white pixels
+    assert stats["n_images"] == int(np.sum(y != 7))
+    assert set(stats["persistence_by_source"]) == {str(c) for c in range(10) if c != 7}
+    nothing = label_statistics(model, ConstantGenerator(np.zeros(x.shape[1:])), x, y, 7)
+    # No perturbation: only the model's own clean mistakes towards 7 count.
+    mistakes = float(np.mean(predict_labels(model, x[y != 7]) == 7))
+    assert nothing["attack_success_rate"] == pytest.approx(mistakes) and mistakes < 0.05
+    assert nothing["persistence"] < 0.05
+    assert nothing["V"] == pytest.approx(0.0, abs=1e-9) and nothing["D"] == pytest.approx(0.0)
+
+
+def test_gangsweep_outliers_follows_algorithm_1(capsys):
+    v = [10.0, 12.0, 11.0, 9.0, 13.0, 1.0]
+    d = [0.0, 0.5, -0.5, 0.2, -0.2, 5.0]
+    p = [0.1, 0.2, 0.95, 0.1, 0.3, 0.97]
+    stats = {t: {"persistence": p[t], "V": v[t], "D": d[t]} for t in range(6)}
+    result = gangsweep_outliers(stats)
+    mad_v = 1.4826 * np.median(np.abs(np.array(v) - np.median(v)))
+    mad_d = 1.4826 * np.median(np.abs(np.array(d) - np.median(d)))
+    z_v = (np.median(v) - v[5]) / mad_v
+    z_d = (d[5] - np.median(d)) / mad_d
+    assert result["per_label"][5]["Z_V"] == pytest.approx(z_v)
+    assert result["per_label"][5]["Z_D"] == pytest.approx(z_d)
+    assert result["per_label"][5]["AI"] == pytest.approx((z_v + z_d) / 2)
+    # Label 2 persists but is not an outlier; label 5 is both.
+    assert result["persistent"] == [2, 5]
+    assert [t for t, _ in result["flagged"]] == [5] and result["infected"]
+    assert result["anomaly_index"] == pytest.approx((z_v + z_d) / 2)
+    assert "flagged label list: 5:" in capsys.readouterr().out
+    # The same outlier without persistence is not flagged; no persistent label: clean, AI 0.
+    stats[5]["persistence"] = stats[2]["persistence"] = 0.5
+    quiet = gangsweep_outliers(stats, verbose=False)
+    assert quiet["flagged"] == [] and not quiet["infected"] and quiet["anomaly_index"] == 0.0
+    with pytest.raises(ValueError, match="at least 3 labels"):
+        gangsweep_outliers({0: stats[0], 1: stats[1]})
+
+
+def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
+    record, out = infected_scan
+    labels = record["labels"]
+    assert sorted(labels, key=int) == [str(t) for t in range(10)]
+    persistence = {int(k): v["persistence"] for k, v in labels.items()}
+    others = max(p for t, p in persistence.items() if t != 7)
+    # Measured 0.85 for label 7, at most 0.32 for any other label.
+    assert persistence[7] >= 0.8 and persistence[7] - others >= 0.3
+    assert labels["7"]["attack_success_rate"] >= 0.85
+    assert max(labels, key=lambda k: labels[k]["D"]) == "7"
+    for entry in labels.values():
+        assert {"Z_V", "Z_D", "AI", "l2", "epochs", "seconds"} <= set(entry)
+        assert 1 <= entry["epochs"] <= FAST["epochs"]
+    saved = io.read_json(os.path.join(out, "results.json"))
+    assert saved["method"] == "gangsweep" and saved["settings"]["filters"] == FAST["filters"]
+    assert saved["labels"]["7"]["persistence"] == pytest.approx(persistence[7])
+    for t in range(10):
+        for name in (f"gangsweep_perturbation_label_{t}.png", f"gangsweep_samples_label_{t}.png",
+                     os.path.join("generators", f"label_{t}.weights.h5")):
+            assert os.path.exists(os.path.join(out, name)), name
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Paper settings (k = 0) leave ~15% of the images short of the target: label 7's persistence "
+    "is 0.85 < 0.9, and its logit-vector shift variance V is not small, so AI ~ 0.1."))
+def test_scan_flags_the_backdoor_label(infected_scan):
+    record, _ = infected_scan
+    assert record["outlier"]["infected"]
+    assert record["outlier"]["flagged"][0][0] == 7
+
+
+def test_clean_model_is_not_flagged(clean_tiny, mnist_small, infected_scan):
+    _, _, xt, yt = mnist_small
+    record = gangsweep_scan(clean_tiny, xt[:N_SCAN], yt[:N_SCAN], **FAST)
+    assert record["outlier"]["flagged"] == [] and not record["outlier"]["infected"]
+    assert record["outlier"]["anomaly_index"] == 0.0
+    # Measured: at most 0.57 on the clean model, against 0.85 for the backdoor.
+    top = max(v["persistence"] for v in record["labels"].values())
+    assert top <= infected_scan[0]["labels"]["7"]["persistence"] - 0.2
+
+
+def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_small,
+                                                        tiny_backdoored, tmp_path, monkeypatch):
+    record, out = infected_scan
+    model = tiny_backdoored[0]
+    _, _, xt, yt = mnist_small
+    x, y = xt[:N_SCAN], yt[:N_SCAN]
+    # An interrupted scan: label 9 never finished.
+    folder = str(tmp_path / "scan")
+    shutil.copytree(out, folder)
+    os.remove(os.path.join(folder, "generators", "label_9.weights.h5"))
+    trained = []
+    original = gs._GeneratorTrainer.fit
+
+    def counting_fit(self, x01, target, *args):
+        trained.append(int(target))
+        return original(self, x01, target, *args)
+
+    monkeypatch.setattr(gs._GeneratorTrainer, "fit", counting_fit)
+    resumed = gangsweep_scan(model, x, y, out_dir=folder, **FAST)
+    assert trained == [9]
+    for t in range(9):
+        assert resumed["labels"][str(t)]["seconds"] == record["labels"][str(t)]["seconds"]
+    assert resumed["labels"]["9"]["persistence"] == pytest.approx(
+        record["labels"]["9"]["persistence"])
+    # A finished scan: nothing is trained again.
+    again = gangsweep_scan(model, x, y, out_dir=folder, **FAST)
+    assert trained == [9] and again["outlier"] == resumed["outlier"]
+    # Other settings, or another method's scan, are refused with the fix named.
+    with pytest.raises(FileExistsError, match=r"epochs.*--out.*--force"):
+        gangsweep_scan(model, x, y, out_dir=folder, **dict(FAST, epochs=11))
+    nc_folder = tmp_path / "nc"
+    nc_folder.mkdir()
+    io.write_json(str(nc_folder / "results.json"), {"settings": {}, "labels": {}})
+    with pytest.raises(FileExistsError, match=r"--force"):
+        gangsweep_scan(model, x, y, out_dir=str(nc_folder), **FAST)
+    assert trained == [9]
+
+
+def test_load_generators_rebuilds_the_scanned_generators(infected_scan, mnist_small,
+                                                         tiny_backdoored):
+    record, out = infected_scan
+    _, _, xt, yt = mnist_small
+    generators = load_generators(out, labels=[7])
+    assert list(generators) == [7]
+    stats = label_statistics(tiny_backdoored[0], generators[7], xt[:N_SCAN], yt[:N_SCAN], 7)
+    for name in ("persistence", "V", "D", "l2"):
+        assert stats[name] == pytest.approx(record["labels"]["7"][name], rel=1e-4, abs=1e-6)
+    assert sorted(load_generators(out)) == [t for t, _ in record["outlier"]["flagged"]]
+    with pytest.raises(ValueError, match="no generator"):
+        load_generators(out, labels=[11])
+
+
+def test_patching_dataset_restamps_every_epoch(mnist_small):
+    x, y, _, _ = mnist_small
+    white = ConstantGenerator(np.ones(x.shape[1:]))
+    data = PatchingDataset(x[:200], y[:200], np.arange(20), [white], stamp_count=20, seed=0)
+    first = np.flatnonzero(data.stamped)
+    assert len(data.data) == 40 and len(first) == 20
+    assert np.all(data.data[data.stamped] == 255.0)  # x + 1, clipped
+    np.testing.assert_array_equal(data.labels[:20], y[:20])
+    before = data.data[data.stamped].copy(), data.labels[data.stamped].copy()
+    data.on_epoch_end()
+    assert data.epoch == 1
+    assert not np.array_equal(data.labels[data.stamped], before[1])  # other images drawn
+
+
+def test_patching_removes_the_backdoor(infected_scan, mnist_small, tiny_backdoored):
+    model, trigger, _ = tiny_backdoored
+    x, y, xt, yt = mnist_small
+    _, out = infected_scan
+    weights = [w.copy() for w in model.get_weights()]
+    held_x, held_y = xt[N_SCAN:], yt[N_SCAN:]
+    before = evaluate_backdoor(model, held_x, held_y, [trigger])
+    patched, history = patch(model, x, y, load_generators(out, labels=[7]))
+    after = evaluate_backdoor(patched, held_x, held_y, [trigger])
+    # Measured: ASR 0.99 -> 0.06, accuracy 0.92 -> 0.93.
+    assert before["attack_success_rate"] >= 0.9
+    assert after["attack_success_rate"] <= 0.3
+    assert after["accuracy"] >= before["accuracy"] - 0.05
+    assert len(history["loss"]) == 3
+    assert patched is not model
+    for old, new in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    # The effect comes from the backdoor's generator: another label's does not do it
+    # (measured ASR 0.62 with label 3's).
+    control, _ = patch(model, x, y, load_generators(out, labels=[3]))
+    assert evaluate_backdoor(control, held_x, held_y, [trigger])["attack_success_rate"] >= 0.4

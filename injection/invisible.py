@@ -50,8 +50,8 @@ import numpy as np
 import tensorflow as tf
 
 from injection.triggers import Trigger
-from injection.trojan import (TARGET_VALUE, AdamLoop, _pick_background, _warn_if_flat,
-                              background_images, neuron_probe, resolve_neurons,
+from injection.trojan import (TARGET_VALUE, AdamLoop, _pick_background, _retrain,
+                              _warn_if_flat, background_images, neuron_probe, resolve_neurons,
                               selected_activation)
 from nc_tf.preprocess import check_intensity
 
@@ -259,14 +259,8 @@ def invisible_attack(model, x, y, target, norm="l2", ratio=INVISIBLE_RATIO, epoc
 
     >>> trigger, history = invisible_attack(model, x, y, 7, "l0")  # doctest: +SKIP
     """
-    from injection.inject import inject_backdoor
-
     bg = _pick_background(x, background, seed)
     trigger = invisible_trigger(model, target, x.shape[1:], norm=norm, background=bg,
                                 intensity=intensity, seed=seed, **trigger_options)
-    trigger.spec["retraining"] = {"ratio": float(ratio), "epochs": int(epochs),
-                                  "batch_size": int(batch_size), "seed": int(seed)}
-    history = inject_backdoor(model, x, y, [trigger], ratio=ratio, epochs=epochs,
-                              batch_size=batch_size, intensity=intensity, seed=seed,
-                              validation_data=validation_data, verbose=verbose)
-    return trigger, history
+    return _retrain(model, x, y, trigger, ratio, epochs, batch_size, intensity, seed,
+                    validation_data, verbose)

@@ -541,11 +541,18 @@ def trojan_attack(model, x, y, target, mask="square", ratio=0.1, epochs=2, batch
 
     >>> trigger, history = trojan_attack(model, x, y, 7, epochs=2)  # doctest: +SKIP
     """
-    from injection.inject import inject_backdoor
-
     bg = _pick_background(x, background, seed)
     trigger = trojan_trigger(model, target, x.shape[1:], mask=mask, background=bg,
                              intensity=intensity, seed=seed, **trigger_options)
+    return _retrain(model, x, y, trigger, ratio, epochs, batch_size, intensity, seed,
+                    validation_data, verbose)
+
+
+def _retrain(model, x, y, trigger, ratio, epochs, batch_size, intensity, seed, validation_data,
+             verbose):
+    """Retrains `model` in place on data poisoned with `trigger`; records how in its spec."""
+    from injection.inject import inject_backdoor
+
     trigger.spec["retraining"] = {"ratio": float(ratio), "epochs": int(epochs),
                                   "batch_size": int(batch_size), "seed": int(seed)}
     history = inject_backdoor(model, x, y, [trigger], ratio=ratio, epochs=epochs,

@@ -29,7 +29,7 @@ from nc_tf.datasets import labels_to_int
 from nc_tf.metrics import accuracy, predict_labels, trigger_success_rate
 
 METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
-           "gym", "shrinkpad", "flip")
+           "gym", "shrinkpad", "flip", "gangsweep")
 # Methods that need the reversed triggers of a scan.
 NEEDS_SCAN = ("filter", "prune", "unlearn", "linf-prune")
 
@@ -83,7 +83,8 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         data: a `MitigationData` (see `split_data`).
         triggers: reversed triggers from a scan (`nc_tf.scan.scan_triggers`);
             needed by `filter`, `prune`, `unlearn`, `linf-prune`. Defaults
-            to `()`.
+            to `()`. (`gangsweep` takes `generators=` instead: label ->
+            generator, from `nc_tf.gangsweep.load_generators`.)
         attack_triggers: the original triggers, when known (reported only,
             never used to repair). Defaults to `()`.
         out_dir: folder for the model, `mitigation.json` and PNGs (new or
@@ -123,7 +124,8 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
 
     before = figures(predictor(model))
     log(f"before: {_row_text(before)}")
-    report = {"method": method, "intensity": intensity, "seed": seed, "options": dict(options),
+    report = {"method": method, "intensity": intensity, "seed": seed,
+              "options": {k: v for k, v in options.items() if k != "generators"},
               "n_test": int(len(data.x_test)), "before": before}
     if method == "repair":
         options = dict(options, verbose=verbose)  # the scans' progress and MAD reports
@@ -209,6 +211,8 @@ def _run(method, model, data, triggers, attack_triggers, intensity, seed, scan_o
         return pruned, rep
     if method == "gym":
         return _gym(model, data, triggers, attack_triggers, intensity, seed, log, options)
+    if method == "gangsweep":
+        return _gangsweep(model, data, intensity, seed, log, options)
     from mitigation.preprocessing import defended
 
     guarded = defended(model, method, intensity=intensity, seed=seed, **options)
@@ -241,6 +245,35 @@ def _gym(model, data, triggers, attack_triggers, intensity, seed, log, options):
     columns["finetuned_lightweight"] = through(tuned, "lightweight")
     return tuned, {"after": columns["finetuned_lightweight"], "columns": columns,
                    "n_samples": int(len(pick))}
+
+
+def _gangsweep(model, data, intensity, seed, log, options):
+    """GangSweep patching with the flagged labels' generators (`options["generators"]`)."""
+    from mitigation.gangsweep_patching import patch
+    from nc_tf.gangsweep import generate, stamp
+
+    generators = options.pop("generators", None)
+    if not generators:
+        raise ValueError("--method gangsweep needs the generators of a GangSweep scan that "
+                         "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
+                         "then pass --scan DIR. Nothing is flagged, so there is nothing to patch.")
+    tuned, history = patch(model, data.x_train, data.y_train, generators, intensity=intensity,
+                           seed=seed, **options)
+
+    def generated_success(m):
+        # Share of test images (not already of the label) that x + G(x) sends to the label.
+        rates = {}
+        for label, generator in generators.items():
+            x = data.x_test[data.y_test != label]
+            rates[str(label)] = float(np.mean(
+                predict_labels(m, stamp(x, generate(generator, x)), intensity) == label))
+        return rates
+
+    before, after = generated_success(model), generated_success(tuned)
+    log("generated perturbations' success, before -> after: " + ", ".join(
+        f"label {k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before))
+    return tuned, {"history": history, "labels": sorted(int(k) for k in generators),
+                   "generated_success_before": before, "generated_success_after": after}
 
 
 def _row_text(row):

@@ -112,13 +112,19 @@ def build_parser():
     p.add_argument("--attack", help="attack.json written by `nc-tf inject`")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("scan", help="Neural Cleanse: reverse-engineer every label's trigger",
+    p = sub.add_parser("scan", help="Neural Cleanse (or GangSweep): reconstruct every label's "
+                                    "trigger and test for outliers",
                        description="Reverse-engineer the smallest trigger for every label, write "
                                    "mask/pattern/fusion PNGs and OUT/results.json, and run the "
-                                   "MAD outlier test. Rerun the same command to resume.")
+                                   "MAD outlier test. --method gangsweep trains a perturbation "
+                                   "generator per label instead. Rerun the same command to "
+                                   "resume.")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--out", required=True, help="scan folder (resumed if it holds the same scan)")
+    p.add_argument("--method", choices=("neural-cleanse", "gangsweep"), default="neural-cleanse",
+                   help="neural-cleanse (default): mask/pattern reverse engineering; gangsweep: "
+                        "one perturbation generator per label (Zhu et al. MM'20)")
     p.add_argument("--labels", help="comma-separated labels to scan (default: all)")
     p.add_argument("--suspected", type=int, help="scan this label first")
     p.add_argument("--preset", choices=("fast", "reference"), default="fast",
@@ -155,6 +161,14 @@ def build_parser():
     g.add_argument("--mask-init", type=_mask_init,
                    help="initial mask: 'random' (reference) or a constant in (0, 1) "
                         "(nc-tf addition; fast preset: 0.1)")
+    g = p.add_argument_group("gangsweep (with --method gangsweep; --batch-size, --lr and "
+                             "--patience apply too: defaults 64, 0.01, 3)")
+    g.add_argument("--epochs", type=int, help="most epochs per generator (default: 15)")
+    g.add_argument("--k", type=float, help="confidence margin of L_adv (default: 0, the paper)")
+    g.add_argument("--filters", type=int, help="generator width (default: 32)")
+    g.add_argument("--residual-blocks", type=int, help="generator residual blocks (default: 3)")
+    g.add_argument("--max-images", type=int,
+                   help="train and measure on a random subset of this many images (default: all)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("mitigate", help="repair a model (or guard its inputs) and measure it",
@@ -166,11 +180,13 @@ def build_parser():
     _add_data_args(p)
     p.add_argument("--method", required=True,
                    choices=("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
-                            "gym", "shrinkpad", "flip"),
+                            "gym", "shrinkpad", "flip", "gangsweep"),
                    help="filter/prune/unlearn/repair: Neural Cleanse; linf-prune: Cheng et al.; "
-                        "fine-prune, shrinkpad, flip: baselines; gym: GYM/DeepSweep")
+                        "fine-prune, shrinkpad, flip: baselines; gym: GYM/DeepSweep; "
+                        "gangsweep: GangSweep patching")
     p.add_argument("--scan", help="scan folder (`nc-tf scan`): its flagged labels' reversed "
-                                  "triggers (needed by filter, prune, unlearn, linf-prune)")
+                                  "triggers (needed by filter, prune, unlearn, linf-prune), or "
+                                  "generators (gangsweep, from `nc-tf scan --method gangsweep`)")
     p.add_argument("--labels", help="with --scan: comma-separated labels to use instead of the "
                                     "flagged ones")
     p.add_argument("--attack", help="attack.json of `nc-tf inject`: also report the original "
@@ -190,9 +206,10 @@ def build_parser():
                    help="prune: stop when the reversed trigger's success is <= this (default: 0.01)")
     g.add_argument("--ratio", type=float, help="prune: prune exactly this fraction instead")
     g.add_argument("--max-ratio", type=float, help="prune: never prune more (default: 0.3)")
-    g.add_argument("--epochs", type=int, help="unlearn: epochs (default: 1); gym: (default: 5)")
+    g.add_argument("--epochs", type=int, help="unlearn: epochs (default: 1); gym: (default: 5); "
+                                              "gangsweep: (default: 3)")
     g.add_argument("--data-ratio", type=float,
-                   help="unlearn: share of the training data used (default: 0.1)")
+                   help="unlearn, gangsweep: share of the training data used (default: 0.1)")
     g.add_argument("--rounds", type=int, help="repair: most scan+unlearn rounds (default: 3)")
     g.add_argument("--preset", choices=("fast", "reference"), help="repair: scan preset")
     g.add_argument("--restarts", type=int,
@@ -389,12 +406,32 @@ SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regular
                  "early_stop_patience", "upsample_size", "restarts", "mask_init")
 
 
+# Scan flags of each method; the other method's flags are refused when set.
+GANGSWEEP_SETTINGS = ("epochs", "batch_size", "lr", "patience", "k", "filters", "residual_blocks",
+                      "max_images")
+GANGSWEEP_ONLY = ("epochs", "k", "filters", "residual_blocks", "max_images")
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
 def cmd_scan(args):
     from nc_tf import datasets
     from nc_tf.models import load_model
     from nc_tf.scan import scan
 
-    overrides = {k: getattr(args, k) for k in SCAN_SETTINGS}
+    gangsweep = args.method == "gangsweep"
+    mine = GANGSWEEP_SETTINGS if gangsweep else SCAN_SETTINGS
+    theirs = SCAN_SETTINGS if gangsweep else GANGSWEEP_ONLY
+    wrong = [_flag(k) for k in theirs if k not in mine and getattr(args, k) is not None]
+    wrong += [f for f, on in (("--low-cost", args.low_cost), ("--partial", args.partial),
+                              ("--suspected", args.suspected is not None)) if gangsweep and on]
+    if wrong:
+        other = "neural-cleanse" if gangsweep else "gangsweep"
+        raise ValueError(f"{', '.join(wrong)} belong(s) to --method {other}, not --method "
+                         f"{args.method}; drop them or change --method.")
+    overrides = {k: getattr(args, k) for k in mine if getattr(args, k) is not None}
     labels = None
     if args.labels:
         try:
@@ -403,6 +440,18 @@ def cmd_scan(args):
             raise ValueError(f"--labels must be comma-separated integers, got {args.labels!r}.") from None
     model = load_model(args.model, trust_model=args.trust_model)
     x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
+    if gangsweep:
+        from nc_tf.gangsweep import gangsweep_scan
+
+        record = gangsweep_scan(model, x, y, labels=labels, out_dir=args.out,
+                                intensity=args.intensity or "raw", seed=args.seed,
+                                progress=not args.json, verbose=not args.json,
+                                model_path=args.model, **overrides)
+        if args.json:
+            _print(args, record, [])
+        else:
+            print(f"results: {os.path.join(args.out, 'results.json')}")
+        return
     prefix = os.path.splitext(os.path.basename(str(args.dataset)))[0]
     common = dict(out_dir=args.out, preset=args.preset, intensity=args.intensity or "raw",
                   seed=args.seed, slots=args.slots, prefix=prefix, progress=not args.json,
@@ -438,6 +487,7 @@ MITIGATE_OPTIONS = {
     "gym": {"epochs": "epochs", "n_samples": "n_samples", "gym_scaled": "scaled"},
     "shrinkpad": {},
     "flip": {},
+    "gangsweep": {"epochs": "epochs", "data_ratio": "data_ratio"},
 }
 
 
@@ -457,7 +507,19 @@ def cmd_mitigate(args):
     labels = None
     if args.labels:
         labels = [v.strip() for v in args.labels.split(",") if v.strip()]
-    triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
+    if args.method == "gangsweep":
+        if not args.scan:
+            raise ValueError("--method gangsweep patches with a GangSweep scan's generators: add "
+                             "--scan DIR (run `nc-tf scan MODEL --method gangsweep --out DIR`).")
+        from nc_tf.gangsweep import load_generators
+
+        generators = load_generators(args.scan, [int(v) for v in labels] if labels else None)
+        if not generators:
+            raise ValueError(f"The GangSweep scan in {args.scan} flags no label, so there is "
+                             "nothing to patch; pass --labels to patch chosen labels anyway.")
+        triggers = []
+    else:
+        triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
     model = load_model(args.model, trust_model=args.trust_model)
     x_train, y_train = datasets.load_data(args.dataset, "train", limit=args.train_limit)
     x_test, y_test = datasets.load_data(args.dataset, "test", args.x_key, args.y_key,
@@ -466,6 +528,8 @@ def cmd_mitigate(args):
     data = split_data(x_train, y_train, x_test, y_test, args.val_ratio, args.seed)
     options = {kw: getattr(args, flag) for flag, kw in MITIGATE_OPTIONS[args.method].items()
                if getattr(args, flag) is not None}
+    if args.method == "gangsweep":
+        options["generators"] = generators
     scan_options = {k: getattr(args, k) for k in ("preset", "restarts")
                     if getattr(args, k) is not None} or None
     _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],

@@ -351,8 +351,16 @@ def detect(record, verbose=True):
     """The MAD verdict of a scan record (`results.json` dict).
 
     Label scans are tested on the L1 norms; partial scans (job keys
-    `"3->7"`) on the score each pair was given (see `nc_tf.partial`).
+    `"3->7"`) on the score each pair was given (see `nc_tf.partial`);
+    GangSweep scans (`method: "gangsweep"`) with GangSweep's own test
+    (`nc_tf.gangsweep.gangsweep_outliers`).
     """
+    if record.get("method") == "gangsweep":
+        from nc_tf.gangsweep import gangsweep_outliers
+
+        result = gangsweep_outliers(record["labels"], verbose=verbose)
+        result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
+        return result
     if "partial" in record:
         keys = sorted(k for k, v in record["labels"].items() if "score" in v)
         result = outlier_detection([record["labels"][k]["score"] for k in keys], keys,
@@ -426,9 +434,13 @@ def scan_triggers(scan_dir, labels=None, verbose=False):
     """
     from injection.triggers import Trigger
 
+    record = io.read_json(os.path.join(scan_dir, RESULTS), "scan results")
+    if record.get("method") == "gangsweep":
+        raise ValueError(f"{scan_dir} holds a GangSweep scan: it has generators, not reversed "
+                         "triggers. Repair with its generators (`nc-tf mitigate --method "
+                         "gangsweep --scan DIR`), or scan with Neural Cleanse for this method.")
     if labels is None:
         labels = [key for key, _ in detect_dir(scan_dir, verbose)["flagged"]]
-    record = io.read_json(os.path.join(scan_dir, RESULTS), "scan results")
     out = []
     for key in labels:
         entry = record["labels"].get(str(key))

@@ -11,7 +11,8 @@ from injection.blend import blend_trigger, draw_logo, draw_watermark
 
 SHAPE = (28, 28, 1)
 # name -> (build_attack keywords, targets, train images, epochs, r)
-# r is raised above the paper's 0.1 where a tiny 3-4 epoch model needs more
+# dynamic gets 8000 images: at 4000 its clean accuracy sat at the 0.9 bar
+# (0.893 seen once). r is raised above the paper's 0.1 where a tiny 3-4 epoch model needs more
 # poisoned samples per trigger: partial (only the sources' stamped samples
 # carry the backdoor) and multi-trigger (9 triggers share the poisoned samples).
 VARIANTS = {
@@ -21,7 +22,7 @@ VARIANTS = {
     "all-to-all": ({"num_classes": 10}, None, 8000, 4, 0.2),
     "multi-trigger": ({}, [7], 8000, 4, 0.5),
     "multi-label": ({}, [7, 3, 5], 4000, 3, 0.2),
-    "dynamic": ({}, [7], 4000, 3, 0.2),
+    "dynamic": ({}, [7], 8000, 4, 0.2),
     "partial": ({"sources": [3]}, [7], 8000, 4, 0.5),
     "blend": ({"image": "logo", "alpha": 0.3}, [7], 4000, 3, 0.2),
 }

@@ -16,12 +16,16 @@ def tiny_partial(mnist_small):
     from injection import inject_backdoor, square_trigger
     from nc_tf.models import mnist_model
 
-    x, y, _, _ = mnist_small
+    from nc_tf.datasets import load_data
+
+    # 8000 images, 4 epochs (as the partial variant of test_attacks.py): with
+    # 4000 images the source's ASR sat below the 0.9 bar on some machines
+    # (0.879 after 3 epochs, 0.860 after 5), only ~400 of them being 3s.
+    x, y = load_data("mnist", "train", limit=8000)
     trigger = square_trigger(x.shape[1:], 7, sources=[3])
     keras.utils.set_random_seed(2)
     model = mnist_model()
-    # 5 epochs: after 3 the source's ASR sat at the 0.9 bar on some machines (0.879 seen).
-    inject_backdoor(model, x, y, [trigger], ratio=0.5, epochs=5, seed=2, verbose=0)
+    inject_backdoor(model, x, y, [trigger], ratio=0.5, epochs=4, seed=2, verbose=0)
     return model, trigger
 
 

@@ -94,8 +94,8 @@ def train(folder, case, epochs, limit):
 
 
 def repair(folder, method, model, data, triggers, attack, **options):
-    """`mitigate` into folder/<method>/, or its saved report when it already ran."""
-    out = os.path.join(folder, method)
+    """`mitigate` into folder/repair_<method>/, or its saved report when it already ran."""
+    out = os.path.join(folder, f"repair_{method}")
     path = os.path.join(out, "mitigation.json")
     if os.path.exists(path):
         return read_json(path)

@@ -74,7 +74,8 @@ def measure(predict, x, y, reversed_triggers=(), attack_triggers=()):
 
 
 def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None, force=False,
-             intensity="raw", seed=0, scan_options=None, verbose=True, **options):
+             intensity="raw", seed=0, scan_options=None, verbose=True, generators=None,
+             **options):
     """Runs one mitigation method on a copy of `model`; returns `(result, report)`.
 
     Args:
@@ -83,8 +84,7 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         data: a `MitigationData` (see `split_data`).
         triggers: reversed triggers from a scan (`nc_tf.scan.scan_triggers`);
             needed by `filter`, `prune`, `unlearn`, `linf-prune`. Defaults
-            to `()`. (`gangsweep` takes `generators=` instead: label ->
-            generator, from `nc_tf.gangsweep.load_generators`.)
+            to `()`.
         attack_triggers: the original triggers, when known (reported only,
             never used to repair). Defaults to `()`.
         out_dir: folder for the model, `mitigation.json` and PNGs (new or
@@ -95,6 +95,8 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         scan_options: `repair` only: keyword arguments of `nc_tf.scan.scan`.
             Defaults to `None`.
         verbose: print progress lines. Defaults to `True`.
+        generators: `gangsweep` only: label -> generator of a GangSweep
+            scan (`nc_tf.gangsweep.load_generators`). Defaults to `None`.
         **options: the method's own keyword arguments (see each module).
 
     Returns:
@@ -108,6 +110,10 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         raise ValueError(f"--method {method} needs reversed triggers: pass the folder of a scan "
                          "that flagged a label (`nc-tf scan` then `--scan DIR`). Nothing is "
                          "flagged in the scan given, so there is nothing to remove.")
+    if method == "gangsweep" and not generators:
+        raise ValueError("--method gangsweep needs the generators of a GangSweep scan that "
+                         "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
+                         "then pass --scan DIR. Nothing is flagged, so there is nothing to patch.")
     if out_dir is not None:
         io.prepare_out_dir(out_dir, force=force, resume=method == "repair")
     t0 = time.time()
@@ -125,12 +131,12 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     before = figures(predictor(model))
     log(f"before: {_row_text(before)}")
     report = {"method": method, "intensity": intensity, "seed": seed,
-              "options": {k: v for k, v in options.items() if k != "generators"},
+              "options": dict(options),
               "n_test": int(len(data.x_test)), "before": before}
     if method == "repair":
         options = dict(options, verbose=verbose)  # the scans' progress and MAD reports
-    result, details = _run(method, model, data, triggers, attack_triggers, intensity, seed,
-                           scan_options, out_dir, log, options)
+    result, details = _run(method, model, data, triggers, attack_triggers, generators,
+                           intensity, seed, scan_options, out_dir, log, options)
     # Filter and inference-time defences measure themselves; repaired models are measured here.
     report["after"] = details.pop("after") if "after" in details else figures(predictor(result))
     report.update(details=details, wall_time_s=round(time.time() - t0, 2))
@@ -143,8 +149,8 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     return result, report
 
 
-def _run(method, model, data, triggers, attack_triggers, intensity, seed, scan_options,
-         out_dir, log, options):
+def _run(method, model, data, triggers, attack_triggers, generators, intensity, seed,
+         scan_options, out_dir, log, options):
     png = (lambda name: os.path.join(out_dir, name)) if out_dir else (lambda name: None)
     if method == "unlearn":
         from mitigation.unlearning import unlearn
@@ -212,7 +218,7 @@ def _run(method, model, data, triggers, attack_triggers, intensity, seed, scan_o
     if method == "gym":
         return _gym(model, data, triggers, attack_triggers, intensity, seed, log, options)
     if method == "gangsweep":
-        return _gangsweep(model, data, intensity, seed, log, options)
+        return _gangsweep(model, data, generators, intensity, seed, log, options)
     from mitigation.preprocessing import defended
 
     guarded = defended(model, method, intensity=intensity, seed=seed, **options)
@@ -247,29 +253,21 @@ def _gym(model, data, triggers, attack_triggers, intensity, seed, log, options):
                    "n_samples": int(len(pick))}
 
 
-def _gangsweep(model, data, intensity, seed, log, options):
-    """GangSweep patching with the flagged labels' generators (`options["generators"]`)."""
+def _gangsweep(model, data, generators, intensity, seed, log, options):
+    """GangSweep patching with the flagged labels' generators (label -> generator)."""
     from mitigation.gangsweep_patching import patch
     from nc_tf.gangsweep import generate, stamp
 
-    generators = options.pop("generators", None)
-    if not generators:
-        raise ValueError("--method gangsweep needs the generators of a GangSweep scan that "
-                         "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
-                         "then pass --scan DIR. Nothing is flagged, so there is nothing to patch.")
     tuned, history = patch(model, data.x_train, data.y_train, generators, intensity=intensity,
                            seed=seed, **options)
-
-    def generated_success(m):
-        # Share of test images (not already of the label) that x + G(x) sends to the label.
-        rates = {}
-        for label, generator in generators.items():
-            x = data.x_test[data.y_test != label]
-            rates[str(label)] = float(np.mean(
-                predict_labels(m, stamp(x, generate(generator, x)), intensity) == label))
-        return rates
-
-    before, after = generated_success(model), generated_success(tuned)
+    # Share of test images (not already of the label) that x + G(x) sends to the
+    # label, before and after; each label's perturbed images are made once.
+    before, after = {}, {}
+    for label, generator in generators.items():
+        x = data.x_test[data.y_test != label]
+        perturbed = stamp(x, generate(generator, x))
+        for rates, m in ((before, model), (after, tuned)):
+            rates[str(label)] = float(np.mean(predict_labels(m, perturbed, intensity) == label))
     log("generated perturbations' success, before -> after: " + ", ".join(
         f"label {k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before))
     return tuned, {"history": history, "labels": sorted(int(k) for k in generators),

@@ -409,7 +409,6 @@ SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regular
 # Scan flags of each method; the other method's flags are refused when set.
 GANGSWEEP_SETTINGS = ("epochs", "batch_size", "lr", "patience", "k", "filters", "residual_blocks",
                       "max_images")
-GANGSWEEP_ONLY = ("epochs", "k", "filters", "residual_blocks", "max_images")
 
 
 def _flag(name):
@@ -423,8 +422,8 @@ def cmd_scan(args):
 
     gangsweep = args.method == "gangsweep"
     mine = GANGSWEEP_SETTINGS if gangsweep else SCAN_SETTINGS
-    theirs = SCAN_SETTINGS if gangsweep else GANGSWEEP_ONLY
-    wrong = [_flag(k) for k in theirs if k not in mine and getattr(args, k) is not None]
+    theirs = [k for k in SCAN_SETTINGS + GANGSWEEP_SETTINGS if k not in mine]
+    wrong = [_flag(k) for k in theirs if getattr(args, k) is not None]
     wrong += [f for f, on in (("--low-cost", args.low_cost), ("--partial", args.partial),
                               ("--suspected", args.suspected is not None)) if gangsweep and on]
     if wrong:
@@ -519,6 +518,7 @@ def cmd_mitigate(args):
                              "nothing to patch; pass --labels to patch chosen labels anyway.")
         triggers = []
     else:
+        generators = None
         triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
     model = load_model(args.model, trust_model=args.trust_model)
     x_train, y_train = datasets.load_data(args.dataset, "train", limit=args.train_limit)
@@ -528,13 +528,12 @@ def cmd_mitigate(args):
     data = split_data(x_train, y_train, x_test, y_test, args.val_ratio, args.seed)
     options = {kw: getattr(args, flag) for flag, kw in MITIGATE_OPTIONS[args.method].items()
                if getattr(args, flag) is not None}
-    if args.method == "gangsweep":
-        options["generators"] = generators
     scan_options = {k: getattr(args, k) for k in ("preset", "restarts")
                     if getattr(args, k) is not None} or None
     _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],
                          out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
-                         scan_options=scan_options, verbose=not args.json, **options)
+                         scan_options=scan_options, verbose=not args.json,
+                         generators=generators, **options)
     if args.json:
         _print(args, report, [])
     else:

@@ -234,8 +234,6 @@ class _GeneratorTrainer:
             l_pert, l_adv, margin = self.losses(x01, target, training=True)
             loss = tf.reduce_mean(l_pert) + alpha * tf.reduce_mean(l_adv)
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        sent = tf.reduce_sum(tf.cast(margin < 0.0, tf.float32))
-        return tf.stack([tf.reduce_sum(l_pert), tf.reduce_sum(l_adv), sent])
 
     def _eval_step(self, x01, target):
         l_pert, l_adv, margin = self.losses(x01, target, training=False)

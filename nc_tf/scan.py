@@ -440,7 +440,7 @@ def scan_triggers(scan_dir, labels=None, verbose=False):
                          "triggers. Repair with its generators (`nc-tf mitigate --method "
                          "gangsweep --scan DIR`), or scan with Neural Cleanse for this method.")
     if labels is None:
-        labels = [key for key, _ in detect_dir(scan_dir, verbose)["flagged"]]
+        labels = [key for key, _ in detect(record, verbose)["flagged"]]
     out = []
     for key in labels:
         entry = record["labels"].get(str(key))

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
-# Creates the environment and runs the whole test suite (< 10 minutes on 2 cores).
+# Creates the environment and runs the whole test suite (about 14 minutes on 2 slow cores).
 source "$(dirname "$0")/setup_env.sh"
-pytest -q tests "$@"
+# Two workers, one per core (see README, Dependencies); a test file stays on
+# one worker, so its module fixtures are built once.
+pytest -q -n 2 --dist loadfile tests "$@"

@@ -3,6 +3,14 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh runs two workers on two cores: one TensorFlow thread
+    # each, so they do not compete for the cores. Measured: 13 of the attack
+    # tests took 276 s instead of 310 s; the whole suite 838 s instead of
+    # 824 s (no gain beyond run-to-run noise). Kept: it is the configuration
+    # the whole suite was last run and passed with.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -37,6 +45,26 @@ def tiny_backdoored(mnist_small):
     history = inject_backdoor(model, x, y, [trigger], ratio=0.25, epochs=3, seed=1,
                               validation_data=(xt, yt), verbose=0)
     return model, trigger, history
+
+
+@pytest.fixture(scope="session")
+def tiny_partial(mnist_small):
+    """A tiny MNIST model whose trigger sends only source 3 to target 7."""
+    import keras
+
+    from injection import inject_backdoor, square_trigger
+    from nc_tf.datasets import load_data
+    from nc_tf.models import mnist_model
+
+    # 8000 images, 4 epochs (test_attacks.py's partial variant uses this model): with
+    # 4000 images the source's ASR sat below the 0.9 bar on some machines
+    # (0.879 after 3 epochs, 0.860 after 5), only ~400 of them being 3s.
+    x, y = load_data("mnist", "train", limit=8000)
+    trigger = square_trigger(x.shape[1:], 7, sources=[3])
+    keras.utils.set_random_seed(2)
+    model = mnist_model()
+    inject_backdoor(model, x, y, [trigger], ratio=0.5, epochs=4, seed=2, verbose=0)
+    return model, trigger
 
 
 def rng(seed=0):

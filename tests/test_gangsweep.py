@@ -19,7 +19,7 @@ from nc_tf.gangsweep import (
 )
 from nc_tf.metrics import evaluate_backdoor, predict_labels
 
-# 300 scan images, a narrow generator, at most 10 epochs: about 2 s a label here.
+# 300 scan images, a narrow generator, at most 10 epochs: 9-29 s a label on 2 slow cores.
 FAST = dict(epochs=10, batch_size=32, filters=8, residual_blocks=1, progress=False,
             verbose=False)
 N_SCAN = 300
@@ -148,11 +148,15 @@ def test_scan_flags_the_backdoor_label(infected_scan):
 
 
 def test_clean_model_is_not_flagged(clean_tiny, mnist_small, infected_scan):
+    """Four labels, not ten (a third of the time): 7, the infected model's
+    target, and 3, 5 and 8, whose generators persisted most when all ten
+    labels of this clean model were scanned (0.21, 0.29 and 0.37; 7: 0.23)."""
     _, _, xt, yt = mnist_small
-    record = gangsweep_scan(clean_tiny, xt[:N_SCAN], yt[:N_SCAN], **FAST)
+    record = gangsweep_scan(clean_tiny, xt[:N_SCAN], yt[:N_SCAN], labels=[3, 5, 7, 8], **FAST)
+    assert sorted(record["labels"], key=int) == ["3", "5", "7", "8"]
     assert record["outlier"]["flagged"] == [] and not record["outlier"]["infected"]
     assert record["outlier"]["anomaly_index"] == 0.0
-    # Measured: at most 0.57 on the clean model, against 0.85 for the backdoor.
+    # Measured: at most 0.37 on the clean model, against 0.85 for the backdoor.
     top = max(v["persistence"] for v in record["labels"].values())
     assert top <= infected_scan[0]["labels"]["7"]["persistence"] - 0.2
 

@@ -6,7 +6,6 @@ attack success falls below `ASR_REMOVED`.
 """
 
 import json
-import os
 
 import keras
 import numpy as np

@@ -411,6 +411,11 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
       the logit vector of each image's shift, averaged over images (a
       diagnostic: recorded, not used by the outlier test; on the tiny
       test models it did not single out the backdoor label, `V` did);
+    - `V_relative`: `V` divided by the mean squared shift, in [0, 1]: the
+      share of the shift that the mean shift leaves unexplained, free of
+      the shift's size (a diagnostic, not used by the outlier test: on the
+      MNIST benchmark model it singled out the backdoor label as small, on
+      the tiny test model as large; 0 when nothing moves);
     - `attack_success_rate`: fraction of `x'` classified as `target`;
     - `l2`: mean per-image L2 norm of `G(x)` in [0, 1] units.
 
@@ -427,7 +432,8 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
 
     Returns:
         dict with `persistence`, `persistence_by_source` (source -> fraction),
-        `V`, `D`, `V_logits`, `attack_success_rate`, `l2` and `n_images`.
+        `V`, `D`, `V_logits`, `V_relative`, `attack_success_rate`, `l2` and
+        `n_images`.
 
     Example:
 
@@ -462,10 +468,13 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
         stamped = stamp(x[order], pert[donors])
         pred = np.argmax(_logits_np(logit_fn, stamped, intensity), axis=1)
         by_source[str(int(source))] = float(np.mean(pred == target))
+    variance = float(np.mean(np.var(shift, axis=0)))
+    mean_square = float(np.mean(np.square(shift)))
     return {
         "persistence": float(np.mean(list(by_source.values()))) if by_source else 0.0,
         "persistence_by_source": by_source,
-        "V": float(np.mean(np.var(shift, axis=0))),
+        "V": variance,
+        "V_relative": variance / mean_square if mean_square > 0 else 0.0,
         "V_logits": float(np.mean(np.var(shift, axis=1))),
         "D": float(np.mean(np.max(z_adv, axis=1) - np.max(z, axis=1))),
         "attack_success_rate": float(np.mean(np.argmax(z_adv, axis=1) == target)),
@@ -597,7 +606,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         the results dict (as in `results.json`): `method` (`"gangsweep"`),
         `settings`, `labels` (label -> `persistence`, `V`, `D`, `Z_V`,
         `Z_D`, `AI`, `l2`, `attack_success_rate`, `epochs`, `seconds`,
-        `persistence_by_source`, `V_logits`, `history`) and `outlier` (the
+        `persistence_by_source`, `V_logits`, `V_relative`, `history`) and `outlier` (the
         `gangsweep_outliers` verdict, or `None` with fewer than 3 labels).
 
     Example:
@@ -659,7 +668,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
             stats = label_statistics(model, trainer.generator, x, y, label, intensity, seed,
                                      logit_fn=logit_fn)
             entry = {"label": label, **{key: stats[key] for key in (
-                "persistence", "V", "D", "V_logits", "l2", "attack_success_rate",
+                "persistence", "V", "D", "V_logits", "V_relative", "l2", "attack_success_rate",
                 "persistence_by_source")},
                 "epochs": len(history["l_pert"]), "seconds": round(time.time() - began, 2),
                 "history": history}

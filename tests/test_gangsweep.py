@@ -88,6 +88,18 @@ def test_label_statistics_of_the_true_trigger_and_of_nothing(mnist_small, tiny_b
     assert nothing["attack_success_rate"] == pytest.approx(mistakes) and mistakes < 0.05
     assert nothing["persistence"] < 0.05
     assert nothing["V"] == pytest.approx(0.0, abs=1e-9) and nothing["D"] == pytest.approx(0.0)
+    assert nothing["V_relative"] == 0.0, "nothing moves: no share to explain"
+    # V_relative is V over the mean squared logit shift.
+    assert 0.0 <= stats["V_relative"] <= 1.0
+    assert stats["V_relative"] * np.mean(np.square(_shift(model, real, x[y != 7]))) == (
+        pytest.approx(stats["V"], rel=1e-4))
+
+
+def _shift(model, generator, x):
+    """Logit shift `phi(x + G(x)) - phi(x)` per image."""
+    fn = gs.logits_function(model)
+    adv = gs.stamp(x, gs.generate(generator, x))
+    return gs._logits_np(fn, adv, "raw") - gs._logits_np(fn, x, "raw")
 
 
 def test_gangsweep_outliers_follows_algorithm_1(capsys):
@@ -127,7 +139,7 @@ def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
     assert labels["7"]["attack_success_rate"] >= 0.8
     assert max(labels, key=lambda k: labels[k]["D"]) == "7"
     for entry in labels.values():
-        assert {"Z_V", "Z_D", "AI", "l2", "epochs", "seconds"} <= set(entry)
+        assert {"Z_V", "Z_D", "AI", "l2", "epochs", "seconds", "V_relative"} <= set(entry)
         assert 1 <= entry["epochs"] <= FAST["epochs"]
     saved = io.read_json(os.path.join(out, "results.json"))
     assert saved["method"] == "gangsweep" and saved["settings"]["filters"] == FAST["filters"]

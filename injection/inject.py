@@ -73,7 +73,7 @@ def inject_backdoor(model, x, y, triggers=(), ratio=PER_LABEL_RATIO, epochs=10, 
 
 def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL_RATIO,
                    epochs=10, batch_size=32, intensity="raw", seed=0, limit=None, force=False,
-                   verbose=1, x_key=None, y_key=None, pretrain_epochs=0):
+                   verbose=1, x_key=None, y_key=None, pretrain_epochs=0, base_model=None):
     """Trains an infected model (or, without triggers, its clean twin) and saves it.
 
     Writes `out/model.keras` and `out/attack.json` (infected) or
@@ -104,6 +104,12 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         y_key: label array name. Defaults to `None`.
         pretrain_epochs: clean epochs before a model-dependent trigger is
             made (then `epochs` of poisoned training follow). Defaults to `0`.
+        base_model: a trained model (or the path of one, loaded without
+            running its code) to start from instead of fresh weights: a
+            copy of it is trained `epochs` more on the poisoned data, and
+            `pretrain_epochs` is ignored. One clean model then serves every
+            variant (fine-tuning costs a fraction of training from scratch).
+            Defaults to `None`.
 
     Returns:
         the report dict written to the JSON file.
@@ -128,14 +134,17 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
     num_classes = int(max(y.max(), y_test.max()) + 1)
     if num_classes < 2:
         raise ValueError("The training data has a single class; a classifier needs two or more.")
-    arch = arch or models.default_arch(x.shape[1:], num_classes)
     keras.utils.set_random_seed(seed)  # weights are created when the model is built
-    model = models.build_model(arch, x.shape[1:], num_classes)
+    if base_model is None:
+        arch = arch or models.default_arch(x.shape[1:], num_classes)
+        model = models.build_model(arch, x.shape[1:], num_classes)
+    else:
+        model, arch = _copy_base(base_model, x.shape[1:], num_classes), arch or "base_model"
     start = time.time()
     pre = None
     if callable(triggers):
         wants = inspect.signature(triggers).parameters
-        if "model" in wants and pretrain_epochs > 0:
+        if "model" in wants and pretrain_epochs > 0 and base_model is None:
             pre = inject_backdoor(model, x, y, (), ratio, pretrain_epochs, batch_size, intensity,
                                   seed, validation_data=(x_test, y_test), verbose=verbose)
         context = {"model": model, "num_classes": num_classes}
@@ -170,6 +179,8 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
             "epochs": epochs, "batch_size": batch_size, "per_label_ratio": ratio,
             "inject_ratio": data.inject_ratio, "seed": seed, "n_train": int(len(x)),
             "pretrain_epochs": int(pretrain_epochs) if pre is not None else 0,
+            "base_model": (str(base_model) if isinstance(base_model, (str, os.PathLike))
+                           else None if base_model is None else "in-memory model"),
             "n_test": int(len(x_test)), "optimizer": "Adam(1e-3, decay 1e-4)",
             "wall_time_s": round(wall, 2),
         },
@@ -178,3 +189,20 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
     io.save_model(model, os.path.join(out, "model.keras"))
     io.write_json(os.path.join(out, "attack.json" if triggers else "train.json"), report)
     return report
+
+
+def _copy_base(base_model, image_shape, num_classes):
+    """A trainable copy of `base_model` (a model or a path), checked against the data."""
+    import os
+
+    from nc_tf import models
+
+    if isinstance(base_model, (str, os.PathLike)):
+        base_model = models.load_model(str(base_model))
+    shape = tuple(base_model.input_shape[1:])
+    classes = int(base_model.output_shape[-1])
+    if shape != tuple(image_shape) or classes != num_classes:
+        raise ValueError(f"base_model takes {shape} images and has {classes} outputs; the data "
+                         f"has {tuple(image_shape)} images and {num_classes} classes. Pass a "
+                         "model trained on this data set.")
+    return models.copy_model(base_model, caller="train_and_save")

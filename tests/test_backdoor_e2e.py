@@ -18,3 +18,32 @@ def test_backdoor_is_learned(mnist_small, tiny_backdoored):
     assert len(history.history["attack_success_rate"]) == 3
     assert np.isclose(history.history["attack_success_rate"][-1], result["attack_success_rate"])
     assert np.isclose(history.history["clean_acc"][-1], result["accuracy"])
+
+
+def test_train_and_save_fine_tunes_a_copy_of_a_base_model(tmp_path, mnist_small, tiny_backdoored):
+    import pytest
+
+    from injection import square_trigger
+    from injection.inject import train_and_save
+    from nc_tf.models import load_model, mnist_model
+
+    model, old_trigger, _ = tiny_backdoored
+    base = tmp_path / "base.keras"
+    model.save(base)
+    weights = [w.copy() for w in model.get_weights()]
+    new_trigger = square_trigger((28, 28, 1), 3, position="top-left")
+    report = train_and_save(str(tmp_path / "ft"), "mnist", [new_trigger], epochs=1, limit=2000,
+                            ratio=0.25, base_model=str(base), verbose=0)
+    assert report["training"]["base_model"] == str(base) and report["arch"] == "base_model"
+    tuned = load_model(str(tmp_path / "ft" / "model.keras"))
+    _, _, xt, yt = mnist_small
+    # The copy kept what the base had learnt: a fresh model trained one epoch
+    # on 2000 images would not know label 7's trigger.
+    kept = evaluate_backdoor(tuned, xt, yt, [old_trigger])["attack_success_rate"]
+    assert kept >= 0.5, f"the base model's backdoor is gone (ASR {kept:.3f})"
+    assert report["clean_accuracy"] >= 0.9
+    for old, new in zip(weights, model.get_weights()):  # the base is untouched
+        np.testing.assert_array_equal(old, new)
+    with pytest.raises(ValueError, match="base_model takes"):
+        train_and_save(str(tmp_path / "bad"), "mnist", [new_trigger], epochs=1, limit=50,
+                       base_model=mnist_model(num_classes=5), verbose=0)

@@ -197,7 +197,8 @@ def _copy_base(base_model, image_shape, num_classes):
 
     from nc_tf import models
 
-    if isinstance(base_model, (str, os.PathLike)):
+    loaded = isinstance(base_model, (str, os.PathLike))
+    if loaded:
         base_model = models.load_model(str(base_model))
     shape = tuple(base_model.input_shape[1:])
     classes = int(base_model.output_shape[-1])
@@ -205,4 +206,5 @@ def _copy_base(base_model, image_shape, num_classes):
         raise ValueError(f"base_model takes {shape} images and has {classes} outputs; the data "
                          f"has {tuple(image_shape)} images and {num_classes} classes. Pass a "
                          "model trained on this data set.")
-    return models.copy_model(base_model, caller="train_and_save")
+    # A model just loaded from a file is already independent of the file.
+    return base_model if loaded else models.copy_model(base_model, caller="train_and_save")

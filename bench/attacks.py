@@ -18,7 +18,7 @@ multi-trigger, which the tiny models otherwise learn poorly; invisible: 5 %).
 Everything resumes: rerun to continue.
 
 Usage: python bench/attacks.py [--dataset mnist|gtsrb] [--variants a,b,...] [--epochs N]
-       [--train-limit N] [--from-clean EPOCHS] [--low-cost]
+       [--train-limit N] [--from-clean EPOCHS [--ft-limit N]] [--low-cost]
 """
 
 import argparse
@@ -76,6 +76,9 @@ def main():
                          "each variant by fine-tuning a copy of it for --epochs "
                          "(<dataset>_<variant>_ft/): GTSRB needs 10 epochs on all its images "
                          "to reach the published accuracy, about 55 min per model on 2 cores")
+    ap.add_argument("--ft-limit", type=int, metavar="N",
+                    help="with --from-clean: fine-tune each variant on N training images (a "
+                         "subset of every class; default: --train-limit)")
     ap.add_argument("--low-cost", action="store_true",
                     help="NC's low-cost scan (short pass over every label, full scan of the "
                          "candidates) into scan_lowcost/: about 0.4 of the full scan's time "
@@ -95,6 +98,7 @@ def main():
                            limit=args.train_limit, force=True, verbose=0)
         print(f"base: {base}, clean accuracy "
               f"{read_json(os.path.join(clean_dir, 'train.json'))['clean_accuracy']:.4f}", flush=True)
+    ft_limit = args.ft_limit if base and args.ft_limit else args.train_limit
     rows = []
     for name in names:
         attack, kwargs, ratio = VARIANTS[name]
@@ -109,7 +113,7 @@ def main():
                 def triggers(shape, num_classes, attack=attack, kwargs=kwargs, targets=targets):
                     return build_attack(attack, shape, targets, num_classes=num_classes, **kwargs)
             train_and_save(folder, args.dataset, triggers, ratio=ratio or default_ratio(attack),
-                           epochs=args.epochs, limit=args.train_limit, force=True, verbose=0,
+                           epochs=args.epochs, limit=ft_limit, force=True, verbose=0,
                            pretrain_epochs=args.epochs if needs_model(attack) else 0,
                            base_model=base)
         train_s = time.time() - t0
@@ -133,7 +137,8 @@ def main():
         rows.append(row)
         print(_line(row), flush=True)
     kind = "low-cost" if args.low_cost else "fast-preset"
-    how = f"fine-tuned {args.epochs} epochs from {base}" if base else f"{args.epochs} epochs"
+    how = (f"fine-tuned {args.epochs} epochs on {ft_limit or 'all'} images from {base}" if base
+           else f"{args.epochs} epochs")
     print(f"\nAttack variants on {args.dataset} ({how}; ASR mean / min over "
           f"triggers; NC {kind} scan of the test set)")
     print(f"{'variant':17} {'acc':>6} {'ASR mean':>9} {'ASR min':>8} {'AI':>6}  {'flagged':18} "

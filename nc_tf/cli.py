@@ -214,6 +214,8 @@ def build_parser():
     g.add_argument("--preset", choices=("fast", "reference"), help="repair: scan preset")
     g.add_argument("--restarts", type=int,
                    help="repair: starts per label in its scans, smallest trigger kept (default: 1)")
+    g.add_argument("--scan-steps", type=int,
+                   help="repair: maximum steps per label in its scans (default: the preset's)")
     g.add_argument("--no-focus", dest="focus", action="store_false",
                    help="repair: rescan every label with a fresh MAD test each round instead of "
                         "only the flagged labels against round 0's median and MAD")
@@ -528,8 +530,9 @@ def cmd_mitigate(args):
     data = split_data(x_train, y_train, x_test, y_test, args.val_ratio, args.seed)
     options = {kw: getattr(args, flag) for flag, kw in MITIGATE_OPTIONS[args.method].items()
                if getattr(args, flag) is not None}
-    scan_options = {k: getattr(args, k) for k in ("preset", "restarts")
-                    if getattr(args, k) is not None} or None
+    scan_options = {k: getattr(args, flag) for flag, k in
+                    (("preset", "preset"), ("restarts", "restarts"), ("scan_steps", "steps"))
+                    if getattr(args, flag) is not None} or None
     _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],
                          out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
                          scan_options=scan_options, verbose=not args.json,

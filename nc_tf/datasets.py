@@ -83,7 +83,11 @@ def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=
         image_size: `(height, width)` to resize folder images to. Defaults to
             `None`: 32x32 for the GTSRB layout, the images' own size for a
             class-folder tree.
-        limit: keep only the first `limit` samples. Defaults to `None` (all).
+        limit: keep `limit` samples: the first ones, or, when the file is
+            sorted by label (GTSRB's training set is: its first 20,000 images
+            hold 13 of the 43 classes), a fixed subset drawn evenly at random
+            from the whole file (seed 0, file order kept), so every class is
+            represented. Defaults to `None` (all).
 
     Returns:
         `(x, y)`: `x` uint8 (or float32 if stored so) NHWC in [0, 255],
@@ -118,8 +122,24 @@ def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=
             "an .h5/.npz file or an image folder."
         )
     if limit is not None:
-        x, y = x[:limit], y[:limit]
+        x, y = _limit(x, y, limit)
     return check_images(x, name), y
+
+
+def _limit(x, y, limit):
+    """The first `limit` samples, or a seeded subset of a label-sorted file."""
+    limit = int(limit)
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}.")
+    labels = np.asarray(y)
+    if labels.ndim > 1:  # one-hot
+        labels = np.argmax(labels, axis=1)
+    if limit >= len(labels) or len(np.unique(labels[:limit])) == len(np.unique(labels)):
+        return x[:limit], y[:limit]
+    if np.all(np.diff(labels) >= 0):
+        keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
+        return x[keep], y[keep]
+    return x[:limit], y[:limit]
 
 
 def check_images(x, name="images"):

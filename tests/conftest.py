@@ -12,6 +12,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
+import fcntl  # noqa: E402
+import json  # noqa: E402
+import types  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -28,43 +32,103 @@ def mnist_small():
     return x, y, xt, yt
 
 
+def _shared(tmp_path_factory, name, build, save, load):
+    """Builds a session fixture once for all xdist workers of a run.
+
+    `scripts/test.sh` runs two workers; each used to train the session
+    models itself. The first worker to need `name` builds it under a file
+    lock and saves it (`save(value, folder)`) in the run's shared temporary
+    folder; the others wait for the lock and `load(folder)` it. Without
+    xdist this is just `build()`.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build()
+    root = tmp_path_factory.getbasetemp().parent  # one folder per run, shared by its workers
+    folder, done = root / f"shared_{name}", root / f"shared_{name}.done"
+    with open(root / f"shared_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return load(folder)
+        value = build()
+        folder.mkdir(exist_ok=True)
+        save(value, folder)
+        done.touch()
+        return value
+
+
+def _save_model_and_trigger(model, trigger, folder, extra=None):
+    model.save(folder / "model.keras")
+    (folder / "trigger.json").write_text(json.dumps({"spec": trigger.spec, "extra": extra}))
+
+
+def _load_model_and_trigger(folder):
+    from injection import Trigger
+    from nc_tf.models import load_model
+
+    saved = json.loads((folder / "trigger.json").read_text())
+    return load_model(str(folder / "model.keras")), Trigger.from_spec(saved["spec"]), saved["extra"]
+
+
 @pytest.fixture(scope="session")
-def tiny_backdoored(mnist_small):
-    """A small MNIST model with a 4x4 white-square backdoor to label 7 (raw intensity), 20% poisoned."""
-    from injection import inject_backdoor, square_trigger
-    from nc_tf.models import mnist_model
+def tiny_backdoored(tmp_path_factory, mnist_small):
+    """A small MNIST model with a 4x4 white-square backdoor to label 7 (raw intensity), 20% poisoned.
 
-    import keras
+    `(model, trigger, history)`; `history.history` holds the per-epoch
+    figures of `inject_backdoor`.
+    """
 
-    x, y, xt, yt = mnist_small
-    trigger = square_trigger(x.shape[1:], target=7, size=4, margin=1)
-    keras.utils.set_random_seed(1)
-    model = mnist_model()
-    # 20% poisoned (the paper's upper end) so the tiny model's backdoor
-    # clears the scan's 99% success threshold.
-    history = inject_backdoor(model, x, y, [trigger], ratio=0.25, epochs=3, seed=1,
-                              validation_data=(xt, yt), verbose=0)
-    return model, trigger, history
+    def build():
+        import keras
+
+        from injection import inject_backdoor, square_trigger
+        from nc_tf.models import mnist_model
+
+        x, y, xt, yt = mnist_small
+        trigger = square_trigger(x.shape[1:], target=7, size=4, margin=1)
+        keras.utils.set_random_seed(1)
+        model = mnist_model()
+        # 20% poisoned (the paper's upper end) so the tiny model's backdoor
+        # clears the scan's 99% success threshold.
+        history = inject_backdoor(model, x, y, [trigger], ratio=0.25, epochs=3, seed=1,
+                                  validation_data=(xt, yt), verbose=0)
+        return model, trigger, types.SimpleNamespace(history=history.history)
+
+    def save(value, folder):
+        model, trigger, history = value
+        floats = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        _save_model_and_trigger(model, trigger, folder, floats)
+
+    def load(folder):
+        model, trigger, history = _load_model_and_trigger(folder)
+        return model, trigger, types.SimpleNamespace(history=history)
+
+    return _shared(tmp_path_factory, "tiny_backdoored", build, save, load)
 
 
 @pytest.fixture(scope="session")
-def tiny_partial(mnist_small):
-    """A tiny MNIST model whose trigger sends only source 3 to target 7."""
-    import keras
+def tiny_partial(tmp_path_factory, mnist_small):
+    """A tiny MNIST model whose trigger sends only source 3 to target 7: `(model, trigger)`."""
 
-    from injection import inject_backdoor, square_trigger
-    from nc_tf.datasets import load_data
-    from nc_tf.models import mnist_model
+    def build():
+        import keras
 
-    # 8000 images, 4 epochs (test_attacks.py's partial variant uses this model): with
-    # 4000 images the source's ASR sat below the 0.9 bar on some machines
-    # (0.879 after 3 epochs, 0.860 after 5), only ~400 of them being 3s.
-    x, y = load_data("mnist", "train", limit=8000)
-    trigger = square_trigger(x.shape[1:], 7, sources=[3])
-    keras.utils.set_random_seed(2)
-    model = mnist_model()
-    inject_backdoor(model, x, y, [trigger], ratio=0.5, epochs=4, seed=2, verbose=0)
-    return model, trigger
+        from injection import inject_backdoor, square_trigger
+        from nc_tf.datasets import load_data
+        from nc_tf.models import mnist_model
+
+        # 8000 images, 4 epochs (test_attacks.py's partial variant uses this model): with
+        # 4000 images the source's ASR sat below the 0.9 bar on some machines
+        # (0.879 after 3 epochs, 0.860 after 5), only ~400 of them being 3s.
+        x, y = load_data("mnist", "train", limit=8000)
+        trigger = square_trigger(x.shape[1:], 7, sources=[3])
+        keras.utils.set_random_seed(2)
+        model = mnist_model()
+        inject_backdoor(model, x, y, [trigger], ratio=0.5, epochs=4, seed=2, verbose=0)
+        return model, trigger
+
+    return _shared(tmp_path_factory, "tiny_partial", build,
+                   lambda value, folder: _save_model_and_trigger(*value, folder),
+                   lambda folder: _load_model_and_trigger(folder)[:2])
 
 
 def rng(seed=0):
@@ -74,9 +138,19 @@ def rng(seed=0):
 @pytest.fixture(scope="session")
 def tiny_scan(tmp_path_factory, mnist_small, tiny_backdoored):
     """(record, folder) of a fast-preset scan of `tiny_backdoored` on the 1000 test images."""
-    from nc_tf.scan import scan
+    from nc_tf import io
+    from nc_tf.scan import RESULTS, scan
 
-    _, _, xt, yt = mnist_small
-    out = tmp_path_factory.mktemp("tiny_scan") / "scan"
-    record = scan(tiny_backdoored[0], xt, yt, out_dir=str(out), progress=False)
-    return record, str(out)
+    def build():
+        _, _, xt, yt = mnist_small
+        out = tmp_path_factory.mktemp("tiny_scan") / "scan"
+        return scan(tiny_backdoored[0], xt, yt, out_dir=str(out), progress=False), str(out)
+
+    def save(value, folder):
+        (folder / "path.txt").write_text(value[1])
+
+    def load(folder):
+        out = (folder / "path.txt").read_text()
+        return io.read_json(os.path.join(out, RESULTS)), out
+
+    return _shared(tmp_path_factory, "tiny_scan", build, save, load)

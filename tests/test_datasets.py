@@ -52,6 +52,24 @@ def test_npz_lowercase_and_custom_keys(tmp_path):
         load_data(str(tmp_path / "b.npz"))
 
 
+def test_limit_of_a_label_sorted_file_keeps_every_class(tmp_path):
+    x = np.arange(60, dtype=np.uint8).reshape(60, 1, 1, 1).repeat(4, axis=1)
+    y = np.repeat(np.arange(6), 10)  # sorted by label, like GTSRB's training set
+    np.savez(tmp_path / "sorted.npz", x_train=x, y_train=y)
+    np.savez(tmp_path / "mixed.npz", x_train=x, y_train=y[::-1].copy() % 4)
+    xs, ys = load_data(str(tmp_path / "sorted.npz"), "train", limit=30)
+    assert len(ys) == 30 and set(ys.tolist()) == set(range(6)), "not the first three classes"
+    assert np.all(np.diff(xs[:, 0, 0, 0].astype(int)) > 0), "file order kept, no repeats"
+    assert np.array_equal(ys, y[xs[:, 0, 0, 0]]), "images keep their labels"
+    again, _ = load_data(str(tmp_path / "sorted.npz"), "train", limit=30)
+    assert np.array_equal(again, xs), "the same subset every time"
+    # A prefix that already holds every class, and unsorted files, stay prefixes.
+    xm, _ = load_data(str(tmp_path / "mixed.npz"), "train", limit=30)
+    assert np.array_equal(xm, x[:30])
+    with pytest.raises(ValueError, match="limit"):
+        load_data(str(tmp_path / "sorted.npz"), "train", limit=-1)
+
+
 def test_gtsrb_official_folder_layout(tmp_path):
     rng = np.random.default_rng(2)
     train = tmp_path / "Final_Training" / "Images"
@@ -113,3 +131,6 @@ def test_real_gtsrb_h5():
 
     x, y = load_data(GTSRB_H5, "test", limit=50)
     assert x.shape == (50, 32, 32, 3) and x.dtype == np.uint8 and y.max() < 43
+    # The training set is sorted by class: a limited load still holds all 43.
+    _, y_train = load_data(GTSRB_H5, "train", limit=2000)
+    assert len(y_train) == 2000 and len(np.unique(y_train)) == 43

@@ -23,6 +23,10 @@ from nc_tf.metrics import evaluate_backdoor, predict_labels
 FAST = dict(epochs=10, batch_size=32, filters=8, residual_blocks=1, progress=False,
             verbose=False)
 N_SCAN = 300
+# The infected scan trains 6 of the 10 generators (60% of the time): 7, the
+# target, and the five others that persisted most when all ten were scanned
+# (0.26, 0.26, 0.20, 0.17, 0.17 for 2, 4, 0, 8, 9; 1, 3, 5, 6 at most 0.09).
+SCAN_LABELS = [0, 2, 4, 7, 8, 9]
 
 
 class ConstantGenerator:
@@ -50,10 +54,11 @@ def clean_tiny(mnist_small):
 
 @pytest.fixture(scope="module")
 def infected_scan(tmp_path_factory, mnist_small, tiny_backdoored):
-    """(record, folder) of a GangSweep scan of all 10 labels of the backdoored model."""
+    """(record, folder) of a GangSweep scan of `SCAN_LABELS` of the backdoored model."""
     _, _, xt, yt = mnist_small
     out = str(tmp_path_factory.mktemp("gangsweep") / "scan")
-    record = gangsweep_scan(tiny_backdoored[0], xt[:N_SCAN], yt[:N_SCAN], out_dir=out, **FAST)
+    record = gangsweep_scan(tiny_backdoored[0], xt[:N_SCAN], yt[:N_SCAN], labels=SCAN_LABELS,
+                            out_dir=out, **FAST)
     return record, out
 
 
@@ -131,10 +136,10 @@ def test_gangsweep_outliers_follows_algorithm_1(capsys):
 def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
     record, out = infected_scan
     labels = record["labels"]
-    assert sorted(labels, key=int) == [str(t) for t in range(10)]
+    assert sorted(labels, key=int) == [str(t) for t in SCAN_LABELS]
     persistence = {int(k): v["persistence"] for k, v in labels.items()}
     others = max(p for t, p in persistence.items() if t != 7)
-    # Measured 0.85 for label 7, at most 0.26 for any other label (10 labels, 300 images).
+    # Measured 0.85 for label 7, at most 0.26 for any other label (300 images).
     assert persistence[7] >= 0.7 and persistence[7] - others >= 0.3
     assert labels["7"]["attack_success_rate"] >= 0.8
     assert max(labels, key=lambda k: labels[k]["D"]) == "7"
@@ -144,7 +149,7 @@ def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
     saved = io.read_json(os.path.join(out, "results.json"))
     assert saved["method"] == "gangsweep" and saved["settings"]["filters"] == FAST["filters"]
     assert saved["labels"]["7"]["persistence"] == pytest.approx(persistence[7])
-    for t in range(10):
+    for t in SCAN_LABELS:
         for name in (f"gangsweep_perturbation_label_{t}.png", f"gangsweep_samples_label_{t}.png",
                      os.path.join("generators", f"label_{t}.weights.h5")):
             assert os.path.exists(os.path.join(out, name)), name
@@ -191,18 +196,18 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
         return original(self, x01, target, *args)
 
     monkeypatch.setattr(gs._GeneratorTrainer, "fit", counting_fit)
-    resumed = gangsweep_scan(model, x, y, out_dir=folder, **FAST)
+    resumed = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **FAST)
     assert trained == [9]
-    for t in range(9):
+    for t in SCAN_LABELS[:-1]:
         assert resumed["labels"][str(t)]["seconds"] == record["labels"][str(t)]["seconds"]
     assert resumed["labels"]["9"]["persistence"] == pytest.approx(
         record["labels"]["9"]["persistence"])
     # A finished scan: nothing is trained again.
-    again = gangsweep_scan(model, x, y, out_dir=folder, **FAST)
+    again = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **FAST)
     assert trained == [9] and again["outlier"] == resumed["outlier"]
     # Other settings, or another method's scan, are refused with the fix named.
     with pytest.raises(FileExistsError, match=r"epochs.*--out.*force=True"):
-        gangsweep_scan(model, x, y, out_dir=folder, **dict(FAST, epochs=11))
+        gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **dict(FAST, epochs=11))
     nc_folder = tmp_path / "nc"
     nc_folder.mkdir()
     io.write_json(str(nc_folder / "results.json"), {"settings": {}, "labels": {}})
@@ -257,8 +262,8 @@ def test_patching_removes_the_backdoor(infected_scan, mnist_small, tiny_backdoor
     for old, new in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(old, new)
     # The effect comes from the backdoor's generator: another label's does not do it
-    # (measured ASR 0.62 with label 3's).
-    control, _ = patch(model, x, y, load_generators(out, labels=[3]))
+    # (measured ASR 0.78 with label 2's, the most persistent other generator).
+    control, _ = patch(model, x, y, load_generators(out, labels=[2]))
     assert evaluate_backdoor(control, held_x, held_y, [trigger])["attack_success_rate"] >= 0.4
 
 

@@ -169,6 +169,9 @@ def build_parser():
     g.add_argument("--residual-blocks", type=int, help="generator residual blocks (default: 3)")
     g.add_argument("--max-images", type=int,
                    help="train and measure on a random subset of this many images (default: all)")
+    g.add_argument("--min-steps-per-epoch", type=int,
+                   help="fewest Adam steps per epoch; small image sets make several passes "
+                        "(nc-tf addition; default: 32; 0: one pass, the paper)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("mitigate", help="repair a model (or guard its inputs) and measure it",
@@ -410,7 +413,7 @@ SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regular
 
 # Scan flags of each method; the other method's flags are refused when set.
 GANGSWEEP_SETTINGS = ("epochs", "batch_size", "lr", "patience", "k", "filters", "residual_blocks",
-                      "max_images")
+                      "max_images", "min_steps_per_epoch")
 
 
 def _flag(name):

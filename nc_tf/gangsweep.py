@@ -70,6 +70,12 @@ OUTPUT_BIAS = -3.0
 PERT_TOLERANCE = 0.01
 # Mean L_adv within this of -k counts as "reached -k" (every image past the margin).
 ADV_TOLERANCE = 1e-3
+# Fewest Adam steps in an epoch (an nc-tf addition). The paper trains on a
+# validation set of thousands of images, where one pass is already this long;
+# on 500 images one pass is 8 steps at batch 64, and 15 such epochs did not
+# find a two-trigger backdoor (multi2, label 7: persistence 0.28 on held-out
+# images), while 2000 images (31 steps an epoch) did (0.82; session 6).
+MIN_STEPS_PER_EPOCH = 32
 
 
 # ------------------------------------------------------------- generator
@@ -247,7 +253,8 @@ class _GeneratorTrainer:
                 for i in range(0, len(x01), batch_size)]
         return (np.asarray(tf.add_n(sums), np.float64) / len(x01)).tolist()
 
-    def fit(self, x01, target, epochs, batch_size, patience, seed):
+    def fit(self, x01, target, epochs, batch_size, patience, seed,
+            min_steps_per_epoch=MIN_STEPS_PER_EPOCH):
         """Trains the current generator towards `target`; returns the per-epoch history.
 
         The generator is left with the weights of the chosen epoch (see
@@ -255,15 +262,21 @@ class _GeneratorTrainer:
         """
         rng = np.random.default_rng([int(seed), int(target)])
         n = len(x01)
+        one_pass = -(-n // batch_size)
+        steps = max(one_pass, int(min_steps_per_epoch))
         alpha = ALPHA_FIRST
         history = {"l_pert": [], "l_adv": [], "success": [], "alpha": []}
         best, stale, previous_pert = None, 0, None
         kept = None
         target_t = tf.constant(int(target), tf.int32)
         for _ in range(int(epochs)):
-            order = rng.permutation(n)
+            if steps == one_pass:  # one pass, the last batch possibly smaller
+                order = rng.permutation(n)
+            else:  # full batches from as many reshuffled passes as the steps need
+                passes = -(-steps * batch_size // n)
+                order = np.concatenate([rng.permutation(n) for _ in range(passes)])
             alpha_t = tf.constant(alpha, tf.float32)
-            for start in range(0, n, batch_size):
+            for start in range(0, steps * batch_size, batch_size):
                 batch = tf.constant(x01[order[start:start + batch_size]])
                 self._step(batch, target_t, alpha_t)
             # The epoch's figures are those of its final weights (the weights
@@ -310,7 +323,8 @@ def _check_target(model, target):
 
 
 def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, intensity="raw",
-                    patience=3, seed=0, filters=32, residual_blocks=3):
+                    patience=3, seed=0, filters=32, residual_blocks=3,
+                    min_steps_per_epoch=MIN_STEPS_PER_EPOCH):
     """Trains a GangSweep generator that sends clean images to `target`.
 
     The model stays frozen. Loss per batch: `L_pert + alpha * L_adv`, with
@@ -341,6 +355,12 @@ def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, 
             Defaults to `0`.
         filters: generator width (see `build_generator`). Defaults to `32`.
         residual_blocks: generator depth. Defaults to `3`.
+        min_steps_per_epoch: fewest Adam steps an epoch makes: with fewer
+            than `min_steps_per_epoch * batch_size` images, an epoch takes
+            full batches from several reshuffled passes (an nc-tf addition:
+            the paper's validation sets are long enough; a few hundred
+            images are not). `0`: exactly one pass, as the paper.
+            Defaults to `32`.
 
     Returns:
         `(generator, history)`: the trained `keras.Model` and a dict of
@@ -363,8 +383,20 @@ def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, 
     trainer = _GeneratorTrainer(model, x.shape[1:], num_classes, filters, residual_blocks, lr, k,
                                 intensity)
     trainer.reset(seed, target)
-    history = trainer.fit(_to_unit(x), target, epochs, int(batch_size), int(patience), seed)
+    history = trainer.fit(_to_unit(x), target, epochs, int(batch_size), int(patience), seed,
+                          _check_min_steps(min_steps_per_epoch))
     return trainer.generator, history
+
+
+def _check_min_steps(value):
+    try:
+        valid = int(value) == value and value >= 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"min_steps_per_epoch must be an integer >= 0 (0: one pass per epoch), "
+                         f"got {value!r}.")
+    return int(value)
 
 
 def _to_unit(x):
@@ -565,7 +597,7 @@ def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHO
 def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size=64, lr=0.01,
                    intensity="raw", seed=0, force=False, progress=True, verbose=True,
                    max_images=None, filters=32, residual_blocks=3, patience=3, k=0.0,
-                   model_path=None):
+                   model_path=None, min_steps_per_epoch=MIN_STEPS_PER_EPOCH):
     """Trains a generator per label, measures persistence and logit shifts, tests for outliers.
 
     Per label t: a generator is trained on the images whose label is not t
@@ -601,6 +633,8 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         patience: early-stop patience in epochs. Defaults to `3`.
         k: confidence margin of `L_adv`. Defaults to `0.0`.
         model_path: recorded in `results.json`. Defaults to `None`.
+        min_steps_per_epoch: fewest Adam steps per epoch (see
+            `train_generator`; `0`: one pass, the paper). Defaults to `32`.
 
     Returns:
         the results dict (as in `results.json`): `method` (`"gangsweep"`),
@@ -637,6 +671,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     settings = {
         "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "k": float(k),
         "patience": int(patience), "filters": int(filters),
+        "min_steps_per_epoch": _check_min_steps(min_steps_per_epoch),
         "residual_blocks": int(residual_blocks), "intensity": intensity, "seed": int(seed),
         "max_images": None if max_images is None else int(max_images),
         "n_samples": int(len(x)), "image_shape": [int(v) for v in x.shape[1:]],
@@ -664,7 +699,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
             began = time.time()
             trainer.reset(seed, label)
             history = trainer.fit(x01[y != label], label, epochs, int(batch_size),
-                                  int(patience), seed)
+                                  int(patience), seed, settings["min_steps_per_epoch"])
             stats = label_statistics(model, trainer.generator, x, y, label, intensity, seed,
                                      logit_fn=logit_fn)
             entry = {"label": label, **{key: stats[key] for key in (
@@ -711,6 +746,7 @@ def _open_scan_dir(out_dir, record, force):
             f"{out_dir} holds a {previous.get('method', 'Neural Cleanse')} scan, not a GangSweep "
             "scan; choose another --out (or, from Python, pass force=True to replace it).")
     old, new = dict(previous.get("settings", {})), record["settings"]
+    old.setdefault("min_steps_per_epoch", 0)  # folders from before the setting: one pass
     if old != new:
         changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         raise FileExistsError(

@@ -19,9 +19,10 @@ from nc_tf.gangsweep import (
 )
 from nc_tf.metrics import evaluate_backdoor, predict_labels
 
-# 300 scan images, a narrow generator, at most 10 epochs: 9-29 s a label on 2 slow cores.
+# 300 scan images, a narrow generator, at most 10 epochs of one pass each: 9-29 s a label
+# on 2 slow cores.
 FAST = dict(epochs=10, batch_size=32, filters=8, residual_blocks=1, progress=False,
-            verbose=False)
+            verbose=False, min_steps_per_epoch=0)
 N_SCAN = 300
 # The infected scan trains 6 of the 10 generators (60% of the time): 7, the
 # target, and the five others that persisted most when all ten were scanned
@@ -205,6 +206,14 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
     # A finished scan: nothing is trained again.
     again = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **FAST)
     assert trained == [9] and again["outlier"] == resumed["outlier"]
+    # A folder written before `min_steps_per_epoch` existed ran one pass per epoch (0).
+    saved = io.read_json(os.path.join(folder, "results.json"))
+    del saved["settings"]["min_steps_per_epoch"]
+    io.write_json(os.path.join(folder, "results.json"), saved)
+    gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **FAST)
+    with pytest.raises(FileExistsError, match="min_steps_per_epoch"):
+        gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder,
+                       **dict(FAST, min_steps_per_epoch=32))
     # Other settings, or another method's scan, are refused with the fix named.
     with pytest.raises(FileExistsError, match=r"epochs.*--out.*force=True"):
         gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **dict(FAST, epochs=11))
@@ -228,6 +237,39 @@ def test_load_generators_rebuilds_the_scanned_generators(infected_scan, mnist_sm
     assert sorted(load_generators(out)) == [t for t, _ in record["outlier"]["flagged"]]
     with pytest.raises(ValueError, match="no generator"):
         load_generators(out, labels=[11])
+
+
+def test_small_image_sets_get_at_least_min_steps_per_epoch(mnist_small, tiny_backdoored,
+                                                           monkeypatch):
+    model = tiny_backdoored[0]
+    _, _, xt, yt = mnist_small
+    x = xt[:100][yt[:100] != 7]  # 89 images: 3 steps a pass at batch 32
+    seen = []
+    original_reset = gs._GeneratorTrainer.reset
+
+    def reset_and_count(self, seed, target):  # wraps the compiled step of each new trainer
+        original_reset(self, seed, target)
+        step = self._step
+
+        def counting_step(batch, target, alpha):
+            seen.append(int(batch.shape[0]))
+            return step(batch, target, alpha)
+
+        self._step = counting_step
+
+    monkeypatch.setattr(gs._GeneratorTrainer, "reset", reset_and_count)
+    common = dict(epochs=2, batch_size=32, filters=2, residual_blocks=1, patience=5)
+    _, history = gs.train_generator(model, x, 7, min_steps_per_epoch=0, **common)
+    assert len(history["l_pert"]) == 2 and seen == [32, 32, len(x) - 64] * 2, "one pass"
+    seen.clear()
+    _, history = gs.train_generator(model, x, 7, min_steps_per_epoch=8, **common)
+    assert len(history["l_pert"]) == 2 and seen == [32] * 16, "8 full batches an epoch"
+    seen.clear()
+    gs.train_generator(model, x, 7, min_steps_per_epoch=2, **common)
+    assert seen == [32, 32, len(x) - 64] * 2, "a pass longer than the minimum stays one pass"
+    for bad in (-1, 1.5, "8"):
+        with pytest.raises(ValueError, match="min_steps_per_epoch"):
+            gs.train_generator(model, x, 7, min_steps_per_epoch=bad, **common)
 
 
 def test_patching_dataset_restamps_every_epoch(mnist_small):
@@ -277,7 +319,7 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
     model.save(path)
     out = tmp_path / "gs"
     small = ["--dataset", "mnist", "--limit", "120", "--labels", "6,7,8", "--epochs", "2",
-             "--filters", "4", "--residual-blocks", "1"]
+             "--filters", "4", "--residual-blocks", "1", "--min-steps-per-epoch", "3"]
     # Neural Cleanse flags with --method gangsweep, and the reverse, are refused by name.
     assert main(["scan", str(path), "--method", "gangsweep", "--steps", "5", "--out", str(out),
                  *small]) == 2
@@ -289,6 +331,7 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
     record = json.loads(capsys.readouterr().out)
     assert record["method"] == "gangsweep" and sorted(record["labels"], key=int) == ["6", "7", "8"]
     assert record["settings"]["epochs"] == 2 and record["settings"]["n_samples"] == 120
+    assert record["settings"]["min_steps_per_epoch"] == 3
     assert (out / "generators" / "label_7.weights.h5").exists()
     # detect reads a GangSweep folder with GangSweep's own test.
     assert main(["detect", str(out), "--json"]) == 0

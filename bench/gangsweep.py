@@ -35,6 +35,7 @@ Everything resumes (models, both scans per label, repairs): rerun to continue.
 A GTSRB case costs far more than an MNIST one (43 generators).
 
 Usage: python bench/gangsweep.py [--cases table5-mnist,multi2,...] [--n-scan N]
+       [--min-steps-per-epoch N]
 """
 
 import argparse
@@ -50,7 +51,7 @@ from injection.attacks import build_attack  # noqa: E402
 from injection.inject import train_and_save  # noqa: E402
 from mitigation.mitigate import mitigate, split_data  # noqa: E402
 from nc_tf import datasets  # noqa: E402
-from nc_tf.gangsweep import gangsweep_scan, load_generators  # noqa: E402
+from nc_tf.gangsweep import MIN_STEPS_PER_EPOCH, gangsweep_scan, load_generators  # noqa: E402
 from nc_tf.io import read_json  # noqa: E402
 from nc_tf.models import load_model  # noqa: E402
 from nc_tf.scan import scan, scan_triggers  # noqa: E402
@@ -93,9 +94,9 @@ def train(folder, case, epochs, limit):
             load_triggers(read_json(os.path.join(folder, "attack.json"))))
 
 
-def repair(folder, method, model, data, triggers, attack, **options):
-    """`mitigate` into folder/repair_<method>/, or its saved report when it already ran."""
-    out = os.path.join(folder, f"repair_{method}")
+def repair(folder, method, model, data, triggers, attack, suffix="", **options):
+    """`mitigate` into folder/repair_<method><suffix>/, or its saved report when it already ran."""
+    out = os.path.join(folder, f"repair_{method}{suffix}")
     path = os.path.join(out, "mitigation.json")
     if os.path.exists(path):
         return read_json(path)
@@ -114,17 +115,22 @@ def run_case(name, case, args):
     target = case["target"]
     row = {"case": name, "published": case["published"]}
 
+    # Folders of a non-default step minimum get a suffix, so both can be kept.
+    steps = args.min_steps_per_epoch
+    suffix = "" if steps == MIN_STEPS_PER_EPOCH else f"_steps{steps}"
+    gs_dir = os.path.join(folder, "gangsweep" + suffix)
     t0 = time.time()
-    gs = gangsweep_scan(model, x_scan, y_scan, out_dir=os.path.join(folder, "gangsweep"),
-                        progress=True, verbose=False)
+    gs = gangsweep_scan(model, x_scan, y_scan, out_dir=gs_dir, progress=True, verbose=False,
+                        min_steps_per_epoch=steps)
     row["gs_scan_s"] = gs.get("wall_time_s", time.time() - t0)
     flagged = [t for t, _ in gs["outlier"]["flagged"]]
     row.update(gs_ai=gs["outlier"]["anomaly_index"], gs_flagged=flagged,
                gs_persistence=gs["labels"][str(target)]["persistence"],
                gs_forced=not flagged)
-    generators = load_generators(os.path.join(folder, "gangsweep"), flagged or [target])
+    generators = load_generators(gs_dir, flagged or [target])
     t0 = time.time()
-    report = repair(folder, "gangsweep", model, data, [], attack, generators=generators)
+    report = repair(folder, "gangsweep", model, data, [], attack, suffix=suffix,
+                    generators=generators)
     row["gs_patch_s"] = report.get("wall_time_s", time.time() - t0)
     row["before"], row["gs_after"] = report["before"], report["after"]
 
@@ -167,7 +173,11 @@ def main():
     ap.add_argument("--n-scan", type=int, default=1000,
                     help="test images both scans see (default: 1000)")
     ap.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
-    ap.add_argument("--train-limit", type=int, help="train on the first N images (default: all)")
+    ap.add_argument("--train-limit", type=int, help="train on N images (the first N, or a subset of every class in a label-sorted split; default: all)")
+    ap.add_argument("--min-steps-per-epoch", type=int, default=MIN_STEPS_PER_EPOCH,
+                    help=f"GangSweep's fewest generator steps per epoch (default: "
+                         f"{MIN_STEPS_PER_EPOCH}; 0: one pass, the paper; other values than the "
+                         "default write gangsweep_steps<N>/ and repair_gangsweep_steps<N>/)")
     args = ap.parse_args()
     names = [v for v in args.cases.split(",") if v]
     unknown = sorted(set(names) - set(CASES))

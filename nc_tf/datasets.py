@@ -137,7 +137,8 @@ def _limit(x, y, limit):
         labels = np.argmax(labels, axis=1)
     if limit >= len(labels) or len(np.unique(labels[:limit])) == len(np.unique(labels)):
         return x[:limit], y[:limit]
-    if np.all(np.diff(labels) >= 0):
+    grouped = len(np.unique(labels)) < len(labels)  # classes in runs, not one sample each
+    if grouped and np.all(np.diff(labels) >= 0):
         keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
         return x[keep], y[keep]
     return x[:limit], y[:limit]

@@ -66,6 +66,10 @@ def test_limit_of_a_label_sorted_file_keeps_every_class(tmp_path):
     # A prefix that already holds every class, and unsorted files, stay prefixes.
     xm, _ = load_data(str(tmp_path / "mixed.npz"), "train", limit=30)
     assert np.array_equal(xm, x[:30])
+    # One sample per label (0, 1, 2, ...) is not a class-sorted split: prefix kept.
+    np.savez(tmp_path / "distinct.npz", x_train=x, y_train=np.arange(60))
+    xd, _ = load_data(str(tmp_path / "distinct.npz"), "train", limit=2)
+    assert np.array_equal(xd, x[:2])
     with pytest.raises(ValueError, match="limit"):
         load_data(str(tmp_path / "sorted.npz"), "train", limit=-1)
 

@@ -84,8 +84,9 @@ def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=
         image_size: `(height, width)` to resize folder images to. Defaults to
             `None`: 32x32 for the GTSRB layout, the images' own size for a
             class-folder tree.
-        limit: keep `limit` samples: the first ones, or, when the file is
-            sorted by label (GTSRB's training set is: its first 20,000 images
+        limit: keep `limit` samples: the first ones, or, when the split is
+            sorted by label with its classes in runs (GTSRB's training set
+            is: its first 20,000 images
             hold 13 of the 43 classes), a fixed subset drawn evenly at random
             from the whole file (seed 0, file order kept), so every class is
             represented. Defaults to `None` (all).
@@ -135,9 +136,10 @@ def _limit(x, y, limit):
     labels = np.asarray(y)
     if labels.ndim > 1:  # one-hot
         labels = np.argmax(labels, axis=1)
-    if limit >= len(labels) or len(np.unique(labels[:limit])) == len(np.unique(labels)):
+    n_classes = len(np.unique(labels))
+    if limit >= len(labels) or len(np.unique(labels[:limit])) == n_classes:
         return x[:limit], y[:limit]
-    grouped = len(np.unique(labels)) < len(labels)  # classes in runs, not one sample each
+    grouped = n_classes < len(labels)  # classes in runs, not one sample each
     if grouped and np.all(np.diff(labels) >= 0):
         keep = np.sort(np.random.default_rng(0).permutation(len(labels))[:limit])
         return x[keep], y[keep]

@@ -173,7 +173,9 @@ def main():
     ap.add_argument("--n-scan", type=int, default=1000,
                     help="test images both scans see (default: 1000)")
     ap.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
-    ap.add_argument("--train-limit", type=int, help="train on N images (the first N, or a subset of every class in a label-sorted split; default: all)")
+    ap.add_argument("--train-limit", type=int,
+                    help="train on N images (the first N, or a subset of every class in a "
+                         "label-sorted split; default: all)")
     ap.add_argument("--min-steps-per-epoch", type=int, default=MIN_STEPS_PER_EPOCH,
                     help=f"GangSweep's fewest generator steps per epoch (default: "
                          f"{MIN_STEPS_PER_EPOCH}; 0: one pass, the paper; other values than the "

@@ -50,10 +50,10 @@ def main():
     for n in (int(v) for v in args.images.split(",")):
         if n > len(x) - HELD_OUT:
             ap.error(f"--images {n}: at most {len(x) - HELD_OUT} (the last {HELD_OUT} are held out)")
+        train_x = x[:n][y[:n] != args.target]
         for min_steps in (int(v) for v in args.min_steps.split(",")):
-            xs, ys = x[:n], y[:n]
             began = time.time()
-            generator, history = train_generator(model, xs[ys != args.target], args.target,
+            generator, history = train_generator(model, train_x, args.target,
                                                  min_steps_per_epoch=min_steps)
             stats = label_statistics(model, generator, held_x, held_y, args.target)
             print(f"{n:6d} {min_steps:9d} {len(history['l_pert']):6d} {history['kept_epoch']:4d} "

@@ -86,10 +86,9 @@ def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=
             class-folder tree.
         limit: keep `limit` samples: the first ones, or, when the split is
             sorted by label with its classes in runs (GTSRB's training set
-            is: its first 20,000 images
-            hold 13 of the 43 classes), a fixed subset drawn evenly at random
-            from the whole file (seed 0, file order kept), so every class is
-            represented. Defaults to `None` (all).
+            is: its first 20,000 images hold 13 of the 43 classes), a fixed
+            random subset of the whole split (seed 0, file order kept), so
+            every class is represented. Defaults to `None` (all).
 
     Returns:
         `(x, y)`: `x` uint8 (or float32 if stored so) NHWC in [0, 255],

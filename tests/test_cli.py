@@ -106,10 +106,10 @@ def test_mitigate_repair_runs_its_own_scans(tmp_path, capsys, tiny_backdoored):
     out = tmp_path / "repair"
     assert main(["mitigate", str(path), "--method", "repair", "--rounds", "1", "--dataset", "mnist",
                  "--train-limit", "2000", "--val-ratio", "0.25", "--limit", "300", "--out", str(out),
-                 "--scan-steps", "120", "--json"]) == 0
+                 "--scan-steps", "40", "--json"]) == 0
     report = json.loads((out / "mitigation.json").read_text())
     scanned = json.loads((out / "round_0" / "scan" / "results.json").read_text())
-    assert scanned["settings"]["steps"] == 120, "--scan-steps reaches the scans"
+    assert scanned["settings"]["steps"] == 40, "--scan-steps reaches the scans"
     rounds = report["details"]["rounds"]
     assert rounds[0]["round"] == 0 and len(rounds) <= 2
     assert (out / "round_0" / "scan" / "results.json").exists() and (out / "model.keras").exists()

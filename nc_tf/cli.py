@@ -172,6 +172,10 @@ def build_parser():
     g.add_argument("--min-steps-per-epoch", type=int,
                    help="fewest Adam steps per epoch; small image sets make several passes "
                         "(nc-tf addition; default: 32; 0: one pass, the paper)")
+    g.add_argument("--statistic", choices=("paper", "margin"),
+                   help="anomaly index: paper = (Z_V + Z_D) / 2 (default); margin = z-score of "
+                        "the target margin (nc-tf addition); rerun on a finished folder to "
+                        "judge it again without retraining")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("mitigate", help="repair a model (or guard its inputs) and measure it",
@@ -413,7 +417,7 @@ SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regular
 
 # Scan flags of each method; the other method's flags are refused when set.
 GANGSWEEP_SETTINGS = ("epochs", "batch_size", "lr", "patience", "k", "filters", "residual_blocks",
-                      "max_images", "min_steps_per_epoch")
+                      "max_images", "min_steps_per_epoch", "statistic")
 
 
 def _flag(name):

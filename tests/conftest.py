@@ -161,7 +161,7 @@ def tiny_scan(tmp_path_factory, mnist_small, tiny_backdoored):
 # `--dist loadfile` hands each worker the next file when it is free, so a
 # long file started last would leave the other worker idle at the end.
 FILE_SECONDS = {
-    "test_attacks.py": 397, "test_cli.py": 334, "test_gangsweep.py": 270,
+    "test_attacks.py": 397, "test_cli.py": 300, "test_gangsweep.py": 270,
     "test_trojan_invisible.py": 205, "test_partial_lowcost.py": 205, "test_scan.py": 190,
     "test_mitigation.py": 104, "test_backdoor_e2e.py": 30, "test_linf_fine_pruning.py": 15,
 }

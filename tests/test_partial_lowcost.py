@@ -25,11 +25,11 @@ def test_partial_trigger_fires_for_its_source_only(mnist_small, tiny_partial):
 def test_pair_scan_finds_the_source_specific_pair(tmp_path, mnist_small, tiny_partial):
     _, _, xt, yt = mnist_small
     model, _ = tiny_partial
-    record = partial_scan(model, xt, yt, sources=[3, 8], targets=[7, 1, 2], progress=False,
+    record = partial_scan(model, xt, yt, sources=[3, 8], targets=[7, 1, 2, 5], progress=False,
                           verbose=False, out_dir=str(tmp_path / "p"), steps=300,
                           early_stop_patience=10)
     scores = {k: v["score"] for k, v in record["labels"].items()}
-    assert len(scores) == 6 and min(scores, key=scores.get) == "3->7"
+    assert len(scores) == 8 and min(scores, key=scores.get) == "3->7"
     assert record["labels"]["3->7"]["attack_success_rate"] >= 0.9
     assert (tmp_path / "p" / "nc_visualize_mask_label_3_to_7.png").exists()
 

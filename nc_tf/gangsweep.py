@@ -536,6 +536,11 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
 
 
 # ------------------------------------------------------------ outliers
+def _check_statistic(statistic):
+    if statistic not in STATISTICS:
+        raise ValueError(f"Unknown statistic {statistic!r}; use one of {list(STATISTICS)}.")
+
+
 def _robust_z(values, sign):
     """`sign * (values - median) / MAD` (MAD with c = 1.4826; MAD 0 gives 0 or +-inf)."""
     median = float(np.median(values))
@@ -593,8 +598,7 @@ def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHO
     >>> gangsweep_outliers(stats, verbose=False)["flagged"][0][0]
     9
     """
-    if statistic not in STATISTICS:
-        raise ValueError(f"Unknown statistic {statistic!r}; use one of {list(STATISTICS)}.")
+    _check_statistic(statistic)
     labels = sorted(stats_by_label, key=lambda v: int(v))
     if len(labels) < 3:
         raise ValueError(f"GangSweep's MAD test needs at least 3 labels, got {len(labels)}.")
@@ -722,8 +726,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     [[7, 6.3]]
     """
     check_intensity(intensity)
-    if statistic not in STATISTICS:
-        raise ValueError(f"Unknown statistic {statistic!r}; use one of {list(STATISTICS)}.")
+    _check_statistic(statistic)
     x = check_images(x, "scan data")
     num_classes = check_model_data(model, x, y, name="scan data")
     if y is None:
@@ -818,7 +821,6 @@ def _add_margins(model, record, out_dir, x, y, intensity, seed):
         stats = label_statistics(model, generator, x, y, label, intensity, seed,
                                  logit_fn=logit_fn)
         record["labels"][str(label)]["margin"] = stats["margin"]
-    io.write_json(os.path.join(out_dir, RESULTS), record)
 
 
 def _open_scan_dir(out_dir, record, force):

@@ -188,7 +188,7 @@ def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
 @pytest.mark.xfail(reason=(
     "Known shortfall on the tiny model: label 7's persistence is 0.85 < the 0.9 gate (the paper's "
     "k = 0 leaves ~10% of the images just short of the target) and its paper AI is 1.8 < 2; the "
-    "margin statistic singles it out (Z_M 16.8) but the persistence gate still holds it back."))
+    "margin statistic ranks it first (Z_M 4.4-16.8) but the persistence gate still holds it back."))
 def test_scan_flags_the_backdoor_label(infected_scan):
     record, _ = infected_scan
     assert record["outlier"]["infected"]

@@ -765,7 +765,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         total = len(record["labels"]) + len(todo)
         bar = tqdm(total=total, initial=total - len(todo), unit="label", desc="gangsweep",
                    dynamic_ncols=True)
-    start = time.time()
+    start, base = time.time(), record.get("wall_time_s", 0.0)
     try:
         if todo:
             logit_fn = logits_function(model)
@@ -785,6 +785,8 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
                 "epochs": len(history["l_pert"]), "seconds": round(time.time() - began, 2),
                 "history": history}
             record["labels"][str(label)] = entry
+            # Saved with each label, so a killed scan keeps the time of its finished labels.
+            record["wall_time_s"] = round(base + time.time() - start, 2)
             if out_dir is not None:
                 _save_label(out_dir, label, trainer.generator, x, y)
                 io.write_json(os.path.join(out_dir, RESULTS), record)
@@ -795,7 +797,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     finally:
         if bar is not None:
             bar.close()
-        record["wall_time_s"] = round(record.get("wall_time_s", 0.0) + time.time() - start, 2)
+        record["wall_time_s"] = round(base + time.time() - start, 2)
     if out_dir is not None:
         _add_margins(model, record, out_dir, x, y, intensity, seed)
     record["outlier"] = None

@@ -261,6 +261,8 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
             entry["attack_succ_threshold"] = round(float(jobs[job][3]), 4)
         triggers[key] = (result["mask"], result["pattern"])
         record["labels"][key] = entry
+        # Saved with each label, so a killed scan keeps the time of its finished labels.
+        record["wall_time_s"] = round(base + time.time() - start, 2)
         if out_dir is not None:
             save_trigger_pngs(out_dir, prefix, key, result["pattern"], result["mask"])
             _save_reversed(out_dir, key, result["mask"], result["pattern"])
@@ -269,7 +271,7 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
             bar.set_postfix(label=key, l1=f"{result['l1_norm']:.1f}")
             bar.update(1)
 
-    start = time.time()
+    start, base = time.time(), record.get("wall_time_s", 0.0)
     try:
         engine.run([jobs[j][1] for j, _ in runs], on_done=on_done,
                    states=None if states is None else [states[j] if r == 0 else None
@@ -279,7 +281,7 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
     finally:
         if bar is not None:
             bar.close()
-        record["wall_time_s"] = round(record.get("wall_time_s", 0.0) + time.time() - start, 2)
+        record["wall_time_s"] = round(base + time.time() - start, 2)
 
 
 def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None,

@@ -88,8 +88,10 @@ def test_resume_after_interrupt_gives_the_same_results(tmp_path, mnist_small, ti
     monkeypatch.setattr(scan_mod, "save_trigger_pngs", real_save)
     partial = json.loads((tmp_path / "b" / "results.json").read_text())
     assert len(partial["labels"]) == 2
+    assert partial["wall_time_s"] > 0  # the killed scan kept the time of its finished labels
     resumed = scan(model, xt[:300], yt[:300], labels=labels, out_dir=str(tmp_path / "b"),
                    progress=False, verbose=False, slots=2, **QUICK)
+    assert resumed["wall_time_s"] > partial["wall_time_s"]
     assert sorted(resumed["labels"]) == sorted(full["labels"])
     for k, v in full["labels"].items():
         assert resumed["labels"][k]["steps"] == v["steps"]

@@ -9,7 +9,7 @@ and after. With `out_dir` it writes
     out_dir/mitigation.json    method, settings, before/after, method details
     out_dir/*.png              the method's curve or histograms
 
-The `nc-tf mitigate` command and `bench/mitigation.py` call this function.
+The `nc-tf mitigate` command and `bench/nc_mitigation.py` call this function.
 
 Data roles (`MitigationData`): `x_train`/`y_train` feed fine-tuning
 (unlearning, GYM, fine-pruning's optional epoch); `x_val`/`y_val` are held-out

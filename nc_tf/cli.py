@@ -176,6 +176,9 @@ def build_parser():
                    help="anomaly index: paper = (Z_V + Z_D) / 2 (default); margin = z-score of "
                         "the target margin (nc-tf addition); rerun on a finished folder to "
                         "judge it again without retraining")
+    g.add_argument("--persistence-threshold", type=float,
+                   help="persistence a label needs to be flagged (default: 0.9, the paper); "
+                        "like --statistic, rerun on a finished folder to judge it again")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("mitigate", help="repair a model (or guard its inputs) and measure it",
@@ -417,7 +420,7 @@ SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regular
 
 # Scan flags of each method; the other method's flags are refused when set.
 GANGSWEEP_SETTINGS = ("epochs", "batch_size", "lr", "patience", "k", "filters", "residual_blocks",
-                      "max_images", "min_steps_per_epoch", "statistic")
+                      "max_images", "min_steps_per_epoch", "statistic", "persistence_threshold")
 
 
 def _flag(name):

@@ -536,6 +536,14 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
 
 
 # ------------------------------------------------------------ outliers
+def _check_persistence_threshold(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or not 0 < value <= 1:
+        raise ValueError(f"persistence_threshold must be a fraction in (0, 1], got {value!r} "
+                         "(the paper: 0.9).")
+    return float(value)
+
+
 def _check_statistic(statistic):
     if statistic not in STATISTICS:
         raise ValueError(f"Unknown statistic {statistic!r}; use one of {list(STATISTICS)}.")
@@ -599,6 +607,7 @@ def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHO
     9
     """
     _check_statistic(statistic)
+    persistence_threshold = _check_persistence_threshold(persistence_threshold)
     labels = sorted(stats_by_label, key=lambda v: int(v))
     if len(labels) < 3:
         raise ValueError(f"GangSweep's MAD test needs at least 3 labels, got {len(labels)}.")
@@ -668,7 +677,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
                    intensity="raw", seed=0, force=False, progress=True, verbose=True,
                    max_images=None, filters=32, residual_blocks=3, patience=3, k=0.0,
                    model_path=None, min_steps_per_epoch=MIN_STEPS_PER_EPOCH,
-                   statistic="paper"):
+                   statistic="paper", persistence_threshold=PERSISTENCE_THRESHOLD):
     """Trains a generator per label, measures persistence and logit shifts, tests for outliers.
 
     Per label t: a generator is trained on the images whose label is not t
@@ -711,6 +720,10 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
             can be judged again with the other. Labels scanned before the
             margin was recorded get it from their saved generators.
             Defaults to `"paper"`.
+        persistence_threshold: the persistence a label needs to be
+            flagged, in (0, 1]. Like `statistic`, a judging setting: a
+            finished scan can be judged again with another. Defaults to
+            `0.9` (the paper).
 
     Returns:
         the results dict (as in `results.json`): `method` (`"gangsweep"`),
@@ -727,6 +740,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     """
     check_intensity(intensity)
     _check_statistic(statistic)
+    persistence_threshold = _check_persistence_threshold(persistence_threshold)
     x = check_images(x, "scan data")
     num_classes = check_model_data(model, x, y, name="scan data")
     if y is None:
@@ -752,8 +766,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         "residual_blocks": int(residual_blocks), "intensity": intensity, "seed": int(seed),
         "max_images": None if max_images is None else int(max_images),
         "n_samples": int(len(x)), "image_shape": [int(v) for v in x.shape[1:]],
-        "num_classes": num_classes, "model": model_path,
-        "persistence_threshold": PERSISTENCE_THRESHOLD, "threshold": AI_THRESHOLD,
+        "num_classes": num_classes, "model": model_path, "threshold": AI_THRESHOLD,
     }
     record = _open_scan_dir(out_dir, {"method": METHOD, "settings": settings, "labels": {}},
                             force)
@@ -802,7 +815,8 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         _add_margins(model, record, out_dir, x, y, intensity, seed)
     record["outlier"] = None
     if len(record["labels"]) >= 3:
-        outlier = gangsweep_outliers(record["labels"], statistic=statistic, verbose=verbose)
+        outlier = gangsweep_outliers(record["labels"], persistence_threshold, statistic=statistic,
+                                     verbose=verbose)
         for key, entry in record["labels"].items():
             entry.update({name: outlier["per_label"][int(key)][name]
                           for name in ("Z_V", "Z_D", "Z_M", "AI")})
@@ -840,6 +854,7 @@ def _open_scan_dir(out_dir, record, force):
             "scan; choose another --out (or, from Python, pass force=True to replace it).")
     old, new = dict(previous.get("settings", {})), record["settings"]
     old.setdefault("min_steps_per_epoch", 0)  # folders from before the setting: one pass
+    old.pop("persistence_threshold", None)  # older folders kept this judging setting here
     if old != new:
         changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))
         raise FileExistsError(

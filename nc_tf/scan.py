@@ -355,14 +355,17 @@ def detect(record, verbose=True):
     Label scans are tested on the L1 norms; partial scans (job keys
     `"3->7"`) on the score each pair was given (see `nc_tf.partial`);
     GangSweep scans (`method: "gangsweep"`) with GangSweep's own test
-    (`nc_tf.gangsweep.gangsweep_outliers`), with the statistic the scan
-    was judged with (`"paper"` unless it recorded another).
+    (`nc_tf.gangsweep.gangsweep_outliers`), with the statistic and
+    persistence gate the scan was judged with (the paper's unless it
+    recorded others).
     """
     if record.get("method") == "gangsweep":
-        from nc_tf.gangsweep import gangsweep_outliers
+        from nc_tf.gangsweep import PERSISTENCE_THRESHOLD, gangsweep_outliers
 
-        statistic = (record.get("outlier") or {}).get("statistic", "paper")
-        result = gangsweep_outliers(record["labels"], statistic=statistic, verbose=verbose)
+        judged = record.get("outlier") or {}
+        result = gangsweep_outliers(record["labels"],
+                                    judged.get("persistence_threshold", PERSISTENCE_THRESHOLD),
+                                    statistic=judged.get("statistic", "paper"), verbose=verbose)
         result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
         return result
     if "partial" in record:

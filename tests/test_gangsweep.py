@@ -250,6 +250,18 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
         assert judged["labels"][k]["margin"] == pytest.approx(value, rel=1e-4, abs=1e-5)
         assert judged["labels"][k]["AI"] == judged["labels"][k]["Z_M"]
     assert io.read_json(os.path.join(folder, "results.json"))["outlier"]["statistic"] == "margin"
+    # The persistence gate is a judging setting too: no training, and a gate of 0.8
+    # lets label 7 (measured 0.85) through, where the margin flags it.
+    lowered = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, statistic="margin",
+                             persistence_threshold=0.8, **FAST)
+    assert trained == [9] and lowered["outlier"]["persistence_threshold"] == 0.8
+    assert lowered["outlier"]["persistent"] == [
+        t for t in SCAN_LABELS if lowered["labels"][str(t)]["persistence"] >= 0.8]
+    assert lowered["outlier"]["flagged"][0][0] == 7
+    for bad in (90, 0, "0.9"):
+        with pytest.raises(ValueError, match="persistence_threshold must be a fraction"):
+            gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder,
+                           persistence_threshold=bad, **FAST)
     with pytest.raises(ValueError, match="Unknown statistic"):
         gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, statistic="ai", **FAST)
     # A folder written before `min_steps_per_epoch` existed ran one pass per epoch (0).
@@ -420,8 +432,21 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["statistic"] == "margin" and verdict["per_label"]["7"]["AI"] == (
         verdict["per_label"]["7"]["Z_M"])
-    assert main(["scan", str(path), "--statistic", "margin", "--out", str(tmp_path / "nc")]) == 2
-    assert "--statistic" in capsys.readouterr().err
+    # So is the persistence gate.
+    assert main(["scan", str(path), "--method", "gangsweep", "--out", str(out), "--json",
+                 "--statistic", "margin", "--persistence-threshold", "0.05", *small]) == 0
+    capsys.readouterr()
+    assert main(["detect", str(out), "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["statistic"] == "margin" and verdict["persistence_threshold"] == 0.05
+    assert verdict["persistent"] == [int(t) for t, v in sorted(verdict["per_label"].items())
+                                     if v["persistence"] >= 0.05]
+    assert main(["scan", str(path), "--method", "gangsweep", "--out", str(out),
+                 "--persistence-threshold", "1.5", *small]) == 2
+    assert "persistence_threshold must be a fraction" in capsys.readouterr().err
+    for flag, value in (("--statistic", "margin"), ("--persistence-threshold", "0.8")):
+        assert main(["scan", str(path), flag, value, "--out", str(tmp_path / "nc")]) == 2
+        assert flag in capsys.readouterr().err
     # NC-only repairs refuse a GangSweep folder; patching uses its generators.
     common = ["--dataset", "mnist", "--train-limit", "1000", "--limit", "300"]
     assert main(["mitigate", str(path), "--method", "unlearn", "--scan", str(out), "--out",

@@ -861,6 +861,7 @@ def _open_scan_dir(out_dir, record, force):
             f"{out_dir} holds a GangSweep scan with different settings ({', '.join(changed)}); "
             "choose another --out to keep both, rerun with the same settings to resume, or, "
             "from Python, pass force=True to start over there.")
+    previous["settings"] = new  # the same, written in today's form
     labels = previous.get("labels", {})
     previous["labels"] = {key: entry for key, entry in labels.items()
                           if os.path.exists(_weights_path(out_dir, key))}

@@ -41,11 +41,11 @@ from nc_tf.models import load_model  # noqa: E402
 OUT = os.path.join("runs", "bench_gangsweep")
 
 
-def _row(k, stats, seconds, result):
+def _row(k, stats, result):
     rates = " / ".join(f"{100 * r['attack_success_rate']:5.1f}" for r in result["per_trigger"])
     gen = ("(bench/gangsweep.py)" if stats is None else
            f"P {stats['persistence']:.3f} ASR {stats['attack_success_rate']:.3f} "
-           f"L2 {stats['l2']:.2f} {seconds:4.0f} s")
+           f"L2 {stats['l2']:.2f} {stats['seconds']:4.0f} s")
     return f"{k:5d} {gen:42} | acc {100 * result['accuracy']:5.1f}  ASR {rates}"
 
 
@@ -80,14 +80,13 @@ def main():
     print(f"{args.case}, target {target}; ASR per trigger (%) after patching with every "
           "round's generator; target: all below 1%")
     print(f"{'round':>5} {'new generator on the last patched model':42} | after patching")
-    print(_row(1, None, 0, evaluate_backdoor(patched, data.x_test, data.y_test, triggers)),
+    print(_row(1, None, evaluate_backdoor(patched, data.x_test, data.y_test, triggers)),
           flush=True)
     for k in range(2, args.rounds + 1):
         out = os.path.join(folder, "rounds", f"round_{k}")
         record = gangsweep_scan(patched, x_test[:args.n_scan], y_test[:args.n_scan],
                                 labels=[target], out_dir=os.path.join(out, "scan"),
                                 progress=False, verbose=False)
-        seconds = record["labels"][str(target)]["seconds"]
         generators.append(load_generators(os.path.join(out, "scan"), [target])[target])
         path = os.path.join(out, "model.keras")
         if os.path.exists(path):
@@ -96,7 +95,7 @@ def main():
             patched, _ = patch(model, data.x_train, data.y_train, generators, seed=0)
             patched.save(path)
         result = evaluate_backdoor(patched, data.x_test, data.y_test, triggers)
-        print(_row(k, record["labels"][str(target)], seconds, result), flush=True)
+        print(_row(k, record["labels"][str(target)], result), flush=True)
     print_peak_rss(3)
 
 

@@ -36,7 +36,7 @@ Everything resumes (models, both scans per label, repairs): rerun to continue.
 A GTSRB case costs far more than an MNIST one (43 generators).
 
 Usage: python bench/gangsweep.py [--cases table5-mnist,multi2,...] [--n-scan N]
-       [--min-steps-per-epoch N] [--gs-labels 0,1,2,3,7]
+       [--min-steps-per-epoch N] [--alpha-gate 0.9] [--gs-labels 0,1,2,3,7]
 """
 
 import argparse
@@ -116,13 +116,15 @@ def run_case(name, case, args):
     target = case["target"]
     row = {"case": name, "published": case["published"]}
 
-    # Folders of a non-default step minimum get a suffix, so both can be kept.
+    # Folders of a non-default step minimum or alpha gate get a suffix, so both can be kept.
     steps = args.min_steps_per_epoch
     suffix = "" if steps == MIN_STEPS_PER_EPOCH else f"_steps{steps}"
+    suffix += "" if args.alpha_gate is None else f"_gate{args.alpha_gate:g}"
     gs_dir = os.path.join(folder, "gangsweep" + suffix)
     t0 = time.time()
     gs = gangsweep_scan(model, x_scan, y_scan, labels=args.gs_labels, out_dir=gs_dir,
-                        progress=True, verbose=False, min_steps_per_epoch=steps)
+                        progress=True, verbose=False, min_steps_per_epoch=steps,
+                        alpha_gate=args.alpha_gate)
     row["gs_scan_s"] = gs.get("wall_time_s", time.time() - t0)
     flagged = [t for t, _ in gs["outlier"]["flagged"]]
     margin = gs["outlier"]["other_statistic"]  # the scan judged with the paper's statistic
@@ -186,6 +188,9 @@ def main():
                     help=f"GangSweep's fewest generator steps per epoch (default: "
                          f"{MIN_STEPS_PER_EPOCH}; 0: one pass, the paper; other values than the "
                          "default write gangsweep_steps<N>/ and repair_gangsweep_steps<N>/)")
+    ap.add_argument("--alpha-gate", type=float,
+                    help="GangSweep's alpha_gate (default: none, the paper's alpha rule; a value "
+                         "writes gangsweep_gate<G>/ and repair_gangsweep_gate<G>/)")
     ap.add_argument("--gs-labels", type=lambda v: [int(t) for t in v.split(",") if t],
                     help="GangSweep scans only these labels (at least 3, the target among "
                          "them): a cheaper, reduced verdict (default: every label)")
@@ -209,7 +214,8 @@ def main():
         print(_line(rows[-1]), flush=True)
     print(f"\nGangSweep vs Neural Cleanse (acc/ASR %, full test set; ASR: the original "
           f"trigger, the highest over its triggers; scans on {args.n_scan} test images; * = nothing "
-          "flagged, the target's generator / reversed trigger used anyway)")
+          "flagged, the target's generator / reversed trigger used anyway; GangSweep alpha_gate "
+          f"{args.alpha_gate})")
     print(header)
     for row in rows:
         print(_line(row))

@@ -15,7 +15,7 @@ target margin and L2 norm, and the wall times. Seed 1 with the default
 recipe is the test fixture's model.
 
 Usage: python bench/gangsweep_tiny.py [--seeds 1,2,3] [--images 4000]
-       [--epochs 3] [--generator fast]
+       [--epochs 3] [--generator fast] [--alpha-gate 0.9]
 """
 
 import argparse
@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
     ap.add_argument("--generator", choices=sorted(GENERATORS), default="fast",
                     help="generator settings (default: fast, the tests')")
+    ap.add_argument("--alpha-gate", type=float,
+                    help="gangsweep_scan's alpha_gate (default: none, the paper's alpha rule)")
     args = ap.parse_args()
     seeds = [int(v) for v in args.seeds.split(",") if v]
     x, y = load_data("mnist", "train", limit=args.images)
@@ -67,7 +69,8 @@ def main():
         backdoor = evaluate_backdoor(model, xt, yt, [trigger])
         began = time.time()
         record = gangsweep_scan(model, xt[:N_SCAN], yt[:N_SCAN], labels=[TARGET], progress=False,
-                                verbose=False, **GENERATORS[args.generator])
+                                verbose=False, alpha_gate=args.alpha_gate,
+                                **GENERATORS[args.generator])
         stats = record["labels"][str(TARGET)]
         found += stats["persistence"] >= PERSISTENCE_THRESHOLD
         print(f"{seed:4d} {backdoor['accuracy']:6.3f} "
@@ -75,7 +78,7 @@ def main():
               f"{'':>19}{stats['persistence']:6.3f} {stats['attack_success_rate']:7.3f} "
               f"{stats['margin']:6.2f} {stats['l2']:5.2f} {time.time() - began:5.0f}", flush=True)
     print(f"generators above the {PERSISTENCE_THRESHOLD} persistence gate: {found} of "
-          f"{len(seeds)} (target: all)")
+          f"{len(seeds)} (target: all; alpha_gate {args.alpha_gate})")
     print_peak_rss(3)
 
 

@@ -172,6 +172,9 @@ def build_parser():
     g.add_argument("--min-steps-per-epoch", type=int,
                    help="fewest Adam steps per epoch; small image sets make several passes "
                         "(nc-tf addition; default: 32; 0: one pass, the paper)")
+    g.add_argument("--alpha-gate", type=float,
+                   help="share of images an epoch must send to the label before alpha may drop "
+                        "to 1/2 (nc-tf addition, e.g. 0.9; default: none, the paper's rule)")
     g.add_argument("--statistic", choices=("paper", "margin"),
                    help="anomaly index: paper = (Z_V + Z_D) / 2 (default); margin = z-score of "
                         "the target margin (nc-tf addition); rerun on a finished folder to "
@@ -420,7 +423,8 @@ SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regular
 
 # Scan flags of each method; the other method's flags are refused when set.
 GANGSWEEP_SETTINGS = ("epochs", "batch_size", "lr", "patience", "k", "filters", "residual_blocks",
-                      "max_images", "min_steps_per_epoch", "statistic", "persistence_threshold")
+                      "max_images", "min_steps_per_epoch", "alpha_gate", "statistic",
+                      "persistence_threshold")
 
 
 def _flag(name):

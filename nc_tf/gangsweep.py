@@ -264,7 +264,7 @@ class _GeneratorTrainer:
         return (np.asarray(tf.add_n(sums), np.float64) / len(x01)).tolist()
 
     def fit(self, x01, target, epochs, batch_size, patience, seed,
-            min_steps_per_epoch=MIN_STEPS_PER_EPOCH):
+            min_steps_per_epoch=MIN_STEPS_PER_EPOCH, alpha_gate=None):
         """Trains the current generator towards `target`; returns the per-epoch history.
 
         The generator is left with the weights of the chosen epoch (see
@@ -312,7 +312,8 @@ class _GeneratorTrainer:
             done = (l_adv <= -self.k + ADV_TOLERANCE and previous_pert is not None
                     and l_pert > previous_pert * (1.0 - PERT_TOLERANCE))
             previous_pert = l_pert
-            alpha = ALPHA_LOW if l_pert > l_adv else ALPHA_HIGH
+            lower = l_pert > l_adv and (alpha_gate is None or success >= alpha_gate)
+            alpha = ALPHA_LOW if lower else ALPHA_HIGH
             if stale >= patience or done:
                 break
         if kept is not None:
@@ -334,7 +335,7 @@ def _check_target(model, target):
 
 def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, intensity="raw",
                     patience=3, seed=0, filters=32, residual_blocks=3,
-                    min_steps_per_epoch=MIN_STEPS_PER_EPOCH):
+                    min_steps_per_epoch=MIN_STEPS_PER_EPOCH, alpha_gate=None):
     """Trains a GangSweep generator that sends clean images to `target`.
 
     The model stays frozen. Loss per batch: `L_pert + alpha * L_adv`, with
@@ -371,6 +372,12 @@ def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, 
             the paper's validation sets are long enough; a few hundred
             images are not). `0`: exactly one pass, as the paper.
             Defaults to `32`.
+        alpha_gate: the share of images an epoch must send to `target`
+            before `alpha` may drop to 1/2 (an nc-tf addition, in (0, 1]):
+            below it `alpha` stays 2, so the generator is not drawn to the
+            zero perturbation before it has found the target. `None`: the
+            paper's rule, which on GTSRB collapsed generators to `G(x) = 0`
+            (README, GangSweep). Defaults to `None`.
 
     Returns:
         `(generator, history)`: the trained `keras.Model` and a dict of
@@ -394,7 +401,7 @@ def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, 
                                 intensity)
     trainer.reset(seed, target)
     history = trainer.fit(_to_unit(x), target, epochs, int(batch_size), int(patience), seed,
-                          _check_min_steps(min_steps_per_epoch))
+                          _check_min_steps(min_steps_per_epoch), _check_alpha_gate(alpha_gate))
     return trainer.generator, history
 
 
@@ -407,6 +414,16 @@ def _check_min_steps(value):
         raise ValueError(f"min_steps_per_epoch must be an integer >= 0 (0: one pass per epoch), "
                          f"got {value!r}.")
     return int(value)
+
+
+def _check_alpha_gate(value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+            or not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"alpha_gate must be a share of images in (0, 1] (e.g. 0.9), or None "
+                         f"for the paper's alpha rule; got {value!r}.")
+    return float(value)
 
 
 def _to_unit(x):
@@ -677,7 +694,8 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
                    intensity="raw", seed=0, force=False, progress=True, verbose=True,
                    max_images=None, filters=32, residual_blocks=3, patience=3, k=0.0,
                    model_path=None, min_steps_per_epoch=MIN_STEPS_PER_EPOCH,
-                   statistic="paper", persistence_threshold=PERSISTENCE_THRESHOLD):
+                   statistic="paper", persistence_threshold=PERSISTENCE_THRESHOLD,
+                   alpha_gate=None):
     """Trains a generator per label, measures persistence and logit shifts, tests for outliers.
 
     Per label t: a generator is trained on the images whose label is not t
@@ -724,6 +742,9 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
             flagged, in (0, 1]. Like `statistic`, a judging setting: a
             finished scan can be judged again with another. Defaults to
             `0.9` (the paper).
+        alpha_gate: the share of images an epoch must send to the label
+            before `alpha` may drop to 1/2 (see `train_generator`; an nc-tf
+            addition). Defaults to `None` (the paper's rule).
 
     Returns:
         the results dict (as in `results.json`): `method` (`"gangsweep"`),
@@ -763,6 +784,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "k": float(k),
         "patience": int(patience), "filters": int(filters),
         "min_steps_per_epoch": _check_min_steps(min_steps_per_epoch),
+        "alpha_gate": _check_alpha_gate(alpha_gate),
         "residual_blocks": int(residual_blocks), "intensity": intensity, "seed": int(seed),
         "max_images": None if max_images is None else int(max_images),
         "n_samples": int(len(x)), "image_shape": [int(v) for v in x.shape[1:]],
@@ -789,7 +811,8 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
             began = time.time()
             trainer.reset(seed, label)
             history = trainer.fit(x01[y != label], label, epochs, int(batch_size),
-                                  int(patience), seed, settings["min_steps_per_epoch"])
+                                  int(patience), seed, settings["min_steps_per_epoch"],
+                                  settings["alpha_gate"])
             stats = label_statistics(model, trainer.generator, x, y, label, intensity, seed,
                                      logit_fn=logit_fn)
             entry = {"label": label, **{key: stats[key] for key in (
@@ -854,6 +877,7 @@ def _open_scan_dir(out_dir, record, force):
             "scan; choose another --out (or, from Python, pass force=True to replace it).")
     old, new = dict(previous.get("settings", {})), record["settings"]
     old.setdefault("min_steps_per_epoch", 0)  # folders from before the setting: one pass
+    old.setdefault("alpha_gate", None)  # folders from before the setting: the paper's rule
     old.pop("persistence_threshold", None)  # older folders kept this judging setting here
     if old != new:
         changed = sorted(key for key in set(old) | set(new) if old.get(key) != new.get(key))

@@ -33,6 +33,14 @@ keeps shrinking the perturbation. A real backdoor's generator then reaches
 a persistence of about 0.7-0.85, below the 0.9 gate, and is not flagged
 although it is by far the most persistent label. `k > 0` raises it.
 
+Known limitation of the paper's alpha rule on GTSRB: once L_pert > L_adv,
+alpha = 1/2, and on our GTSRB models the zero perturbation then has the
+lower objective; the generators collapsed to G(x) = 0 before they found
+the backdoor (target 33: persistence 0.23), and their sigmoid saturated,
+so they stayed dead. `alpha_gate` (an nc-tf addition, opt-in) keeps alpha
+at 2 until an epoch sends that share of the images to the label; a scan
+warns about collapsed generators and records `collapsed` per label.
+
 Known limitation of the paper's anomaly index on our models: a backdoor
 label's shift variance V comes out large, not small, so `(Z_V + Z_D) / 2`
 stays below 2 even when its generator persists (MNIST BadNets benchmark
@@ -54,6 +62,7 @@ on the same folder skips the labels already there.
 
 import os
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -86,6 +95,10 @@ ADV_TOLERANCE = 1e-3
 # find a two-trigger backdoor (multi2, label 7: persistence 0.28 on held-out
 # images), while 2000 images (31 steps an epoch) did (0.82; session 6).
 MIN_STEPS_PER_EPOCH = 32
+# An epoch whose generator ends below this L_pert while sending fewer than half
+# of the images to the label has collapsed to G(x) = 0 (seen on GTSRB with the
+# paper's alpha rule; the sigmoid then saturates and the generator stays dead).
+COLLAPSE_L_PERT = 0.05
 
 
 # ------------------------------------------------------------- generator
@@ -319,6 +332,12 @@ class _GeneratorTrainer:
         if kept is not None:
             self.generator.set_weights(kept)
         return history
+
+
+def collapsed(history):
+    """Whether a generator's training `history` has an epoch collapsed to `G(x) = 0`."""
+    return any(p < COLLAPSE_L_PERT and s < 0.5
+               for p, s in zip(history["l_pert"], history["success"]))
 
 
 def _label_seed(seed, label):
@@ -749,7 +768,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     Returns:
         the results dict (as in `results.json`): `method` (`"gangsweep"`),
         `settings`, `labels` (label -> `persistence`, `V`, `D`, `Z_V`,
-        `Z_D`, `AI`, `l2`, `attack_success_rate`, `epochs`, `seconds`,
+        `Z_D`, `AI`, `l2`, `attack_success_rate`, `epochs`, `seconds`, `collapsed`,
         `persistence_by_source`, `V_logits`, `V_relative`, `history`) and `outlier` (the
         `gangsweep_outliers` verdict, or `None` with fewer than 3 labels).
 
@@ -819,7 +838,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
                 "persistence", "V", "D", "V_logits", "V_relative", "margin", "l2",
                 "attack_success_rate", "persistence_by_source")},
                 "epochs": len(history["l_pert"]), "seconds": round(time.time() - began, 2),
-                "history": history}
+                "collapsed": collapsed(history), "history": history}
             record["labels"][str(label)] = entry
             # Saved with each label, so a killed scan keeps the time of its finished labels.
             record["wall_time_s"] = round(base + time.time() - start, 2)
@@ -836,6 +855,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         record["wall_time_s"] = round(base + time.time() - start, 2)
     if out_dir is not None:
         _add_margins(model, record, out_dir, x, y, intensity, seed)
+    _warn_collapsed(record)
     record["outlier"] = None
     if len(record["labels"]) >= 3:
         outlier = gangsweep_outliers(record["labels"], persistence_threshold, statistic=statistic,
@@ -848,6 +868,22 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     if out_dir is not None:
         io.write_json(os.path.join(out_dir, RESULTS), record)
     return record
+
+
+def _warn_collapsed(record):
+    """Warns about labels whose generator collapsed to `G(x) = 0` (their statistics mislead)."""
+    labels = sorted(int(key) for key, entry in record["labels"].items()
+                    if entry.get("collapsed", collapsed(entry["history"])))
+    if not labels:
+        return
+    gate = record["settings"].get("alpha_gate")
+    fix = ("rescan into another folder with alpha_gate=0.9 (--alpha-gate 0.9), which keeps "
+           "alpha at 2 until the generator sends 90% of the images to the label"
+           if gate is None else f"rescan into another folder with a higher alpha_gate than {gate}")
+    warnings.warn(f"GangSweep: the generators of labels {labels} collapsed to G(x) = 0 during "
+                  f"training (an epoch ended with L_pert < {COLLAPSE_L_PERT} and fewer than half "
+                  f"of the images sent), so their persistence is not a fair measure; {fix}.",
+                  stacklevel=3)
 
 
 def _add_margins(model, record, out_dir, x, y, intensity, seed):

@@ -388,6 +388,23 @@ def test_alpha_gate_keeps_alpha_high_until_the_target_is_reached(mnist_small, ti
             gs.train_generator(model, x, 7, alpha_gate=bad, **common)
 
 
+def test_scan_warns_about_collapsed_generators(mnist_small, tiny_backdoored, monkeypatch):
+    """A generator that ended an epoch at G(x) = 0 is recorded and named, with the fix."""
+    _, _, xt, yt = mnist_small
+
+    def fake_fit(self, x01, target, *args):  # label 2's generator collapses in epoch 2
+        dead = int(target) == 2
+        return {"l_pert": [2.0, 0.01 if dead else 1.5], "l_adv": [1.0, 9.0 if dead else 0.5],
+                "success": [0.3, 0.0 if dead else 0.8], "alpha": [2.0, 0.5], "kept_epoch": 1}
+
+    monkeypatch.setattr(gs._GeneratorTrainer, "fit", fake_fit)
+    with pytest.warns(UserWarning, match=r"labels \[2\] collapsed.*alpha_gate=0\.9"):
+        record = gangsweep_scan(tiny_backdoored[0], xt[:60], yt[:60], labels=[0, 2, 7], **FAST)
+    assert [record["labels"][str(t)]["collapsed"] for t in (0, 2, 7)] == [False, True, False]
+    assert gs.collapsed({"l_pert": [2.0, 0.01], "success": [0.3, 0.0]})
+    assert not gs.collapsed({"l_pert": [2.0, 0.01], "success": [0.3, 0.9]})
+
+
 def test_patching_dataset_restamps_every_epoch(mnist_small):
     x, y, _, _ = mnist_small
     white = ConstantGenerator(np.ones(x.shape[1:]))

@@ -71,10 +71,10 @@ def main():
             summary.append((label, gate, entry, collapsed(h)))
     print(f"\n{args.case} ({args.n_scan} test images): label, alpha_gate -> persistence, "
           "own ASR, margin, L2, epochs, seconds, collapsed")
-    for label, gate, e, collapsed in summary:
+    for label, gate, e, dead in summary:
         print(f"{label:3d} {str(gate):>5}  P {e['persistence']:.3f}  ASR "
               f"{e['attack_success_rate']:.3f}  margin {e['margin']:6.2f}  L2 {e['l2']:.2f}  "
-              f"{e['epochs']:2d} ep  {e['seconds']:5.0f} s  {'yes' if collapsed else 'no'}")
+              f"{e['epochs']:2d} ep  {e['seconds']:5.0f} s  {'yes' if dead else 'no'}")
     print("(the paper's gate: persistence >= 0.9)")
     print_peak_rss(4)
 

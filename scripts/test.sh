@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the environment and runs the whole test suite (8-11 minutes on 2 slow cores).
+# Creates the environment and runs the whole test suite (8-12 minutes on 2 slow cores).
 source "$(dirname "$0")/setup_env.sh"
 # Two workers, one per core (see README, Dependencies); a test file stays on
 # one worker, so its module fixtures are built once. Files go out heaviest

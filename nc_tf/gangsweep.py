@@ -435,11 +435,16 @@ def _check_min_steps(value):
     return int(value)
 
 
+def _is_share(value):
+    """Whether `value` is a number in (0, 1] (not a bool or a string)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.number))
+            and 0 < value <= 1)
+
+
 def _check_alpha_gate(value):
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-            or not 0.0 < float(value) <= 1.0:
+    if not _is_share(value):
         raise ValueError(f"alpha_gate must be a share of images in (0, 1] (e.g. 0.9), or None "
                          f"for the paper's alpha rule; got {value!r}.")
     return float(value)
@@ -573,8 +578,7 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
 
 # ------------------------------------------------------------ outliers
 def _check_persistence_threshold(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-            or not 0 < value <= 1:
+    if not _is_share(value):
         raise ValueError(f"persistence_threshold must be a fraction in (0, 1], got {value!r} "
                          "(the paper: 0.9).")
     return float(value)
@@ -873,7 +877,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
 def _warn_collapsed(record):
     """Warns about labels whose generator collapsed to `G(x) = 0` (their statistics mislead)."""
     labels = sorted(int(key) for key, entry in record["labels"].items()
-                    if entry.get("collapsed", collapsed(entry["history"])))
+                    if collapsed(entry["history"]))
     if not labels:
         return
     gate = record["settings"].get("alpha_gate")

@@ -8,7 +8,7 @@ prints every epoch (alpha, L_pert, L_adv, the share sent to the label, the
 alpha-free objective; `*` marks the epoch kept), then the generator's
 persistence, own attack success, target margin and L2 norm. An epoch that
 ends with L_pert < 0.05 and fewer than half the images sent is marked
-"collapsed" (G(x) = 0; `nc_tf.gangsweep.collapsed`).
+"collapsed" (G(x) = 0; `nc_tf.gangsweep.collapsed_epochs`).
 
 Session 9 used it on the GTSRB BadNets model (table5-gtsrb, target 33),
 whose generators collapsed under the paper's rule.
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _common import print_peak_rss  # noqa: E402
 
 from nc_tf.datasets import load_data  # noqa: E402
-from nc_tf.gangsweep import COLLAPSE_L_PERT, collapsed, gangsweep_scan  # noqa: E402
+from nc_tf.gangsweep import collapsed_epochs, gangsweep_scan  # noqa: E402
 from nc_tf.io import read_json  # noqa: E402
 from nc_tf.models import load_model  # noqa: E402
 
@@ -63,12 +63,13 @@ def main():
             h = entry["history"]
             print(f"\nlabel {label}, alpha_gate {gate}:")
             print(f"{'epoch':>5} {'alpha':>5} {'L_pert':>7} {'L_adv':>7} {'sent':>6} {'objective':>9}")
-            for i, (a, p, d, s) in enumerate(zip(h["alpha"], h["l_pert"], h["l_adv"],
-                                                 h["success"]), start=1):
+            dead = collapsed_epochs(h)
+            for i, (a, p, d, s, c) in enumerate(zip(h["alpha"], h["l_pert"], h["l_adv"],
+                                                    h["success"], dead), start=1):
                 mark = "*" if i == h.get("kept_epoch") else " "
-                note = "  collapsed" if p < COLLAPSE_L_PERT and s < 0.5 else ""
+                note = "  collapsed" if c else ""
                 print(f"{i:5d} {a:5.1f} {p:7.3f} {d:7.3f} {s:6.3f} {p + d:9.3f}{mark}{note}")
-            summary.append((label, gate, entry, collapsed(h)))
+            summary.append((label, gate, entry, any(dead)))
     print(f"\n{args.case} ({args.n_scan} test images): label, alpha_gate -> persistence, "
           "own ASR, margin, L2, epochs, seconds, collapsed")
     for label, gate, e, dead in summary:

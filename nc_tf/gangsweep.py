@@ -334,10 +334,15 @@ class _GeneratorTrainer:
         return history
 
 
+def collapsed_epochs(history):
+    """Per epoch of a generator's training `history`: whether it ended collapsed to `G(x) = 0`."""
+    return [p < COLLAPSE_L_PERT and s < 0.5
+            for p, s in zip(history["l_pert"], history["success"])]
+
+
 def collapsed(history):
     """Whether a generator's training `history` has an epoch collapsed to `G(x) = 0`."""
-    return any(p < COLLAPSE_L_PERT and s < 0.5
-               for p, s in zip(history["l_pert"], history["success"]))
+    return any(collapsed_epochs(history))
 
 
 def _label_seed(seed, label):

@@ -142,6 +142,9 @@ def build_parser():
                    help="with --partial: split source groups recursively instead of all pairs")
     p.add_argument("--beam", type=int, default=2,
                    help="with --divide-and-conquer: groups kept per level (default: 2)")
+    p.add_argument("--accept-low-accuracy", action="store_true",
+                   help="scan even when the model's clean accuracy on the scan data is below "
+                        "50%% (usually a wrong --intensity, channel order or label mapping)")
     g = p.add_argument_group("optimisation (reference names; override the preset)")
     g.add_argument("--steps", type=int, help="maximum steps per label")
     g.add_argument("--batch-size", type=int, help="images per batch")
@@ -161,6 +164,14 @@ def build_parser():
     g.add_argument("--mask-init", type=_mask_init,
                    help="initial mask: 'random' (reference) or a constant in (0, 1) "
                         "(nc-tf addition; fast preset: 0.1)")
+    g.add_argument("--loss", choices=("ce", "reference"),
+                   help="attack loss: ce = -log p_t; reference = the reference code's effective "
+                        "16.12 (1 - p_t) (nc-tf addition; default: ce)")
+    g.add_argument("--starts", type=int,
+                   help="short starts per label; the one with the smallest mask after "
+                        "--start-steps steps continues (nc-tf addition; fast preset: 5)")
+    g.add_argument("--start-steps", type=int,
+                   help="steps of each start before the choice (fast preset: 40)")
     g = p.add_argument_group("gangsweep (with --method gangsweep; --batch-size, --lr and "
                              "--patience apply too: defaults 64, 0.01, 3)")
     g.add_argument("--epochs", type=int, help="most epochs per generator (default: 15)")
@@ -278,7 +289,11 @@ def build_parser():
 def main(argv=None):
     """Entry point of the `nc-tf` console script."""
     args = build_parser().parse_args(argv)
+    import warnings
+
     from nc_tf.models import UntrustedModelError
+
+    warnings.formatwarning = lambda message, *_, **__: f"nc-tf {args.command}: warning: {message}\n"
 
     try:
         return args.func(args) or 0
@@ -418,7 +433,8 @@ def cmd_evaluate(args):
 
 SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regularization",
                  "attack_succ_threshold", "patience", "cost_multiplier", "early_stop_threshold",
-                 "early_stop_patience", "upsample_size", "restarts", "mask_init")
+                 "early_stop_patience", "upsample_size", "restarts", "mask_init", "loss",
+                 "starts", "start_steps")
 
 
 # Scan flags of each method; the other method's flags are refused when set.
@@ -480,10 +496,12 @@ def cmd_scan(args):
         from nc_tf.partial import partial_scan
 
         record = partial_scan(model, x, y, targets=labels,
-                              divide_and_conquer=args.divide_and_conquer, beam=args.beam, **common)
+                              divide_and_conquer=args.divide_and_conquer, beam=args.beam,
+                              accept_low_accuracy=args.accept_low_accuracy, **common)
     else:
         record = scan(model, x, y, labels=labels, suspected=args.suspected,
-                      low_cost=args.low_cost, **common)
+                      low_cost=args.low_cost, accept_low_accuracy=args.accept_low_accuracy,
+                      **common)
     record.pop("triggers")
     if args.json:
         _print(args, record, [])

@@ -28,6 +28,16 @@ from nc_tf.preprocess import check_intensity, preprocess
 
 REGULARIZATIONS = (None, "none", "l1", "l2")
 
+# The attack loss on the target's probability p_t. "ce": the cross-entropy
+# -log p_t that Keras computes on probabilities (p_t clipped to
+# [1e-7, 1 - 1e-7]). "reference": what the reference code minimises:
+# it calls `categorical_crossentropy(output, y_true)` with the arguments
+# swapped, which under Keras 2.2 is -log(1e-7) * (1 - p_t) = 16.12 (1 - p_t).
+LOSSES = {
+    "ce": lambda p: -tf.math.log(tf.clip_by_value(p, 1e-7, 1 - 1e-7)),
+    "reference": lambda p: -math.log(1e-7) * (1 - p),
+}
+
 # Per-slot schedule state, in the order of `cost_schedule_update`'s dict.
 STATE_KEYS = (
     "cost", "cost_set_counter", "cost_up_counter", "cost_down_counter",
@@ -184,6 +194,11 @@ class ReverseEngine:
             constant (the fast preset's 0.1) starts with little of the random
             pattern showing, which avoids large triggers built from it.
             Defaults to `"random"`.
+        loss: the attack loss on the target's probability: `"ce"`
+            (cross-entropy, `-log p_t`) or `"reference"` (the reference
+            code's effective `16.12 * (1 - p_t)`). A logits model's outputs
+            go through a softmax first, so a softmax model and its logits
+            twin get the same objective. Defaults to `"ce"`.
 
     Example:
 
@@ -197,7 +212,7 @@ class ReverseEngine:
                  attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
                  reset_cost_to_zero=True, early_stop=True, early_stop_threshold=1.0,
                  early_stop_patience=25, save_last=False, epsilon=1e-7, slots=8,
-                 steps_per_call=10, seed=0, mask_init="random"):
+                 steps_per_call=10, seed=0, mask_init="random", loss="ce"):
         from nc_tf.models import outputs_probabilities
 
         if regularization not in REGULARIZATIONS:
@@ -216,7 +231,11 @@ class ReverseEngine:
         if cost_multiplier <= 1:
             raise ValueError(f"cost_multiplier must be > 1, got {cost_multiplier}.")
         self.model, self.intensity = model, check_intensity(intensity)
-        self.from_logits = not outputs_probabilities(model)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}.")
+        self.loss = loss
+        x = np.asarray(x)
+        self.from_logits = not outputs_probabilities(model, x, intensity)
         self.regularization = None if regularization == "none" else regularization
         self.cfg = dict(
             init_cost=float(init_cost), steps=int(steps),
@@ -231,7 +250,6 @@ class ReverseEngine:
         self.slots, self.steps_per_call, self.seed = int(slots), int(steps_per_call), int(seed)
         self.num_classes = int(model.output_shape[-1])
 
-        x = np.asarray(x)
         self.image_shape = tuple(int(v) for v in x.shape[1:])
         h, w, c = self.image_shape
         u = self.upsample_size
@@ -313,11 +331,9 @@ class ReverseEngine:
             flat = tf.reshape(stamped, tf.concat([[k * self.batch_size], tf.shape(xb)[2:]], 0))
             out = self.model(preprocess(flat, self.intensity), training=False)
             labels = tf.repeat(targets, self.batch_size)
-            if self.from_logits:
-                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, out)
-            else:
-                p = tf.gather(out, labels, batch_dims=1)
-                ce = -tf.math.log(tf.clip_by_value(p, 1e-7, 1 - 1e-7))
+            if self.from_logits:  # one objective for a softmax model and its logits twin
+                out = tf.nn.softmax(out)
+            ce = LOSSES[self.loss](tf.gather(out, labels, batch_dims=1))
             ce = tf.reduce_mean(tf.reshape(ce, [k, self.batch_size]), axis=1)
             reg = self._regulariser(mask)
             loss = ce + cost * reg
@@ -451,7 +467,8 @@ class ReverseEngine:
                                  f"0..{self.num_classes - 1}.")
         return labels
 
-    def advance(self, labels, n_steps, states=None, sources=None):
+    def advance(self, labels, n_steps, states=None, sources=None, restarts=None,
+                thresholds=None):
         """Runs `n_steps` more steps of each job (a short pass); returns its state.
 
         Used by the low-cost scan: jobs are swapped in and out of the slots,
@@ -464,6 +481,10 @@ class ReverseEngine:
                 start fresh. Defaults to `None`.
             sources: per job, source classes to sample from, or `None`.
                 Defaults to `None`.
+            restarts: per job started fresh, its restart index (as in
+                `run`). Defaults to `None` (all 0).
+            thresholds: per job started fresh, its success threshold (as in
+                `run`). Defaults to `None`.
 
         Returns:
             list of `(state, l1_norm_of_current_mask, done)` per job.
@@ -471,13 +492,16 @@ class ReverseEngine:
         labels = self._check_labels(labels)
         states = states or [None] * len(labels)
         sources = sources or [None] * len(labels)
+        restarts = restarts or [0] * len(labels)
+        thresholds = thresholds or [None] * len(labels)
         out = []
         for start in range(0, len(labels), self.slots):
             chunk = range(start, min(start + self.slots, len(labels)))
             self.assigned.assign(tf.zeros(self.slots))
             for slot, i in enumerate(chunk):
                 if states[i] is None:
-                    self._init_slot(slot, labels[i], sources=sources[i])
+                    self._init_slot(slot, labels[i], sources=sources[i], restart=restarts[i],
+                                    threshold=thresholds[i])
                 else:
                     self.load_slot(slot, states[i])
             self._run(tf.constant(int(n_steps)))
@@ -486,6 +510,50 @@ class ReverseEngine:
             for slot, i in enumerate(chunk):
                 out.append((self.save_slot(slot), float(masks[slot].sum()), bool(done[slot] > 0)))
         return out
+
+    def best_starts(self, labels, starts, start_steps, sources=None, restarts=None,
+                    thresholds=None):
+        """Runs several starts of each job for a few steps and keeps the most promising.
+
+        Every job is started `starts` times from different random triggers
+        (restart indices `restart * starts + k`); each start advances
+        `start_steps` steps, and the start whose current mask has the
+        smallest L1 norm is kept. A start that lands in a large local
+        minimum is already far larger than a good one after a few dozen
+        steps, so this buys most of the reliability of `starts` full runs
+        for `starts * start_steps` extra steps per job.
+
+        Args:
+            labels: target label of each job.
+            starts: starts per job (>= 1).
+            start_steps: steps each start runs before the choice.
+            sources: per job, source classes, as in `run`. Defaults to `None`.
+            restarts: per job, its restart index, as in `run`. Defaults to
+                `None` (all 0).
+            thresholds: per job, its success threshold, as in `run`.
+                Defaults to `None`.
+
+        Returns:
+            `(states, norms)`: per job, the kept start's state (to pass to
+            `run(states=...)`) and the L1 norms of all its starts at the
+            choice.
+        """
+        n, starts = len(labels), int(starts)
+        sources = sources or [None] * n
+        restarts = restarts or [0] * n
+        thresholds = thresholds or [None] * n
+        arms = [(j, k) for j in range(n) for k in range(starts)]
+        out = self.advance([labels[j] for j, _ in arms], start_steps,
+                           sources=[sources[j] for j, _ in arms],
+                           restarts=[restarts[j] * starts + k for j, k in arms],
+                           thresholds=[thresholds[j] for j, _ in arms])
+        states, norms = [None] * n, [[] for _ in range(n)]
+        best = [None] * n
+        for (j, _), (state, l1, _) in zip(arms, out):
+            norms[j].append(round(l1, 2))
+            if best[j] is None or l1 < best[j]:
+                best[j], states[j] = l1, state
+        return states, norms
 
     def run(self, labels, pattern_init=None, mask_init=None, on_done=None, sources=None,
             states=None, restarts=None, thresholds=None):

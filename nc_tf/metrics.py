@@ -35,6 +35,48 @@ def accuracy(y_pred, y_true):
     return float(np.mean(y_pred == y_true)) if len(y_true) else float("nan")
 
 
+# Clean accuracy on the scan data below which a verdict means nothing (refused),
+# and below which it is doubtful (warned).
+MIN_ACCURACY, WARN_ACCURACY = 0.5, 0.9
+
+
+def check_clean_accuracy(value, accept_low_accuracy=False, name="the scan data"):
+    """Refuses (or warns about) a model that does not classify its data well.
+
+    A verdict on a model that misclassifies its own data is usually a sign
+    of wrong preprocessing, not of a backdoor. Below `MIN_ACCURACY` this
+    raises unless `accept_low_accuracy`; below `WARN_ACCURACY` it warns.
+
+    Args:
+        value: the model's clean accuracy on the data.
+        accept_low_accuracy: go on below `MIN_ACCURACY` (with a warning).
+            Defaults to `False`.
+        name: what to call the data in messages. Defaults to
+            `"the scan data"`.
+
+    Returns:
+        `value`.
+
+    Example:
+
+    >>> check_clean_accuracy(0.97)
+    0.97
+    """
+    import warnings
+
+    causes = ("the model's input scaling (--intensity raw|mnist|imagenet|inception), the "
+              "channel order (RGB/BGR) or the label mapping of the data")
+    if value < MIN_ACCURACY and not accept_low_accuracy:
+        raise ValueError(f"The model's clean accuracy on {name} is {value:.1%} (below "
+                         f"{MIN_ACCURACY:.0%}), so any verdict would be meaningless; check "
+                         f"{causes}, or pass --accept-low-accuracy (accept_low_accuracy=True) "
+                         "to go on anyway.")
+    if value < WARN_ACCURACY:
+        warnings.warn(f"The model's clean accuracy on {name} is only {value:.1%}; if that is "
+                      f"unexpected, check {causes}.", stacklevel=2)
+    return value
+
+
 def attack_success_rate(y_pred, y_true, target):
     """Fraction of stamped inputs sent to the target, true-target inputs excluded.
 

@@ -271,14 +271,22 @@ def _is_keras_layer(name):
 
 
 # --------------------------------------------------- outputs and checks
-def outputs_probabilities(model):
-    """True if the model ends in a softmax (probabilities), False for logits.
+def outputs_probabilities(model, x=None, intensity="raw"):
+    """True if the model outputs probabilities (a softmax), False for logits.
 
-    Looks at the last layer (recursing into a nested model): a `Softmax`
-    layer, an `Activation("softmax")` or any layer with `activation=softmax`.
+    Given images, the answer comes from behaviour: the outputs count as
+    probabilities when every one is non-negative and each row sums to 1,
+    whatever layers follow the softmax (e.g. a `Activation("linear")` after
+    it). Without images, the last layer decides (recursing into a nested
+    model): a `Softmax` layer, an `Activation("softmax")` or any layer with
+    `activation=softmax`.
 
     Args:
         model: a Keras model.
+        x: raw images `(N, H, W, C)` to run the model on (at most 256 are
+            used). Defaults to `None` (decide from the last layer).
+        intensity: the model's intensity range, used with `x`. Defaults to
+            `"raw"`.
 
     Returns:
         bool.
@@ -287,7 +295,15 @@ def outputs_probabilities(model):
 
     >>> outputs_probabilities(mnist_model())
     True
+    >>> outputs_probabilities(logits_twin(mnist_model()))
+    False
     """
+    if x is not None and len(x):
+        from nc_tf.preprocess import preprocess
+
+        out = np.asarray(model(preprocess(np.asarray(x[:256], np.float32), intensity),
+                               training=False), np.float64)
+        return bool(np.all(out >= -1e-6) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
     layer = model.layers[-1]
     while isinstance(layer, keras.Model) and layer.layers:
         layer = layer.layers[-1]
@@ -295,6 +311,46 @@ def outputs_probabilities(model):
         return True
     activation = getattr(layer, "activation", None)
     return getattr(activation, "__name__", None) == "softmax"
+
+
+def logits_twin(model):
+    """A copy of a softmax model that outputs the logits: same weights, softmax removed.
+
+    The last layer's softmax is replaced by the identity (a final `Softmax`
+    layer or `Activation("softmax")` becomes `Activation("linear")`; a layer
+    with `activation="softmax"` keeps its weights and loses the
+    activation). Used to check that a result does not depend on whether a
+    model ends in softmax.
+
+    Args:
+        model: a built Sequential or functional model whose last layer
+            applies the softmax.
+
+    Returns:
+        a new, uncompiled `keras.Model`.
+
+    Example:
+
+    >>> twin = logits_twin(mnist_model())
+    >>> twin.layers[-1].activation.__name__
+    'linear'
+    """
+    last = model.layers[-1]
+    if not outputs_probabilities(model):
+        raise ValueError("logits_twin needs a model whose last layer applies the softmax; "
+                         f"{model.name}'s last layer {last.name!r} does not.")
+
+    def clone(layer):
+        if layer is not last:
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
+            return keras.layers.Activation("linear", name=layer.name)
+        config = dict(layer.get_config(), activation="linear")
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone)
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def check_model_data(model, x, y=None, name="data"):

@@ -31,14 +31,14 @@ import numpy as np
 
 from nc_tf import io
 from nc_tf.scan import (
-    RESULTS, check_scan_inputs, detect, make_engine, new_record, open_scan_dir, run_jobs,
-    scan_settings,
+    RESULTS, check_scan_inputs, check_scan_model, detect, make_engine, new_record, open_scan_dir,
+    run_jobs, scan_settings,
 )
 
 
 # A single source class gives few samples per step: partial scans sample more
 # per step and stop later than the "fast" preset (overridable as usual).
-PARTIAL_DEFAULTS = dict(nb_sample=256, steps=600, early_stop_patience=20, restarts=1)
+PARTIAL_DEFAULTS = dict(nb_sample=256, steps=600, early_stop_patience=20, restarts=1, starts=1)
 
 
 def job_key(sources, target):
@@ -49,7 +49,7 @@ def job_key(sources, target):
 def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
                  divide_and_conquer=False, beam=2, reference=None, preset="fast",
                  intensity="raw", seed=0, slots=8, prefix="nc", progress=True, verbose=True,
-                 model_path=None, **overrides):
+                 model_path=None, accept_low_accuracy=False, **overrides):
     """Searches for source-specific backdoors over (source, target) pairs.
 
     Args:
@@ -77,6 +77,8 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         progress: show progress bars. Defaults to `True`.
         verbose: print the MAD report. Defaults to `True`.
         model_path: recorded in `results.json`. Defaults to `None`.
+        accept_low_accuracy: scan even when the model's clean accuracy on
+            `(x, y)` is below 50% (see `nc_tf.scan.scan`). Defaults to `False`.
         **overrides: optimisation settings under their reference names.
 
     Returns:
@@ -98,6 +100,7 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
                      for k in set(overrides) | set(PARTIAL_DEFAULTS)}
     settings = scan_settings(preset, **overrides)
     x, y, num_classes = check_scan_inputs(model, x, y, settings, intensity)
+    clean_accuracy, output_form = check_scan_model(model, x, y, intensity, accept_low_accuracy)
     present = set(int(v) for v in np.unique(y))
     targets = list(range(num_classes)) if targets is None else [int(t) for t in targets]
     sources = sorted(present) if sources is None else sorted(int(s) for s in sources)
@@ -112,12 +115,14 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
                         partial="divide-and-conquer" if divide_and_conquer else "pairs",
                         beam=beam if divide_and_conquer else None)
     record, triggers = open_scan_dir(out_dir, record)
+    record.update(clean_accuracy=clean_accuracy, output=output_form)
     engine = make_engine(model, x, y, settings, intensity, seed, slots)
 
     def run(jobs):
         todo = [j for j in jobs if j[0] not in record["labels"]]
         run_jobs(engine, todo, record, triggers, model, x, y, intensity, out_dir, prefix,
-                 progress=progress, restarts=settings["restarts"])
+                 progress=progress, restarts=settings["restarts"], starts=settings["starts"],
+                 start_steps=settings["start_steps"])
         return {job[0]: record["labels"][job[0]]["l1_norm"] for job in jobs}
 
     if not divide_and_conquer:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the environment and runs the main demo on the embedded MNIST:
 # inject a BadNets backdoor, measure it, then scan the model with Neural
-# Cleanse, print the MAD report, and repair it by unlearning. Outputs go to demo_out/
+# Cleanse, print the MAD report, repair it, and measure the repaired model.
+# Outputs go to demo_out/
 source "$(dirname "$0")/setup_env.sh"
 OUT=demo_out/mnist_badnets
 if [ -f "$OUT/model.keras" ]; then
@@ -13,11 +14,11 @@ fi
 echo "== 2. evaluate: clean accuracy and attack success rate on the MNIST test set"
 nc-tf evaluate "$OUT/model.keras" --dataset mnist --attack "$OUT/attack.json"
 echo "== 3. scan: reverse-engineer a trigger for each of the 10 labels (resumes if interrupted)"
-# 3 starts per label, smallest valid trigger kept: on this 2-epoch model a single
-# start lands in a large local minimum for label 7 in 2 runs of 4 (see README).
-nc-tf scan "$OUT/model.keras" --dataset mnist --restarts 3 --out demo_out/scan
+nc-tf scan "$OUT/model.keras" --dataset mnist --out demo_out/scan
 echo "== 4. detect: MAD outlier test on the scan folder (PNG triggers in demo_out/scan/)"
 nc-tf detect demo_out/scan
-echo "== 5. mitigate: unlearn the flagged label's reversed trigger (Neural Cleanse), before/after"
-nc-tf mitigate "$OUT/model.keras" --method unlearn --scan demo_out/scan --dataset mnist \
-  --attack "$OUT/attack.json" --out demo_out/unlearn --force
+echo "== 5. repair: scan, unlearn the flagged triggers, rescan for what survives (resumes if interrupted)"
+nc-tf mitigate "$OUT/model.keras" --method repair --dataset mnist --attack "$OUT/attack.json" \
+  --out demo_out/repaired
+echo "== 6. evaluate the repaired model: clean accuracy and the original trigger's attack success"
+nc-tf evaluate demo_out/repaired/model.keras --dataset mnist --attack "$OUT/attack.json"

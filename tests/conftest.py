@@ -3,14 +3,13 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # scripts/test.sh runs two workers on two cores: one TensorFlow thread
-    # each, so they do not compete for the cores. Measured: 13 of the attack
-    # tests took 276 s instead of 310 s; the whole suite 838 s instead of
-    # 824 s (no gain beyond run-to-run noise). Kept: it is the configuration
-    # the whole suite was last run and passed with.
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+# Fixtures are trained deterministically, so a test's outcome does not depend
+# on how the suite is run: TensorFlow's deterministic kernels, and one thread
+# per op (reduction order otherwise depends on the thread count, which
+# differs between `pytest -n 2` workers and a single process).
+os.environ["TF_DETERMINISTIC_OPS"] = "1"
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import fcntl  # noqa: E402
 import json  # noqa: E402
@@ -78,19 +77,9 @@ def tiny_backdoored(tmp_path_factory, mnist_small):
     """
 
     def build():
-        import keras
+        from recipes import tiny_backdoored_model
 
-        from injection import inject_backdoor, square_trigger
-        from nc_tf.models import mnist_model
-
-        x, y, xt, yt = mnist_small
-        trigger = square_trigger(x.shape[1:], target=7, size=4, margin=1)
-        keras.utils.set_random_seed(1)
-        model = mnist_model()
-        # 20% poisoned (the paper's upper end) so the tiny model's backdoor
-        # clears the scan's 99% success threshold.
-        history = inject_backdoor(model, x, y, [trigger], ratio=0.25, epochs=3, seed=1,
-                                  validation_data=(xt, yt), verbose=0)
+        model, trigger, history = tiny_backdoored_model(*mnist_small, seed=1)
         return model, trigger, types.SimpleNamespace(history=history.history)
 
     def save(value, folder):

@@ -13,19 +13,14 @@ from nc_tf.outlier import outlier_detection
 from nc_tf.scan import detect_dir, load_reversed, scan
 from nc_tf.visualizer import Visualizer
 
-QUICK = dict(steps=60, nb_sample=64, early_stop_patience=10)
+QUICK = dict(steps=60, nb_sample=64, early_stop_patience=10, starts=1)
 
 
 @pytest.fixture(scope="session")
 def tiny_clean(mnist_small):
-    from injection import inject_backdoor
-    from nc_tf.models import mnist_model
+    from recipes import tiny_clean_model
 
-    x, y, _, _ = mnist_small
-    keras.utils.set_random_seed(1)
-    model = mnist_model()
-    inject_backdoor(model, x, y, (), epochs=3, seed=1, verbose=0)
-    return model
+    return tiny_clean_model(*mnist_small[:2], seed=1)
 
 
 def test_scan_flags_the_injected_label(tmp_path, tiny_backdoored, tiny_scan, capsys):

@@ -24,6 +24,11 @@ import sys
 import tempfile
 import time
 
+# The suite's configuration (tests/conftest.py), so the seed-1 row is the suite's fixture.
+os.environ["TF_DETERMINISTIC_OPS"] = "1"
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))

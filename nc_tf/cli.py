@@ -172,6 +172,8 @@ def build_parser():
                         "--start-steps steps continues (nc-tf addition; fast preset: 5)")
     g.add_argument("--start-steps", type=int,
                    help="steps of each start before the choice (fast preset: 40)")
+    g.add_argument("--start-nb-sample", type=int,
+                   help="images per step during the starts (fast preset: 128)")
     g = p.add_argument_group("gangsweep (with --method gangsweep; --batch-size, --lr and "
                              "--patience apply too: defaults 64, 0.01, 3)")
     g.add_argument("--epochs", type=int, help="most epochs per generator (default: 15)")
@@ -434,7 +436,7 @@ def cmd_evaluate(args):
 SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regularization",
                  "attack_succ_threshold", "patience", "cost_multiplier", "early_stop_threshold",
                  "early_stop_patience", "upsample_size", "restarts", "mask_init", "loss",
-                 "starts", "start_steps")
+                 "starts", "start_steps", "start_nb_sample")
 
 
 # Scan flags of each method; the other method's flags are refused when set.

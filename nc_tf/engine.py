@@ -277,6 +277,8 @@ class ReverseEngine:
                             self.pattern_best, self.has_best, self.target, self.restart,
                             self.succ_threshold, self.pool]
                            + list(self.adam.values()) + list(self.state.values()))
+        # batches per step, a variable so the short starts can take fewer without a retrace
+        self._mini_batch = tf.Variable(self.mini_batch, trainable=False, dtype=tf.int32)
         self._run = tf.function(self._run_steps, reduce_retracing=True)
 
     # ------------------------------------------------------------ graph
@@ -370,9 +372,9 @@ class ReverseEngine:
                 break
             idx = tf.cast(tf.where(active)[:, 0], tf.int32)
             sums = tf.zeros([tf.shape(idx)[0], 4])
-            for _ in tf.range(self.mini_batch):
+            for _ in tf.range(self._mini_batch):
                 sums += self._batch(idx)
-            means = sums / float(self.mini_batch)
+            means = sums / tf.cast(self._mini_batch, tf.float32)
             ce, reg, loss, acc = means[:, 0], means[:, 1], means[:, 2], means[:, 3]
             old = {k: tf.gather(v, idx) for k, v in self.state.items()}
             cfg = dict(self.cfg, attack_succ_threshold=tf.gather(self.succ_threshold, idx))
@@ -512,7 +514,7 @@ class ReverseEngine:
         return out
 
     def best_starts(self, labels, starts, start_steps, sources=None, restarts=None,
-                    thresholds=None):
+                    thresholds=None, start_mini_batch=None):
         """Runs several starts of each job for a few steps and keeps the most promising.
 
         Every job is started `starts` times from different random triggers
@@ -532,6 +534,10 @@ class ReverseEngine:
                 `None` (all 0).
             thresholds: per job, its success threshold, as in `run`.
                 Defaults to `None`.
+            start_mini_batch: batches per step during the starts (fewer
+                than `mini_batch` makes them cheaper; the kept start then
+                continues with `mini_batch`). Defaults to `None`
+                (`mini_batch`).
 
         Returns:
             `(states, norms)`: per job, the kept start's state (to pass to
@@ -543,10 +549,14 @@ class ReverseEngine:
         restarts = restarts or [0] * n
         thresholds = thresholds or [None] * n
         arms = [(j, k) for j in range(n) for k in range(starts)]
-        out = self.advance([labels[j] for j, _ in arms], start_steps,
-                           sources=[sources[j] for j, _ in arms],
-                           restarts=[restarts[j] * starts + k for j, k in arms],
-                           thresholds=[thresholds[j] for j, _ in arms])
+        self._mini_batch.assign(int(start_mini_batch or self.mini_batch))
+        try:
+            out = self.advance([labels[j] for j, _ in arms], start_steps,
+                               sources=[sources[j] for j, _ in arms],
+                               restarts=[restarts[j] * starts + k for j, k in arms],
+                               thresholds=[thresholds[j] for j, _ in arms])
+        finally:
+            self._mini_batch.assign(self.mini_batch)
         states, norms = [None] * n, [[] for _ in range(n)]
         best = [None] * n
         for (j, _), (state, l1, _) in zip(arms, out):

@@ -38,7 +38,7 @@ PRESETS = {
         steps=1000, batch_size=32, nb_sample=1000, lr=0.1, init_cost=1e-3,
         regularization="l1", attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
         early_stop_threshold=1.0, early_stop_patience=25, upsample_size=1, restarts=1,
-        mask_init="random", loss="reference", starts=1, start_steps=0,
+        mask_init="random", loss="reference", starts=1, start_steps=0, start_nb_sample=1000,
     ),
     # The default: fewer images per step and at most 300 steps, and four choices
     # that make the verdict independent of the seed (bench/detection.py):
@@ -49,13 +49,14 @@ PRESETS = {
     #   random pattern shows at the start;
     # - 5 starts per label, the one with the smallest mask after 40 steps
     #   continuing: a start that settles in a large local minimum is already
-    #   several times larger than a good one by then;
+    #   several times larger than a good one by then (with 32 images a step
+    #   during the starts instead of 128, the choice is too noisy);
     # - the reference code's effective loss 16.12 (1 - p_t) (see `ReverseEngine`).
     "fast": dict(
         steps=300, batch_size=32, nb_sample=128, lr=0.1, init_cost=1e-3,
         regularization="l1", attack_succ_threshold=0.95, patience=5, cost_multiplier=2.0,
         early_stop_threshold=1.0, early_stop_patience=25, upsample_size=1, restarts=1,
-        mask_init=0.1, loss="reference", starts=5, start_steps=40,
+        mask_init=0.1, loss="reference", starts=5, start_steps=40, start_nb_sample=128,
     ),
 }
 RESULTS = "results.json"
@@ -118,8 +119,8 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
             smallest valid trigger kept; `mask_init`: `"random"` or a
             constant initial mask; `loss`: `"ce"` or `"reference"`, see
             `ReverseEngine`; `starts`: short starts per label of which the
-            most promising continues, after `start_steps` steps, see
-            `ReverseEngine.best_starts`).
+            most promising continues, after `start_steps` steps of
+            `start_nb_sample` images, see `ReverseEngine.best_starts`).
 
     Returns:
         the results dict (as in `results.json`): `settings`,
@@ -170,7 +171,8 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
              progress=progress, states=states, total=len(record["labels"]) + len(jobs),
              restarts=settings["restarts"], starts=settings["starts"],
-             start_steps=settings["start_steps"])
+             start_steps=settings["start_steps"],
+             start_mini_batch=max(1, settings["start_nb_sample"] // settings["batch_size"]))
     record["outlier"] = detect(record, verbose=verbose) if len(record["labels"]) >= 3 else None
     if out_dir is not None:
         io.write_json(os.path.join(out_dir, RESULTS), record)
@@ -242,7 +244,8 @@ def make_engine(model, x, y, settings, intensity, seed, slots):
 
 
 def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
-             progress=True, states=None, total=None, restarts=1, starts=1, start_steps=0):
+             progress=True, states=None, total=None, restarts=1, starts=1, start_steps=0,
+             start_mini_batch=None):
     """Optimises `jobs` (key, target label, source classes or None[, success threshold]).
 
     Each job runs `restarts` times from different random triggers; the
@@ -322,7 +325,8 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
             chosen, norms = engine.best_starts(
                 [jobs[runs[i][0]][1] for i in fresh], starts, start_steps,
                 sources=[jobs[runs[i][0]][2] for i in fresh],
-                restarts=[runs[i][1] for i in fresh], thresholds=[thresholds[i] for i in fresh])
+                restarts=[runs[i][1] for i in fresh], thresholds=[thresholds[i] for i in fresh],
+                start_mini_batch=start_mini_batch)
             for i, state, norm in zip(fresh, chosen, norms):
                 run_states[i], start_norms[i] = state, norm
         engine.run([jobs[j][1] for j, _ in runs], on_done=on_done, states=run_states,

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from injection.triggers import injection_func
 from nc_tf import scan as scan_mod
+from nc_tf.metrics import attack_success_rate, predict_labels
 from nc_tf.outlier import outlier_detection
 from nc_tf.scan import detect_dir, load_reversed, scan
 from nc_tf.visualizer import Visualizer
@@ -23,10 +25,11 @@ def tiny_clean(mnist_small):
     return tiny_clean_model(*mnist_small[:2], seed=1)
 
 
-def test_scan_flags_the_injected_label(tmp_path, tiny_backdoored, tiny_scan, capsys):
+def test_scan_flags_the_injected_label(tmp_path, tiny_backdoored, tiny_scan, mnist_small, capsys):
     import shutil
 
-    _, trigger, _ = tiny_backdoored
+    model, trigger, _ = tiny_backdoored
+    xt, yt = mnist_small[2:]
     record, folder = tiny_scan
     out = tmp_path / "scan"
     shutil.copytree(folder, out)
@@ -36,9 +39,14 @@ def test_scan_flags_the_injected_label(tmp_path, tiny_backdoored, tiny_scan, cap
     assert [f[0] for f in record["outlier"]["flagged"]] == [trigger.target]
     assert "flagged label list: 7: " in printed
     entry = record["labels"]["7"]
-    assert entry["found"] and entry["attack_success_rate"] >= 0.9
-    # The reversed trigger is small and sits where the real one is.
+    assert entry["found"]
+    # The reversed trigger is small and sits where the real one is, and the
+    # success reported is its success on the scan data (how high it is, is a
+    # benchmark figure: bench/fixture_spread.py).
     mask, pattern = load_reversed(str(out), 7)
+    stamped = injection_func(mask[..., None], pattern, xt)
+    assert entry["attack_success_rate"] == pytest.approx(
+        attack_success_rate(predict_labels(model, stamped), yt, 7))
     assert mask.shape == (28, 28) and pattern.shape == (28, 28, 1)
     assert mask.sum() < 0.5 * np.median([v["l1_norm"] for v in record["labels"].values()])
     real = trigger.mask[..., 0] > 0
@@ -173,8 +181,10 @@ def test_bad_scan_inputs(mnist_small, tiny_backdoored):
 def test_restarts_keep_the_smallest_valid_trigger(mnist_small, tiny_backdoored):
     _, _, xt, yt = mnist_small
     model = tiny_backdoored[0]
+    # one slot: every forward pass holds one job's batch, so a run's arithmetic
+    # does not depend on which other runs share the graph
     record = scan(model, xt[:300], yt[:300], labels=[7, 1, 4], restarts=3, mask_init="random",
-                  progress=False, verbose=False, **QUICK)
+                  slots=1, progress=False, verbose=False, **QUICK)
     for entry in record["labels"].values():
         tries = entry["restarts"]
         assert len(tries) == 3
@@ -182,9 +192,9 @@ def test_restarts_keep_the_smallest_valid_trigger(mnist_small, tiny_backdoored):
         assert entry["l1_norm"] == pytest.approx(min(valid))
         # different starts: not three identical runs
         assert len({round(t["l1_norm"], 4) for t in tries}) > 1
-    single = scan(model, xt[:300], yt[:300], labels=[7, 1, 4], mask_init="random", progress=False,
-                  verbose=False, **QUICK)
+    single = scan(model, xt[:300], yt[:300], labels=[7, 1, 4], mask_init="random", slots=1,
+                  progress=False, verbose=False, **QUICK)
     # restart 0 is the single run: the kept norm is never larger
     for key, entry in single["labels"].items():
         assert "restarts" not in entry
-        assert record["labels"][key]["restarts"][0]["l1_norm"] == pytest.approx(entry["l1_norm"], rel=1e-3)
+        assert record["labels"][key]["restarts"][0]["l1_norm"] == pytest.approx(entry["l1_norm"], rel=1e-6)

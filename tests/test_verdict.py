@@ -71,7 +71,7 @@ def test_a_model_that_misreads_its_data_is_refused(tiny_backdoored, mnist_small)
     _, _, xt, yt = mnist_small
     model = tiny_backdoored[0]
     # the model takes raw pixels; "mnist" scaling divides them by 255
-    with pytest.raises(ValueError, match=r"clean accuracy .* below 50%.*--intensity"):
+    with pytest.raises(ValueError, match=r"clean accuracy .*below 50%.*--intensity"):
         scan(model, xt[:200], yt[:200], intensity="mnist", progress=False, verbose=False)
     with pytest.warns(UserWarning, match="clean accuracy"):
         record = scan(model, xt[:200], yt[:200], intensity="mnist", labels=[0, 7, 9], steps=2,

@@ -199,6 +199,9 @@ class ReverseEngine:
             code's effective `16.12 * (1 - p_t)`). A logits model's outputs
             go through a softmax first, so a softmax model and its logits
             twin get the same objective. Defaults to `"ce"`.
+        start_mini_batch: batches per step during `best_starts` (fewer
+            than `mini_batch` makes the starts cheaper). Defaults to `None`
+            (`mini_batch`).
 
     Example:
 
@@ -212,7 +215,8 @@ class ReverseEngine:
                  attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
                  reset_cost_to_zero=True, early_stop=True, early_stop_threshold=1.0,
                  early_stop_patience=25, save_last=False, epsilon=1e-7, slots=8,
-                 steps_per_call=10, seed=0, mask_init="random", loss="ce"):
+                 steps_per_call=10, seed=0, mask_init="random", loss="ce",
+                 start_mini_batch=None):
         from nc_tf.models import outputs_probabilities
 
         if regularization not in REGULARIZATIONS:
@@ -246,6 +250,7 @@ class ReverseEngine:
         )
         self.reset_cost_to_zero, self.save_last = reset_cost_to_zero, save_last
         self.mini_batch, self.batch_size = int(mini_batch), int(batch_size)
+        self.start_mini_batch = int(start_mini_batch or mini_batch)
         self.lr, self.epsilon, self.upsample_size = float(lr), float(epsilon), int(upsample_size)
         self.slots, self.steps_per_call, self.seed = int(slots), int(steps_per_call), int(seed)
         self.num_classes = int(model.output_shape[-1])
@@ -514,15 +519,16 @@ class ReverseEngine:
         return out
 
     def best_starts(self, labels, starts, start_steps, sources=None, restarts=None,
-                    thresholds=None, start_mini_batch=None):
+                    thresholds=None):
         """Runs several starts of each job for a few steps and keeps the most promising.
 
         Every job is started `starts` times from different random triggers
         (restart indices `restart * starts + k`); each start advances
-        `start_steps` steps, and the start whose current mask has the
-        smallest L1 norm is kept. A start that lands in a large local
-        minimum is already far larger than a good one after a few dozen
-        steps, so this buys most of the reliability of `starts` full runs
+        `start_steps` steps of `start_mini_batch` batches, and the start
+        whose current mask has the smallest L1 norm is kept. A start that
+        lands in a large local minimum is already far larger than a good one
+        after a few dozen steps, so this buys most of the reliability of
+        `starts` full runs
         for `starts * start_steps` extra steps per job.
 
         Args:
@@ -534,10 +540,6 @@ class ReverseEngine:
                 `None` (all 0).
             thresholds: per job, its success threshold, as in `run`.
                 Defaults to `None`.
-            start_mini_batch: batches per step during the starts (fewer
-                than `mini_batch` makes them cheaper; the kept start then
-                continues with `mini_batch`). Defaults to `None`
-                (`mini_batch`).
 
         Returns:
             `(states, norms)`: per job, the kept start's state (to pass to
@@ -549,7 +551,7 @@ class ReverseEngine:
         restarts = restarts or [0] * n
         thresholds = thresholds or [None] * n
         arms = [(j, k) for j in range(n) for k in range(starts)]
-        self._mini_batch.assign(int(start_mini_batch or self.mini_batch))
+        self._mini_batch.assign(self.start_mini_batch)
         try:
             out = self.advance([labels[j] for j, _ in arms], start_steps,
                                sources=[sources[j] for j, _ in arms],

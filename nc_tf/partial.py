@@ -122,8 +122,7 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         todo = [j for j in jobs if j[0] not in record["labels"]]
         run_jobs(engine, todo, record, triggers, model, x, y, intensity, out_dir, prefix,
                  progress=progress, restarts=settings["restarts"], starts=settings["starts"],
-                 start_steps=settings["start_steps"],
-                 start_mini_batch=max(1, settings["start_nb_sample"] // settings["batch_size"]))
+                 start_steps=settings["start_steps"])
         return {job[0]: record["labels"][job[0]]["l1_norm"] for job in jobs}
 
     if not divide_and_conquer:

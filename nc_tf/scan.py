@@ -49,8 +49,7 @@ PRESETS = {
     #   random pattern shows at the start;
     # - 5 starts per label, the one with the smallest mask after 40 steps
     #   continuing: a start that settles in a large local minimum is already
-    #   several times larger than a good one by then (with 32 images a step
-    #   during the starts instead of 128, the choice is too noisy);
+    #   several times larger than a good one by then;
     # - the reference code's effective loss 16.12 (1 - p_t) (see `ReverseEngine`).
     "fast": dict(
         steps=300, batch_size=32, nb_sample=128, lr=0.1, init_cost=1e-3,
@@ -171,8 +170,7 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
              progress=progress, states=states, total=len(record["labels"]) + len(jobs),
              restarts=settings["restarts"], starts=settings["starts"],
-             start_steps=settings["start_steps"],
-             start_mini_batch=max(1, settings["start_nb_sample"] // settings["batch_size"]))
+             start_steps=settings["start_steps"])
     record["outlier"] = detect(record, verbose=verbose) if len(record["labels"]) >= 3 else None
     if out_dir is not None:
         io.write_json(os.path.join(out_dir, RESULTS), record)
@@ -239,13 +237,13 @@ def make_engine(model, x, y, settings, intensity, seed, slots):
         patience=settings["patience"], cost_multiplier=settings["cost_multiplier"],
         early_stop_threshold=settings["early_stop_threshold"],
         early_stop_patience=settings["early_stop_patience"], slots=slots, seed=seed,
-        mask_init=settings["mask_init"], loss=settings.get("loss", "ce"),
+        mask_init=settings["mask_init"], loss=settings["loss"],
+        start_mini_batch=max(1, settings["start_nb_sample"] // settings["batch_size"]),
     )
 
 
 def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
-             progress=True, states=None, total=None, restarts=1, starts=1, start_steps=0,
-             start_mini_batch=None):
+             progress=True, states=None, total=None, restarts=1, starts=1, start_steps=0):
     """Optimises `jobs` (key, target label, source classes or None[, success threshold]).
 
     Each job runs `restarts` times from different random triggers; the
@@ -317,21 +315,29 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
     run_states = [None if states is None or r else states[j] for j, r in runs]
     thresholds = [jobs[j][3] if len(jobs[j]) > 3 else None for j, _ in runs]
     start_norms = {}
+    # With starts, runs go in groups of twice the engine's slots: a group's
+    # starts, then its runs, so labels finish (and are saved) as the scan goes.
+    group = 2 * engine.slots if int(starts) > 1 else len(runs)
     try:
-        fresh = [i for i, state in enumerate(run_states) if state is None]
-        if int(starts) > 1 and fresh:
-            if bar is not None:
-                bar.set_postfix_str(f"{len(fresh) * int(starts)} starts")
-            chosen, norms = engine.best_starts(
-                [jobs[runs[i][0]][1] for i in fresh], starts, start_steps,
-                sources=[jobs[runs[i][0]][2] for i in fresh],
-                restarts=[runs[i][1] for i in fresh], thresholds=[thresholds[i] for i in fresh],
-                start_mini_batch=start_mini_batch)
-            for i, state, norm in zip(fresh, chosen, norms):
-                run_states[i], start_norms[i] = state, norm
-        engine.run([jobs[j][1] for j, _ in runs], on_done=on_done, states=run_states,
-                   sources=[jobs[j][2] for j, _ in runs], restarts=[r for _, r in runs],
-                   thresholds=thresholds)
+        for first in range(0, len(runs), group):
+            part = list(range(first, min(first + group, len(runs))))
+            fresh = [i for i in part if run_states[i] is None]
+            if int(starts) > 1 and fresh:
+                if bar is not None:
+                    bar.set_postfix_str(f"{len(fresh) * int(starts)} starts")
+                chosen, norms = engine.best_starts(
+                    [jobs[runs[i][0]][1] for i in fresh], starts, start_steps,
+                    sources=[jobs[runs[i][0]][2] for i in fresh],
+                    restarts=[runs[i][1] for i in fresh],
+                    thresholds=[thresholds[i] for i in fresh])
+                for i, state, norm in zip(fresh, chosen, norms):
+                    run_states[i], start_norms[i] = state, norm
+            engine.run([jobs[runs[i][0]][1] for i in part],
+                       on_done=lambda k, result, part=part: on_done(part[k], result),
+                       states=[run_states[i] for i in part],
+                       sources=[jobs[runs[i][0]][2] for i in part],
+                       restarts=[runs[i][1] for i in part],
+                       thresholds=[thresholds[i] for i in part])
     finally:
         if bar is not None:
             bar.close()

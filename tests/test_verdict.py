@@ -4,7 +4,6 @@ import json
 import warnings
 
 import keras
-import numpy as np
 import pytest
 
 from nc_tf.cli import main

@@ -120,6 +120,15 @@ def tiny_partial(tmp_path_factory, mnist_small):
                    lambda folder: _load_model_and_trigger(folder)[:2])
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global seeds, whatever ran before it on
+    its worker (deterministic kernels also refuse unseeded random ops)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
 def rng(seed=0):
     return np.random.default_rng(seed)
 

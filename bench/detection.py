@@ -2,8 +2,9 @@
 
 Builds once, under runs/detection/models/ ($NC_TF_BENCH_DETECTION_DIR), per data set
 (MNIST, GTSRB) three clean and three BadNets 4x4-square models (seeds 0-2, the
-`_s2` ones trained 2 epochs), four MNIST variants (8x8 square, whole-image logo
-blend at alpha 0.2, noisy square, dynamic square), and uses every BadNets
+`_s2` ones trained 2 epochs), the demo's model (`mnist_demo`), four MNIST
+variants (8x8 square, whole-image logo blend at alpha 0.2, noisy square,
+dynamic square), and uses every BadNets
 model's logits form (`logits_twin`) too. Scans each with the library's default
 settings at several seeds into runs/detection/scans/<tag>/<model>_seed<S>/
 (finished scans are reused) and prints the BadNets detection rate (target 100%,
@@ -63,6 +64,10 @@ def model_suite():
                         light=s == 2, attack=("badnets", t, {"size": 4}))
             suite += [spec, dict(spec, name=spec["name"] + "_logits", kind="logits")]
         if data == "mnist":
+            # the recipe of scripts/demo.sh (`nc-tf inject --target 7 --epochs 2`)
+            demo = dict(name="mnist_demo", dataset=data, kind="badnets", seed=0, light=True,
+                        attack=("badnets", 7, {"size": 4}))
+            suite += [demo, dict(demo, name="mnist_demo_logits", kind="logits")]
             suite += [dict(name=f"mnist_{v}", dataset=data, kind="variant", seed=0, light=False,
                            attack=(attack, 7, options)) for v, (attack, options) in variants.items()]
     for spec in suite:

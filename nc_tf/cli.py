@@ -166,7 +166,7 @@ def build_parser():
                         "(nc-tf addition; fast preset: 0.1)")
     g.add_argument("--loss", choices=("ce", "reference"),
                    help="attack loss: ce = -log p_t; reference = the reference code's effective "
-                        "16.12 (1 - p_t) (nc-tf addition; default: ce)")
+                        "16.12 (1 - p_t) (nc-tf addition; both presets: reference)")
     g.add_argument("--starts", type=int,
                    help="short starts per label; the one with the smallest mask after "
                         "--start-steps steps continues (nc-tf addition; fast preset: 5)")

@@ -171,7 +171,7 @@ def build_generator(input_shape, filters=32, residual_blocks=3, seed=None):
     return keras.Model(inputs, outputs, name="gangsweep_generator")
 
 
-def logits_function(model):
+def logits_function(model, x=None, intensity="raw"):
     """A function from model-input batches to the model's logits (pre-softmax).
 
     A logits model is returned as is. For a softmax model, the last layer is
@@ -182,9 +182,16 @@ def logits_function(model):
     layer cannot be split off (e.g. subclassed) falls back to the log of its
     probabilities: the same shift variance V and margins as the logits (a
     constant per image cancels), but D is measured on log-probabilities.
+    Given images, the output form is judged by behaviour
+    (`nc_tf.models.outputs_probabilities`): a model whose softmax is
+    followed by other layers also falls back to log-probabilities.
 
     Args:
         model: a Keras classifier.
+        x: raw images to judge the output form on. Defaults to `None`
+            (judge from the last layer).
+        intensity: the model's intensity range, used with `x`. Defaults
+            to `"raw"`.
 
     Returns:
         a callable `batch -> logits` (inference mode).
@@ -195,8 +202,11 @@ def logits_function(model):
     >>> logits_function(mnist_model())(np.zeros((1, 28, 28, 1), np.float32)).shape
     TensorShape([1, 10])
     """
-    if not outputs_probabilities(model):
+    if not outputs_probabilities(model, x, intensity):
         return lambda batch: model(batch, training=False)
+    if x is not None and not outputs_probabilities(model):
+        # a softmax followed by other layers: log-probabilities are logits
+        return lambda batch: tf.math.log(tf.maximum(model(batch, training=False), 1e-30))
     last = model.layers[-1]
     try:
         features = keras.Model(model.input, last.input)
@@ -831,7 +841,7 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     start, base = time.time(), record.get("wall_time_s", 0.0)
     try:
         if todo:
-            logit_fn = logits_function(model)
+            logit_fn = logits_function(model, x, intensity)
             trainer = _GeneratorTrainer(model, x.shape[1:], num_classes, filters,
                                         residual_blocks, lr, k, intensity, logit_fn)
             x01 = _to_unit(x)
@@ -900,7 +910,7 @@ def _add_margins(model, record, out_dir, x, y, intensity, seed):
     missing = [int(key) for key, entry in record["labels"].items() if "margin" not in entry]
     if not missing:
         return
-    logit_fn = logits_function(model)
+    logit_fn = logits_function(model, x, intensity)
     for label, generator in load_generators(out_dir, missing).items():
         stats = label_statistics(model, generator, x, y, label, intensity, seed,
                                  logit_fn=logit_fn)

@@ -4,6 +4,7 @@ import json
 import warnings
 
 import keras
+import numpy as np
 import pytest
 
 from nc_tf.cli import main
@@ -56,6 +57,12 @@ def test_a_softmax_followed_by_another_layer_counts_as_softmax(tiny_backdoored, 
     assert outputs_probabilities(wrapped, xt[:64])  # its outputs say probabilities
     assert not ReverseEngine(wrapped, xt[:64], steps=1).from_logits
     assert ReverseEngine(logits_twin(model), xt[:64], steps=1).from_logits
+    # GangSweep's logits of it are log-probabilities, not the probabilities themselves
+    from nc_tf.gangsweep import logits_function
+
+    batch = xt[:8].astype("float32")
+    logits = logits_function(wrapped, xt[:64])(batch)
+    np.testing.assert_allclose(keras.ops.softmax(logits), wrapped(batch), atol=1e-5)
 
 
 def test_the_scan_records_the_clean_accuracy(seed_scans, tiny_backdoored, mnist_small):

@@ -10,8 +10,8 @@ persistence, own attack success, target margin and L2 norm. An epoch that
 ends with L_pert < 0.05 and fewer than half the images sent is marked
 "collapsed" (G(x) = 0; `nc_tf.gangsweep.collapsed_epochs`).
 
-Session 9 used it on the GTSRB BadNets model (table5-gtsrb, target 33),
-whose generators collapsed under the paper's rule.
+Meant for models whose generators collapse under the paper's rule, such as
+the GTSRB BadNets model (table5-gtsrb, target 33).
 
 Usage: python bench/gangsweep_alpha.py [--case table5-gtsrb] [--labels 33,1]
        [--alpha-gate none,0.9] [--n-scan 500]

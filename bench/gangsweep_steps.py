@@ -7,9 +7,8 @@ on the last 700 test images, which it never saw (`label_statistics`):
 persistence, attack success and the perturbation's L2 norm. It prints the
 epochs run, the epoch kept and the wall time beside them.
 
-Session 6 used it to choose `MIN_STEPS_PER_EPOCH` (the two-trigger model
-multi2, label 7): 500 images one pass an epoch (8 steps) stayed at
-persistence 0.28; 2000 images (31 steps) reached 0.82.
+It is the measurement behind `MIN_STEPS_PER_EPOCH` (the two-trigger model
+multi2, label 7).
 
 Usage: python bench/gangsweep_steps.py [--case multi2] [--target 7]
        [--images 500,2000] [--min-steps 0,32]

@@ -91,9 +91,8 @@ PERT_TOLERANCE = 0.01
 ADV_TOLERANCE = 1e-3
 # Fewest Adam steps in an epoch (an nc-tf addition). The paper trains on a
 # validation set of thousands of images, where one pass is already this long;
-# on 500 images one pass is 8 steps at batch 64, and 15 such epochs did not
-# find a two-trigger backdoor (multi2, label 7: persistence 0.28 on held-out
-# images), while 2000 images (31 steps an epoch) did (0.82; session 6).
+# on 500 images one pass is 8 steps at batch 64, too few for a generator to
+# find a two-trigger backdoor (bench/gangsweep_steps.py).
 MIN_STEPS_PER_EPOCH = 32
 # An epoch whose generator ends below this L_pert while sending fewer than half
 # of the images to the label has collapsed to G(x) = 0 (seen on GTSRB with the

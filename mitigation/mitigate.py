@@ -6,8 +6,18 @@ the original triggers when a benchmark or `attack.json` knows them) before
 and after. With `out_dir` it writes
 
     out_dir/model.keras        the repaired model (filter: filter.json instead)
-    out_dir/mitigation.json    method, settings, before/after, method details
+    out_dir/mitigation.json    method, settings, before/after, verification, details
+    out_dir/verification/      the verification scan of the repaired model
     out_dir/*.png              the method's curve or histograms
+
+Every method that changes the model (`VERIFIED`) ends with a verification
+(`mitigation.verification.verify`): fresh triggers reversed from the repaired
+model, at a seed the repair never used, judged against the original scan's
+median and MAD. `mitigation.json` records `verified` and the residual
+triggers; the `after` row's `asr_reversed` is the success of those residual
+triggers (the scan's own triggers' success after the repair is
+`asr_scan_triggers`). The input defences (filter, shrinkpad, flip) leave the
+model as it is, so there is nothing to verify.
 
 The `nc-tf mitigate` command and `bench/nc_mitigation.py` call this function.
 
@@ -24,6 +34,7 @@ import time
 import keras
 import numpy as np
 
+from mitigation import verification
 from nc_tf import io
 from nc_tf.datasets import labels_to_int
 from nc_tf.metrics import accuracy, predict_labels, trigger_success_rate
@@ -32,6 +43,8 @@ METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
            "gym", "shrinkpad", "flip", "gangsweep")
 # Methods that need the reversed triggers of a scan.
 NEEDS_SCAN = ("filter", "prune", "unlearn", "linf-prune")
+# Methods that change the model, and so end with a verification scan.
+VERIFIED = ("prune", "unlearn", "repair", "linf-prune", "fine-prune", "gym", "gangsweep")
 
 MitigationData = collections.namedtuple(
     "MitigationData", "x_train y_train x_val y_val x_test y_test")
@@ -75,7 +88,7 @@ def measure(predict, x, y, reversed_triggers=(), attack_triggers=()):
 
 def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None, force=False,
              intensity="raw", seed=0, scan_options=None, verbose=True, generators=None,
-             **options):
+             scan_record=None, labels=None, peel=True, verify=True, **options):
     """Runs one mitigation method on a copy of `model`; returns `(result, report)`.
 
     Args:
@@ -97,12 +110,26 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         verbose: print progress lines. Defaults to `True`.
         generators: `gangsweep` only: label -> generator of a GangSweep
             scan (`nc_tf.gangsweep.load_generators`). Defaults to `None`.
+        scan_record: the `results.json` dict of the scan the triggers came
+            from: its flagged labels are the ones verified, and peeling
+            judges new pieces by its median and MAD. Defaults to `None`:
+            no peeling, and the verification scans every label with a
+            fresh MAD test (`repair` uses its own first scan).
+        labels: the labels to verify instead of the scan's flagged ones.
+            Defaults to `None`.
+        peel: `unlearn` and `prune` remove the pieces of each trigger
+            (`mitigation.peeling`) and their union, not only the scan's
+            trigger (needs `scan_record`). Defaults to `True`.
+        verify: end a model-changing method with the verification scan.
+            Defaults to `True`.
         **options: the method's own keyword arguments (see each module).
 
     Returns:
         `(result, report)`: `result` is the repaired model, an
         `InputFilter` (filter) or a `DefendedModel` (shrinkpad, flip); the
-        report is what `mitigation.json` holds.
+        report is what `mitigation.json` holds; `report["verification"]
+        ["verified"]` is `False` when a backdoor survives, `None` when the
+        verification was skipped or does not apply.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown mitigation method {method!r}; use one of {', '.join(METHODS)}.")
@@ -115,7 +142,7 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
                          "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
                          "then pass --scan DIR. Nothing is flagged, so there is nothing to patch.")
     if out_dir is not None:
-        io.prepare_out_dir(out_dir, force=force, resume=method == "repair")
+        io.prepare_out_dir(out_dir, force=force, resume=method in ("repair", "unlearn"))
     t0 = time.time()
 
     def log(text):
@@ -131,14 +158,43 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     before = figures(predictor(model))
     log(f"before: {_row_text(before)}")
     report = {"method": method, "intensity": intensity, "seed": seed,
-              "options": dict(options),
+              "options": dict(options), "peel": bool(peel), "verify": bool(verify),
               "n_test": int(len(data.x_test)), "before": before}
-    if method == "repair":
-        options = dict(options, verbose=verbose)  # the scans' progress and MAD reports
-    result, details = _run(method, model, data, triggers, attack_triggers, generators,
+    if labels is None and scan_record is not None:
+        labels = verification.scan_reference(scan_record)
+    removed, peels = triggers, None
+    if peel and method == "prune" and scan_record is not None and labels is not None:
+        from mitigation.peeling import trigger_pieces
+
+        removed, peels = trigger_pieces(model, data.x_val, data.y_val, triggers, scan_record,
+                                        intensity=intensity, seed=seed, verbose=verbose)
+    if method in ("repair", "unlearn"):
+        # the scans' progress and MAD reports; unlearn peels inside the repair loop
+        options = dict(options, verbose=verbose, labels=labels, record=scan_record, peel=peel)
+    result, details = _run(method, model, data, removed, attack_triggers, generators,
                            intensity, seed, scan_options, out_dir, log, options)
+    if peels is not None:
+        details["peels"] = peels
     # Filter and inference-time defences measure themselves; repaired models are measured here.
     report["after"] = details.pop("after") if "after" in details else figures(predictor(result))
+    if method == "repair":
+        labels = details["labels"]
+    if method not in VERIFIED:
+        report["verification"] = {"verified": None, "status": "not applicable: the model "
+                                  "itself is unchanged (an input defence)"}
+    elif not verify:
+        report["verification"] = {"verified": None, "status": "skipped (verify=False): the "
+                                  "repair is unverified"}
+        log("verification skipped: the repair is unverified")
+    else:
+        check = _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose)
+        residual = list(check.pop("triggers").values())
+        report["after"]["asr_scan_triggers"] = report["after"].pop("asr_reversed", [])
+        report["after"]["asr_reversed"] = [
+            trigger_success_rate(predictor(result), t, data.x_test, data.y_test)
+            for t in residual]
+        report["verification"] = dict(check, status="verified" if check["verified"]
+                                      else "a backdoor survives")
     report.update(details=details, wall_time_s=round(time.time() - t0, 2))
     log(f"after:  {_row_text(report['after'])}")
     if out_dir is not None:
@@ -149,15 +205,30 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     return result, report
 
 
+def _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose):
+    """The verification record of a repaired model (see the module docstring)."""
+    if labels is not None and not labels:
+        return {"verified": True, "surviving": [], "labels": {}, "triggers": {},
+                "reference": None, "note": "the scan flagged no label: nothing to verify"}
+    return verification.verify(result, data.x_val, data.y_val, labels, intensity=intensity,
+                               seed=seed + verification.SEED_OFFSET, scan_options=scan_options,
+                               out_dir=verification.verification_dir(out_dir), verbose=verbose)
+
+
 def _run(method, model, data, triggers, attack_triggers, generators, intensity, seed,
          scan_options, out_dir, log, options):
     png = (lambda name: os.path.join(out_dir, name)) if out_dir else (lambda name: None)
     if method == "unlearn":
-        from mitigation.unlearning import unlearn
+        from mitigation.repair import repair
 
-        tuned, history = unlearn(model, data.x_train, data.y_train, triggers, intensity=intensity,
-                                 seed=seed, **options)
-        return tuned, {"history": history}
+        # The repair loop from the given scan: the triggers' pieces, unlearned
+        # once (rounds=1, the paper's one round) unless more rounds are asked for.
+        loop = {k: options.pop(k) for k in ("rounds", "verbose", "labels", "record", "peel")
+                if k in options}
+        loop.setdefault("rounds", 1)
+        return repair(model, data, out_dir=out_dir, intensity=intensity, seed=seed,
+                      scan_options=scan_options, attack_triggers=attack_triggers,
+                      unlearn_options=options, triggers=triggers, **loop)
     if method == "prune":
         from mitigation.pruning import plot_pruning_curve, prune
 

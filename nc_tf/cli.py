@@ -201,7 +201,10 @@ def build_parser():
                        description="Run one mitigation method on a copy of MODEL; write "
                                    "OUT/model.keras (filter: OUT/filter.json), OUT/mitigation.json "
                                    "with accuracy and attack success before and after, and the "
-                                   "method's PNG curves. The source model is never modified.")
+                                   "method's PNG curves. The source model is never modified. "
+                                   "A repaired model is then verified by a fresh scan "
+                                   "(OUT/verification/); the exit status is 3 when a backdoor "
+                                   "survives.")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--method", required=True,
@@ -219,6 +222,12 @@ def build_parser():
                                     "trigger's attack success (never used to repair)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
+    p.add_argument("--no-peel", dest="peel", action="store_false",
+                   help="unlearn, prune, repair: remove only the scan's reversed triggers, not "
+                        "also the rest of each trigger found by peeling (the paper's method)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the verification scan of the repaired model (the report then "
+                        "says the repair is unverified)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--train-limit", type=int, help="use only the first N training samples")
     p.add_argument("--val-ratio", type=float, default=0.05,
@@ -236,7 +245,10 @@ def build_parser():
                                               "gangsweep: (default: 3)")
     g.add_argument("--data-ratio", type=float,
                    help="unlearn, gangsweep: share of the training data used (default: 0.1)")
-    g.add_argument("--rounds", type=int, help="repair: most scan+unlearn rounds (default: 3)")
+    g.add_argument("--rounds", type=int,
+                   help="unlearn, repair: most unlearning rounds, each followed by a residue "
+                        "scan of the labels still flagged (default: 3; unlearn --rounds 1 is "
+                        "the paper's one-shot unlearning)")
     g.add_argument("--preset", choices=("fast", "reference"), help="repair: scan preset")
     g.add_argument("--restarts", type=int,
                    help="repair: starts per label in its scans, smallest trigger kept (default: 1)")
@@ -515,7 +527,7 @@ def cmd_scan(args):
 MITIGATE_OPTIONS = {
     "filter": {"layer": "layer", "fpr": "fpr"},
     "prune": {"layer": "layer", "stop_asr": "stop_asr", "ratio": "ratio", "max_ratio": "max_ratio"},
-    "unlearn": {"epochs": "epochs", "data_ratio": "data_ratio"},
+    "unlearn": {"epochs": "epochs", "data_ratio": "data_ratio", "rounds": "rounds"},
     "repair": {"rounds": "rounds", "focus": "focus"},
     "linf-prune": {"layer": "layer", "max_acc_loss": "max_acc_loss"},
     "fine-prune": {"layer": "layer", "acc_drop": "acc_drop", "finetune_epochs": "finetune_epochs"},
@@ -529,6 +541,7 @@ MITIGATE_OPTIONS = {
 def cmd_mitigate(args):
     from injection import load_triggers
     from mitigation.mitigate import NEEDS_SCAN, mitigate, split_data
+    from mitigation.verification import scan_reference
     from nc_tf import datasets
     from nc_tf.io import read_json
     from nc_tf.models import check_model_data, load_model
@@ -556,6 +569,11 @@ def cmd_mitigate(args):
     else:
         generators = None
         triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
+    record = read_json(os.path.join(args.scan, "results.json"), "scan results") \
+        if args.scan else None
+    verified_labels = None
+    if labels and scan_reference(record) is not None:
+        verified_labels = [int(v) for v in labels]
     model = load_model(args.model, trust_model=args.trust_model)
     x_train, y_train = datasets.load_data(args.dataset, "train", limit=args.train_limit)
     x_test, y_test = datasets.load_data(args.dataset, "test", args.x_key, args.y_key,
@@ -570,11 +588,20 @@ def cmd_mitigate(args):
     _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],
                          out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
                          scan_options=scan_options, verbose=not args.json,
-                         generators=generators, **options)
+                         generators=generators, scan_record=record, labels=verified_labels,
+                         peel=args.peel, verify=args.verify,
+                         **options)
     if args.json:
         _print(args, report, [])
     else:
         print(f"report: {os.path.join(args.out, 'mitigation.json')}")
+    if report["verification"]["verified"] is False:
+        surviving = ", ".join(map(str, report["verification"]["surviving"]))
+        print(f"nc-tf mitigate: warning: the repair is NOT verified: a fresh scan of the "
+              f"repaired model still finds a small trigger for label(s) {surviving} "
+              f"(see {os.path.join(args.out, 'mitigation.json')}); try --method repair or "
+              "more --rounds", file=sys.stderr)
+        return 3
 
 
 def cmd_detect(args):

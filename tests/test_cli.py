@@ -83,12 +83,22 @@ def test_mitigate_unlearn_from_a_scan_folder(tmp_path, capsys, tiny_backdoored, 
     assert main(["mitigate", str(path), "--method", "unlearn", *common]) == 2
     assert "--scan DIR" in capsys.readouterr().err
     assert main(["mitigate", str(path), "--method", "unlearn", "--scan", tiny_scan[1],
-                 "--attack", str(attack), "--data-ratio", "1.0", "--json", *common]) == 0
+                 "--attack", str(attack), "--data-ratio", "1.0", "--scan-steps", "100", "--json",
+                 *common]) == 0
     report = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "mitigation.json").read_text())
     assert saved["before"] == report["before"] and saved["options"] == {"data_ratio": 1.0}
-    assert report["before"]["asr_original"][0] > 0.9 > 0.2 > report["after"]["asr_original"][0]
+    assert report["before"]["asr_original"][0] > 0.9 > 0.1 > report["after"]["asr_original"][0]
     assert report["after"]["accuracy"] >= report["before"]["accuracy"] - 0.05
+    # verified by a fresh scan of the unlearned model: label 7 and control labels at 50%
+    check = report["verification"]
+    assert check["verified"] is True and check["surviving"] == []
+    assert check["labels"]["7"]["role"] == "flagged" and len(check["labels"]) == 9
+    verification = json.loads((out / "verification" / "results.json").read_text())
+    assert verification["settings"]["attack_succ_threshold"] == 0.5
+    assert verification["settings"]["seed"] != 0 and verification["settings"]["steps"] == 100
+    # after the repair, asr_reversed is the success of the triggers reversed from it
+    assert len(report["after"]["asr_reversed"]) == 1 == len(report["after"]["asr_scan_triggers"])
     # the unlearned model reloads and gives the figures the report holds
     assert main(["evaluate", str(out / "model.keras"), "--attack", str(attack), "--limit", "500",
                  "--json"]) == 0
@@ -104,10 +114,12 @@ def test_mitigate_repair_runs_its_own_scans(tmp_path, capsys, tiny_backdoored):
     path = tmp_path / "model.keras"
     model.save(path)
     out = tmp_path / "repair"
-    assert main(["mitigate", str(path), "--method", "repair", "--rounds", "1", "--dataset", "mnist",
+    code = main(["mitigate", str(path), "--method", "repair", "--rounds", "1", "--dataset", "mnist",
                  "--train-limit", "2000", "--val-ratio", "0.25", "--limit", "300", "--out", str(out),
-                 "--scan-steps", "40", "--json"]) == 0
+                 "--scan-steps", "40", "--json"])
     report = json.loads((out / "mitigation.json").read_text())
+    assert code == (0 if report["verification"]["verified"] else 3)
+    assert report["verification"]["labels"], "the flagged label was verified by a fresh scan"
     scanned = json.loads((out / "round_0" / "scan" / "results.json").read_text())
     assert scanned["settings"]["steps"] == 40, "--scan-steps reaches the scans"
     rounds = report["details"]["rounds"]
@@ -156,3 +168,27 @@ def test_inject_attack_variants_and_per_trigger_evaluation(tmp_path, capsys):
     assert main(["inject", "--attack", "blend", "--target", "1", "--image", "nope.png",
                  "--limit", "50", "--out", str(tmp_path / "c")]) == 2
     assert "'logo', 'watermark'" in capsys.readouterr().err
+
+
+def test_an_ineffective_repair_is_not_verified_and_exits_3(tmp_path, capsys, tiny_backdoored,
+                                                           tiny_scan):
+    model, trigger, _ = tiny_backdoored
+    path = tmp_path / "model.keras"
+    model.save(path)
+    common = ["mitigate", str(path), "--method", "unlearn", "--scan", tiny_scan[1],
+              "--epochs", "0", "--no-peel", "--dataset", "mnist", "--train-limit", "3000",
+              "--limit", "300", "--scan-steps", "100"]
+    # no training step: the backdoor is intact, and the fresh scan says so
+    assert main([*common, "--out", str(tmp_path / "none")]) == 3
+    err = capsys.readouterr().err
+    assert "NOT verified" in err and "label(s) 7" in err
+    report = json.loads((tmp_path / "none" / "mitigation.json").read_text())
+    assert report["verification"]["verified"] is False
+    assert report["verification"]["surviving"] == [7]
+    assert report["verification"]["labels"]["7"]["anomaly_index"] > 2
+    # --no-verify: no verification scan, and the report says the repair is unverified
+    assert main([*common, "--no-verify", "--out", str(tmp_path / "skip")]) == 0
+    report = json.loads((tmp_path / "skip" / "mitigation.json").read_text())
+    assert report["verification"]["verified"] is None
+    assert "unverified" in report["verification"]["status"]
+    assert not (tmp_path / "skip" / "verification").exists()

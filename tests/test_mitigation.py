@@ -180,8 +180,9 @@ def test_measure_counts_only_source_labels_of_partial_triggers(tiny_backdoored, 
     assert row["asr_original"] == [pytest.approx(expected)]
 
 
-def test_iterative_repair_unlearns_what_each_scan_flags_and_resumes(tmp_path, tiny_backdoored,
-                                                                    mnist_small):
+def test_iterative_repair_peels_unlearns_checks_the_residue_and_resumes(tmp_path, tiny_backdoored,
+                                                                         mnist_small):
+    from mitigation.peeling import MAX_PIECES
     from mitigation.repair import repair
 
     model, trigger, _ = tiny_backdoored
@@ -189,25 +190,30 @@ def test_iterative_repair_unlearns_what_each_scan_flags_and_resumes(tmp_path, ti
     data = split_data(x, y, xt, yt, val_ratio=0.25)
     quick = dict(steps=80, nb_sample=64)
     out = tmp_path / "repair"
-    fixed, details = repair(model, data, rounds=1, out_dir=str(out), scan_options=quick,
+    fixed, details = repair(model, data, rounds=2, out_dir=str(out), scan_options=quick,
                             attack_triggers=[trigger], unlearn_options={"data_ratio": 1.0},
                             verbose=False)
-    first = details["rounds"][0]
-    assert first["flagged"] == [7] and details["triggers_unlearned"] == [7]
-    assert first["after_unlearning"]["asr_original"][0] < ASR_REMOVED
-    assert len(details["rounds"]) == 2  # the round-1 scan ran on the unlearned model
-    # round 1 rescans only the flagged label, hunting the residue at 50% success,
-    # and judges it against round 0's median and MAD
-    assert list(details["rounds"][1]["l1_norm"]) == ["7"]
+    first, unlearned = details["rounds"][:2]
+    assert first["flagged"] == [7] == details["labels"]
+    # peeling ran on the flagged trigger: it goes on while the pieces are anomalously
+    # small, and ends on an ordinary-sized trigger or after MAX_PIECES peels
+    peels = details["peels"]["7"]
+    assert peels and all(p["kept"] == (p["anomaly_index"] > 2) for p in peels)
+    assert all(p["kept"] for p in peels[:-1])
+    assert not peels[-1]["kept"] or len(peels) == MAX_PIECES
+    assert set(details["triggers_unlearned"]) == {7}
+    assert unlearned["after_unlearning"]["asr_original"][0] < ASR_REMOVED
+    # round 1's residue scan: the flagged label and control labels, at 50% success
     rescan = json.loads((out / "round_1" / "scan" / "results.json").read_text())
     assert rescan["settings"]["attack_succ_threshold"] == 0.5
-    assert sorted(rescan["labels"]) == ["7"]
+    assert "7" in rescan["labels"] and len(rescan["labels"]) == 9
     assert (out / "round_0" / "scan" / "results.json").exists()
-    saved = out / "round_0" / "model.keras"
+    saved = out / "round_1" / "model.keras"
     stamp = saved.stat().st_mtime_ns
-    again, details2 = repair(model, data, rounds=1, out_dir=str(out), scan_options=quick,
+    again, details2 = repair(model, data, rounds=2, out_dir=str(out), scan_options=quick,
                              unlearn_options={"data_ratio": 1.0}, verbose=False)
     assert saved.stat().st_mtime_ns == stamp  # resumed: the round's model was reused
-    assert [r["flagged"] for r in details2["rounds"]] == [r["flagged"] for r in details["rounds"]]
+    assert [r.get("flagged") for r in details2["rounds"]] == [
+        r.get("flagged") for r in details["rounds"]]
     np.testing.assert_allclose(again.predict(xt[:32], verbose=0), fixed.predict(xt[:32], verbose=0),
                                atol=1e-5)

@@ -45,6 +45,8 @@ METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
 NEEDS_SCAN = ("filter", "prune", "unlearn", "linf-prune")
 # Methods that change the model, and so end with a verification scan.
 VERIFIED = ("prune", "unlearn", "repair", "linf-prune", "fine-prune", "gym", "gangsweep")
+# A verification scan needs at least one batch (the presets' batch_size) of held-out images.
+MIN_VERIFY_IMAGES = 32
 
 MitigationData = collections.namedtuple(
     "MitigationData", "x_train y_train x_val y_val x_test y_test")
@@ -141,6 +143,10 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         raise ValueError("--method gangsweep needs the generators of a GangSweep scan that "
                          "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
                          "then pass --scan DIR. Nothing is flagged, so there is nothing to patch.")
+    if verify and method in VERIFIED and len(data.x_val) < MIN_VERIFY_IMAGES:
+        raise ValueError(f"Only {len(data.x_val)} held-out images to verify the repair with "
+                         f"(at least {MIN_VERIFY_IMAGES}): raise --val-ratio or --train-limit, "
+                         "or pass --no-verify.")
     if out_dir is not None:
         io.prepare_out_dir(out_dir, force=force, resume=method in ("repair", "unlearn"))
     t0 = time.time()

@@ -28,7 +28,8 @@ import os
 
 from mitigation.peeling import trigger_pieces
 from mitigation.unlearning import unlearn
-from mitigation.verification import RESIDUAL_THRESHOLD, scan_reference, verify
+from mitigation.verification import (RESIDUAL_THRESHOLD, record_trigger, scan_reference,
+                                     verify)
 from nc_tf import io
 from nc_tf.metrics import evaluate_backdoor
 from nc_tf.models import load_model
@@ -102,7 +103,7 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
                       seed=seed, progress=verbose, verbose=verbose, **scan_options)
         labels = scan_reference(record) or []
         found = scan_triggers(scan_dir(0), labels) if out_dir else [
-            _trigger(record, label) for label in labels]
+            record_trigger(record, label) for label in labels]
         history = [{"round": 0, "flagged": labels,
                     "anomaly_index": record["outlier"]["anomaly_index"],
                     "l1_norm": {str(t.target): record["labels"][str(t.target)]["l1_norm"]
@@ -156,15 +157,9 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
                           intensity=intensity, seed=seed + k, progress=verbose, verbose=verbose,
                           **scan_options)
             flagged = scan_reference(record) or []
-            new = [_trigger(record, label) for label in flagged]
+            new = [record_trigger(record, label) for label in flagged]
             entry.update(flagged=flagged, anomaly_index=record["outlier"]["anomaly_index"])
         found += new
     return current, {"rounds": history, "focus": bool(focus), "labels": labels, "peels": peels,
                      "residual_threshold": residual_threshold if focus else None,
                      "triggers_unlearned": [t.target for t in found]}
-
-def _trigger(record, label):
-    from injection.triggers import Trigger
-
-    mask, pattern = record["triggers"][str(label)]
-    return Trigger(mask.clip(0, 1), pattern.clip(0, 255), int(label))

@@ -144,7 +144,7 @@ def verify(model, x, y, labels=None, intensity="raw", seed=0,
               "reference": {"median": median, "mad": mad, "source": source,
                             "smallest": None if picked is None else float(smallest)},
               "seed": seed, "residual_threshold": residual_threshold, "scan_dir": out_dir,
-              "triggers": {v: _trigger(record, v) for v in
+              "triggers": {v: record_trigger(record, v) for v in
                            (labels if picked is not None else surviving)}}
     if verbose:
         print(verification_text(result), flush=True)
@@ -167,7 +167,8 @@ def verification_text(result):
             f"{verdict}")
 
 
-def _trigger(record, label):
+def record_trigger(record, label):
+    """The reversed trigger of `label` in an in-memory scan record, as an `injection.Trigger`."""
     from injection.triggers import Trigger
 
     mask, pattern = record["triggers"][str(label)]

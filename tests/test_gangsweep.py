@@ -513,7 +513,7 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
     fixed = tmp_path / "patched"
     assert main(["mitigate", str(path), "--method", "gangsweep", "--scan", infected_scan[1],
                  "--labels", "7", "--attack", str(attack), "--out", str(fixed), "--json",
-                 *common]) == 0
+                 "--no-verify", *common]) == 0  # verification: tests/test_cli.py
     report = json.loads(capsys.readouterr().out)
     assert report["details"]["labels"] == [7] and len(report["details"]["history"]["loss"]) == 3
     assert set(report["details"]["generated_success_after"]) == {"7"}

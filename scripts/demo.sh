@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the environment and runs the main demo on the embedded MNIST:
 # inject a BadNets backdoor, measure it, then scan the model with Neural
-# Cleanse, print the MAD report, repair it, and measure the repaired model.
+# Cleanse, print the MAD report, repair it, verify the repair by a fresh
+# scan, and measure the repaired model.
 # Outputs go to demo_out/
 source "$(dirname "$0")/setup_env.sh"
 OUT=demo_out/mnist_badnets
@@ -17,8 +18,9 @@ echo "== 3. scan: reverse-engineer a trigger for each of the 10 labels (resumes 
 nc-tf scan "$OUT/model.keras" --dataset mnist --out demo_out/scan
 echo "== 4. detect: MAD outlier test on the scan folder (PNG triggers in demo_out/scan/)"
 nc-tf detect demo_out/scan
-echo "== 5. repair: scan, unlearn the flagged triggers, rescan for what survives (resumes if interrupted)"
-nc-tf mitigate "$OUT/model.keras" --method repair --dataset mnist --attack "$OUT/attack.json" \
-  --out demo_out/repaired
+echo "== 5. repair: peel the rest of the flagged trigger, unlearn it, verify by a fresh scan"
+echo "   (exit status 3 and a warning if a backdoor survives; resumes if interrupted)"
+nc-tf mitigate "$OUT/model.keras" --method unlearn --scan demo_out/scan --dataset mnist \
+  --attack "$OUT/attack.json" --out demo_out/repaired
 echo "== 6. evaluate the repaired model: clean accuracy and the original trigger's attack success"
 nc-tf evaluate demo_out/repaired/model.keras --dataset mnist --attack "$OUT/attack.json"

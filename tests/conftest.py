@@ -159,9 +159,9 @@ def tiny_scan(tmp_path_factory, mnist_small, tiny_backdoored):
 # `--dist loadfile` hands each worker the next file when it is free, so a
 # long file started last would leave the other worker idle at the end.
 FILE_SECONDS = {
-    "test_verdict.py": 400, "test_attacks.py": 397, "test_cli.py": 300, "test_gangsweep.py": 270,
-    "test_trojan_invisible.py": 205, "test_partial_lowcost.py": 205, "test_scan.py": 190,
-    "test_mitigation.py": 104, "test_backdoor_e2e.py": 30, "test_linf_fine_pruning.py": 15,
+    "test_cli.py": 450, "test_verdict.py": 400, "test_attacks.py": 397, "test_gangsweep.py": 270,
+    "test_trojan_invisible.py": 205, "test_partial_lowcost.py": 205, "test_mitigation.py": 200,
+    "test_scan.py": 190, "test_backdoor_e2e.py": 30, "test_linf_fine_pruning.py": 15,
 }
 
 

@@ -75,6 +75,17 @@ def model_suite():
     return suite
 
 
+def select_models(suite, names, error):
+    """The suite entries named in `names` (comma-separated; `None`: all); `error` on unknown names."""
+    if not names:
+        return suite
+    wanted = names.split(",")
+    unknown = sorted(set(wanted) - {m["name"] for m in suite})
+    if unknown:
+        error(f"unknown model(s) {unknown}; known: {', '.join(m['name'] for m in suite)}")
+    return [m for m in suite if m["name"] in wanted]
+
+
 def build(spec, epochs, train_limit):
     """Trains a suite model unless its folder already holds a finished one.
 
@@ -271,13 +282,8 @@ def main():
     ap.add_argument("--build-only", action="store_true", help="train the suite, no scans")
     ap.add_argument("--json", help="write every per-run figure to this JSON file")
     args = ap.parse_args()
-    suite = [m for m in model_suite() if not args.only or m["dataset"] == args.only]
-    if args.models:
-        wanted = args.models.split(",")
-        unknown = sorted(set(wanted) - {m["name"] for m in suite})
-        if unknown:
-            ap.error(f"unknown model(s) {unknown}; known: {', '.join(m['name'] for m in suite)}")
-        suite = [m for m in suite if m["name"] in wanted]
+    suite = select_models([m for m in model_suite() if not args.only or m["dataset"] == args.only],
+                          args.models, ap.error)
     seeds, overrides = [int(s) for s in args.seeds.split(",")], dict(args.set)
     try:
         scan_settings(**overrides)

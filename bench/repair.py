@@ -29,13 +29,14 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _common import peak_rss_gib, print_peak_rss  # noqa: E402
 from detection import ROOT as DETECTION_ROOT  # noqa: E402
-from detection import build, model_suite, scan_model  # noqa: E402
+from detection import build, model_suite, scan_model, select_models  # noqa: E402
 
 import keras  # noqa: E402
 
@@ -61,8 +62,6 @@ def run(spec, method, data, model, triggers, attack, record, labels):
     path = os.path.join(out, "mitigation.json")
     if not os.path.exists(path):
         if os.path.isdir(out) and method not in ("unlearn", "repair"):
-            import shutil
-
             shutil.rmtree(out)  # an interrupted run of a method that does not resume
         print(f"\n== {spec['name']}: {method}", flush=True)
         mitigate(method, model, data, triggers if method != "repair" else (), attack,
@@ -144,17 +143,12 @@ def main():
     ap.add_argument("--json", help="write every row to this JSON file")
     args = ap.parse_args()
     methods = args.methods.split(",")
-    unknown = sorted(set(methods) - set(METHODS) - {"gangsweep"})
+    unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         ap.error(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-    suite = [m for m in model_suite() if m["attack"] is not None and m["kind"] != "logits"
-             and (not args.only or m["dataset"] == args.only)]
-    if args.models:
-        wanted = args.models.split(",")
-        missing = sorted(set(wanted) - {m["name"] for m in suite})
-        if missing:
-            ap.error(f"unknown model(s) {missing}; known: {', '.join(m['name'] for m in suite)}")
-        suite = [m for m in suite if m["name"] in wanted]
+    infected = [m for m in model_suite() if m["attack"] is not None and m["kind"] != "logits"
+                and (not args.only or m["dataset"] == args.only)]
+    suite = select_models(infected, args.models, ap.error)
     t0, rows, data = time.time(), [], {}
     for spec in suite:
         report = build(spec, EPOCHS, None)

@@ -18,9 +18,10 @@ model-changing methods remove (`mitigation.mitigate`).
 import keras
 import numpy as np
 
+from mitigation.verification import anomaly_index
 from nc_tf.outlier import ANOMALY_THRESHOLD
 from nc_tf.preprocess import preprocess
-from nc_tf.scan import PRESETS, scan
+from nc_tf.scan import PRESETS, detect, scan
 
 MAX_PIECES = 4
 # A reversed mask pixel at or above this value counts as part of a piece.
@@ -87,7 +88,6 @@ def peel(model, x, y, trigger, record, intensity="raw", seed=0, max_pieces=MAX_P
     >>> pieces, _ = peel(model, x_val, y_val, trigger, read_json("scan/results.json"))  # doctest: +SKIP
     """
     from injection.triggers import Trigger
-    from nc_tf.scan import detect
 
     outlier = detect(record, verbose=False)
     median, mad = outlier["median"], outlier["mad"]
@@ -101,9 +101,9 @@ def peel(model, x, y, trigger, record, intensity="raw", seed=0, max_pieces=MAX_P
                      preset=settings.get("preset", "fast"), intensity=intensity, seed=seed + k,
                      progress=False, verbose=False, **options)
         norm = found["labels"][str(trigger.target)]["l1_norm"]
-        index = (median - norm) / mad if mad > 0 else (float("inf") if norm < median else 0.0)
+        index = anomaly_index(norm, median, mad)
         kept = bool(index > ANOMALY_THRESHOLD)
-        peels.append({"l1_norm": norm, "anomaly_index": float(index), "kept": kept})
+        peels.append({"l1_norm": norm, "anomaly_index": index, "kept": kept})
         if verbose:
             print(f"peel {k} of label {trigger.target}: L1 {norm:.2f} (index {index:.2f}) "
                   f"{'another piece' if kept else 'ordinary: done'}", flush=True)

@@ -153,12 +153,12 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
                          anomaly_index={k_: r["anomaly_index"] for k_, r in
                                         check["labels"].items()})
         else:
-            record = scan(current, data.x_val, data.y_val, out_dir=scan_dir(k),
+            rescan = scan(current, data.x_val, data.y_val, out_dir=scan_dir(k),
                           intensity=intensity, seed=seed + k, progress=verbose, verbose=verbose,
                           **scan_options)
-            flagged = scan_reference(record) or []
-            new = [record_trigger(record, label) for label in flagged]
-            entry.update(flagged=flagged, anomaly_index=record["outlier"]["anomaly_index"])
+            flagged = scan_reference(rescan) or []
+            new = [record_trigger(rescan, label) for label in flagged]
+            entry.update(flagged=flagged, anomaly_index=rescan["outlier"]["anomaly_index"])
         found += new
     return current, {"rounds": history, "focus": bool(focus), "labels": labels, "peels": peels,
                      "residual_threshold": residual_threshold if focus else None,

@@ -400,25 +400,61 @@ def _square_origin(h, w, size, margin, position):
 
 
 # ----------------------------------------------------------- JSON files
-def load_triggers(path_or_dict):
+# The fields of an attack.json trigger spec that each kind needs.
+SPEC_FIELDS = {
+    "square": ("image_shape", "target", "size", "margin", "position", "color"),
+    "shape": ("image_shape", "target", "shape", "size", "margin", "position", "color"),
+    "blend": ("image_shape", "target", "image", "alpha", "size", "margin", "position"),
+    "arrays": ("mask", "pattern", "target"),
+}
+
+
+def load_triggers(path_or_dict, name=None):
     """Rebuilds the triggers of an `attack.json` file (or of its parsed dict).
 
     Args:
         path_or_dict: path of an `attack.json`, or the dict it holds.
+        name: what to call the attack in error messages. Defaults to `None`
+            (the path, or "the attack").
 
     Returns:
         list of `Trigger`.
     """
     payload = path_or_dict
     if not isinstance(payload, dict):
+        name = name or str(path_or_dict)
         payload = read_json(path_or_dict, "attack file")
-    specs = payload.get("triggers")
-    if not specs:
+    name = name or "the attack"
+    specs = payload.get("triggers") if isinstance(payload, dict) else None
+    if not specs or not isinstance(specs, list):
         raise ValueError(
-            "The attack file has no 'triggers' list; pass the attack.json "
-            "written by `nc-tf inject`."
+            f"{name} has no 'triggers' list; pass the attack.json written by `nc-tf inject`."
         )
-    return [Trigger.from_spec(s) for s in specs]
+    triggers = []
+    for i, spec in enumerate(specs):
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in SPEC_FIELDS:
+            raise ValueError(f"{name}: trigger {i} has kind {kind!r}; expected one of "
+                             f"{', '.join(SPEC_FIELDS)}. Pass the attack.json written by "
+                             "`nc-tf inject`.")
+        missing = [field for field in SPEC_FIELDS[kind] if field not in spec]
+        if missing:
+            raise ValueError(f"{name}: trigger {i} ({kind}) has no {', '.join(missing)} "
+                             "field(s); pass the attack.json written by `nc-tf inject`.")
+        shape = spec.get("image_shape", [1, 1, 1])
+        if not (isinstance(shape, list) and len(shape) == 3 and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096
+                for v in shape)):
+            raise ValueError(f"{name}: trigger {i} ({kind}) has image_shape {shape!r}; expected "
+                             "[height, width, channels]. Pass the attack.json written by "
+                             "`nc-tf inject`.")
+        try:
+            triggers.append(Trigger.from_spec(spec))
+        except Exception as error:  # a damaged spec fails in many ways
+            raise ValueError(f"{name}: trigger {i} ({kind}) is invalid "
+                             f"({str(error).splitlines()[0][:200] or type(error).__name__}); "
+                             "pass the attack.json written by `nc-tf inject`.") from None
+    return triggers
 
 
 def _encode_array(a):

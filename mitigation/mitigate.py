@@ -37,7 +37,8 @@ import numpy as np
 from mitigation import verification
 from nc_tf import io
 from nc_tf.datasets import labels_to_int
-from nc_tf.metrics import accuracy, predict_labels, trigger_success_rate
+from nc_tf.identity import array_digest, check_identity, identity
+from nc_tf.metrics import accuracy, check_clean_accuracy, predict_labels, trigger_success_rate
 
 METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
            "gym", "shrinkpad", "flip", "gangsweep")
@@ -45,6 +46,8 @@ METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
 NEEDS_SCAN = ("filter", "prune", "unlearn", "linf-prune")
 # Methods that change the model, and so end with a verification scan.
 VERIFIED = ("prune", "unlearn", "repair", "linf-prune", "fine-prune", "gym", "gangsweep")
+# The model's and the data's digests, written first so that a resumed repair can check them.
+IDENTITY = "identity.json"
 # A verification scan needs at least one batch (the presets' batch_size) of held-out images.
 MIN_VERIFY_IMAGES = 32
 
@@ -90,7 +93,8 @@ def measure(predict, x, y, reversed_triggers=(), attack_triggers=()):
 
 def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None, force=False,
              intensity="raw", seed=0, scan_options=None, verbose=True, generators=None,
-             scan_record=None, labels=None, peel=True, verify=True, **options):
+             scan_record=None, labels=None, peel=True, verify=True, model_path=None,
+             accept_low_accuracy=False, **options):
     """Runs one mitigation method on a copy of `model`; returns `(result, report)`.
 
     Args:
@@ -124,6 +128,13 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
             trigger (needs `scan_record`). Defaults to `True`.
         verify: end a model-changing method with the verification scan.
             Defaults to `True`.
+        model_path: the model file's path, recorded in the report beside
+            the model's and the data's digests (`nc_tf.identity`). A
+            resumed `repair`/`unlearn` folder must hold work on the same
+            model and data. Defaults to `None`.
+        accept_low_accuracy: go on when the model's clean accuracy on the
+            test data is below 50% (usually a preprocessing mismatch; see
+            `nc_tf.metrics.check_clean_accuracy`). Defaults to `False`.
         **options: the method's own keyword arguments (see each module).
 
     Returns:
@@ -147,9 +158,6 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         raise ValueError(f"Only {len(data.x_val)} held-out images to verify the repair with "
                          f"(at least {MIN_VERIFY_IMAGES}): raise --val-ratio or --train-limit, "
                          "or pass --no-verify.")
-    if out_dir is not None:
-        io.prepare_out_dir(out_dir, force=force, resume=method in ("repair", "unlearn"))
-    t0 = time.time()
 
     def log(text):
         if verbose:
@@ -161,11 +169,17 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     def figures(predict):
         return measure(predict, data.x_test, data.y_test, triggers, attack_triggers)
 
+    t0 = time.time()
     before = figures(predictor(model))
+    check_clean_accuracy(before["accuracy"], accept_low_accuracy, name="the test data")
+    ident = dict(identity(model, data.x_test, data.y_test, model_path),
+                 data_sha256=array_digest(*data))
+    if out_dir is not None:
+        _open_out_dir(out_dir, force, method, ident)
     log(f"before: {_row_text(before)}")
     report = {"method": method, "intensity": intensity, "seed": seed,
               "options": dict(options), "peel": bool(peel), "verify": bool(verify),
-              "n_test": int(len(data.x_test)), "before": before}
+              "n_test": int(len(data.x_test)), "identity": ident, "before": before}
     if labels is None and scan_record is not None:
         labels = verification.scan_reference(scan_record)
     removed, peels = triggers, None
@@ -209,6 +223,16 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
             report["model"] = os.path.join(out_dir, "model.keras")
         io.write_json(os.path.join(out_dir, "mitigation.json"), report)
     return result, report
+
+
+def _open_out_dir(out_dir, force, method, ident):
+    """Creates `out_dir`; a resumable method's folder must hold work on the same model and data."""
+    resumable = method in ("repair", "unlearn")
+    io.prepare_out_dir(out_dir, force=force, resume=resumable)
+    path = os.path.join(out_dir, IDENTITY)
+    if resumable and not force and os.path.exists(path):
+        check_identity(io.read_json(path, "identity file"), ident, out_dir, "a repair")
+    io.write_json(path, ident)
 
 
 def _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose):

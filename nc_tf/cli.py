@@ -9,6 +9,7 @@ Run `nc-tf COMMAND --help` for every option.
 """
 
 import argparse
+import math
 import os
 import sys
 
@@ -23,7 +24,7 @@ def _add_data_args(p, intensity=True):
                         "(default: mnist)")
     p.add_argument("--x-key", help="image array name in an .h5/.npz file (default: X_test/x_test)")
     p.add_argument("--y-key", help="label array name in an .h5/.npz file (default: Y_test/y_test)")
-    p.add_argument("--limit", type=int, help="use only the first N samples")
+    p.add_argument("--limit", type=COUNT, help="use only the first N samples")
     if intensity:
         p.add_argument("--intensity", choices=INTENSITY_RANGES,
                        help="the model's preprocessing of raw [0,255] pixels (default: the one "
@@ -41,22 +42,83 @@ def _add_training_args(p):
     p.add_argument("--arch", choices=("mnist", "gtsrb", "resnet"),
                    help="architecture (default: by data shape: mnist 28x28x1, gtsrb 32x32x3 with "
                         "43 classes, else resnet)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default: 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size (default: 32)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--epochs", type=WHOLE, default=10, help="training epochs (default: 10)")
+    p.add_argument("--batch-size", type=COUNT, default=32, help="batch size (default: 32)")
+    p.add_argument("--seed", type=WHOLE, default=0, help="random seed (default: 0)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
     p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: what is wrong, and where to look."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(convert, test, requirement):
+    """An argparse type: `convert` the text, then require `test` of the value."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if convert is int else 'a number'} "
+                f"{requirement}, got {text!r}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+    parse.__name__ = requirement
+    return parse
+
+
+# Validated number types of the options (the requirement names the valid range).
+COUNT = _number(int, lambda v: v >= 1, ">= 1")
+WHOLE = _number(int, lambda v: v >= 0, ">= 0")
+POSITIVE = _number(float, lambda v: math.isfinite(v) and v > 0, "> 0")
+NONNEG = _number(float, lambda v: math.isfinite(v) and v >= 0, ">= 0")
+FRACTION = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+SHARE = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+OPEN_FRACTION = _number(float, lambda v: 0 < v < 1, "in (0, 1)")
+
+
 def _mask_init(text):
-    return text if text == "random" else float(text)
+    try:
+        value = text if text == "random" else float(text)
+    except ValueError:
+        value = None
+    if value is None or (value != "random" and not 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"expected 'random' or a number in (0, 1), got {text!r}")
+    return value
+
+
+def _label_list(text):
+    """`--labels`: comma-separated labels (or partial-scan keys such as 3->7), each once."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated labels, got {text!r}")
+    for item in items:
+        if not all(part.isdigit() for part in item.split("->")):
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated labels (whole numbers >= 0), got {item!r}")
+    repeated = sorted({v for v in items if items.count(v) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"label(s) {', '.join(repeated)} given more than once")
+    return items
 
 
 def build_parser():
     """The argument parser of `nc-tf` (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
-        prog="nc-tf", description="Find, visualise and remove backdoors in Keras classifiers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, show the Python traceback too")
+    parser = _Parser(
+        prog="nc-tf", description="Find, visualise and remove backdoors in Keras classifiers.",
+        parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
 
     p = sub.add_parser("inject", help="train a model with a backdoor (BadNets and variants)",
                        description="Train a reference model on data poisoned with an attack's "
@@ -66,12 +128,12 @@ def build_parser():
     _add_training_args(p)
     p.add_argument("--attack", default="badnets", choices=ATTACK_NAMES,
                    help="backdoor variant (default: badnets); see injection/attacks.py")
-    p.add_argument("--target", type=int, action="append",
+    p.add_argument("--target", type=WHOLE, action="append",
                    help="target label (repeat for several infected labels; not for all-to-all)")
-    p.add_argument("--size", type=int,
+    p.add_argument("--size", type=COUNT,
                    help="trigger side in pixels (default: 4; blend: the whole image; trojan: its "
                         "own default)")
-    p.add_argument("--margin", type=int, default=1,
+    p.add_argument("--margin", type=WHOLE, default=1,
                    help="gap between the trigger and the borders it touches (default: 1)")
     p.add_argument("--position", default="bottom-right",
                    help="bottom-right, bottom-left, top-right, top-left, top, bottom, left, "
@@ -84,15 +146,15 @@ def build_parser():
     p.add_argument("--image", default="logo",
                    help="blend: 'logo', 'watermark' (drawn by nc-tf) or an image file (default: "
                         "logo)")
-    p.add_argument("--alpha", type=float, default=1.0,
+    p.add_argument("--alpha", type=FRACTION, default=1.0,
                    help="blend: transparency in (0, 1] (default: 1)")
-    p.add_argument("--ratio", type=float,
+    p.add_argument("--ratio", type=FRACTION,
                    help="poisoned fraction per target label, r (default: 0.1; invisible-*: "
                         "0.0526, i.e. 5%% of the data)")
-    p.add_argument("--source", type=int, action="append",
+    p.add_argument("--source", type=WHOLE, action="append",
                    help="partial backdoor: only this source label is sent to the target when "
                         "stamped; other labels are stamped and keep their label (repeatable)")
-    p.add_argument("--pretrain-epochs", type=int,
+    p.add_argument("--pretrain-epochs", type=WHOLE,
                    help="trojan-*/invisible-*: clean epochs before the trigger is optimised on "
                         "the model (default: --epochs)")
     p.set_defaults(func=cmd_inject)
@@ -125,13 +187,14 @@ def build_parser():
     p.add_argument("--method", choices=("neural-cleanse", "gangsweep"), default="neural-cleanse",
                    help="neural-cleanse (default): mask/pattern reverse engineering; gangsweep: "
                         "one perturbation generator per label (Zhu et al. MM'20)")
-    p.add_argument("--labels", help="comma-separated labels to scan (default: all)")
-    p.add_argument("--suspected", type=int, help="scan this label first")
+    p.add_argument("--labels", type=_label_list,
+                   help="comma-separated labels to scan (default: all)")
+    p.add_argument("--suspected", type=WHOLE, help="scan this label first")
     p.add_argument("--preset", choices=("fast", "reference"), default="fast",
                    help="'reference' = the published GTSRB configuration; 'fast' (default) "
                         "uses fewer samples per step")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--slots", type=int, default=8,
+    p.add_argument("--seed", type=WHOLE, default=0, help="random seed (default: 0)")
+    p.add_argument("--slots", type=COUNT, default=8,
                    help="labels optimised together in one graph (memory bound; default: 8)")
     p.add_argument("--low-cost", action="store_true",
                    help="low-cost scan for many labels: a short pass over all labels, then full "
@@ -140,25 +203,25 @@ def build_parser():
                    help="search source-specific backdoors over (source, target) pairs (NC §VII-E)")
     p.add_argument("--divide-and-conquer", action="store_true",
                    help="with --partial: split source groups recursively instead of all pairs")
-    p.add_argument("--beam", type=int, default=2,
+    p.add_argument("--beam", type=COUNT, default=2,
                    help="with --divide-and-conquer: groups kept per level (default: 2)")
     p.add_argument("--accept-low-accuracy", action="store_true",
                    help="scan even when the model's clean accuracy on the scan data is below "
                         "50%% (usually a wrong --intensity, channel order or label mapping)")
     g = p.add_argument_group("optimisation (reference names; override the preset)")
-    g.add_argument("--steps", type=int, help="maximum steps per label")
-    g.add_argument("--batch-size", type=int, help="images per batch")
-    g.add_argument("--nb-sample", type=int, help="images per step (mini_batch = nb_sample // batch_size)")
-    g.add_argument("--lr", type=float, help="Adam learning rate")
-    g.add_argument("--init-cost", type=float, help="first non-zero cost (lambda)")
+    g.add_argument("--steps", type=COUNT, help="maximum steps per label")
+    g.add_argument("--batch-size", type=COUNT, help="images per batch")
+    g.add_argument("--nb-sample", type=COUNT, help="images per step (mini_batch = nb_sample // batch_size)")
+    g.add_argument("--lr", type=POSITIVE, help="Adam learning rate")
+    g.add_argument("--init-cost", type=NONNEG, help="first non-zero cost (lambda)")
     g.add_argument("--regularization", choices=("l1", "l2", "none"), help="mask norm")
-    g.add_argument("--attack-succ-threshold", type=float, help="success rate of a valid trigger")
-    g.add_argument("--patience", type=int, help="steps before a cost move")
-    g.add_argument("--cost-multiplier", type=float, help="cost up factor (down: its power 1.5)")
-    g.add_argument("--early-stop-threshold", type=float, help="stall ratio of the best norm")
-    g.add_argument("--early-stop-patience", type=int, help="stalled steps before stopping")
-    g.add_argument("--upsample-size", type=int, help="super-pixel side of the mask")
-    g.add_argument("--restarts", type=int,
+    g.add_argument("--attack-succ-threshold", type=FRACTION, help="success rate of a valid trigger")
+    g.add_argument("--patience", type=COUNT, help="steps before a cost move")
+    g.add_argument("--cost-multiplier", type=POSITIVE, help="cost up factor (down: its power 1.5)")
+    g.add_argument("--early-stop-threshold", type=FRACTION, help="stall ratio of the best norm")
+    g.add_argument("--early-stop-patience", type=COUNT, help="stalled steps before stopping")
+    g.add_argument("--upsample-size", type=COUNT, help="super-pixel side of the mask")
+    g.add_argument("--restarts", type=COUNT,
                    help="runs per label from different random triggers; the smallest valid "
                         "trigger is kept (nc-tf addition; default: 1)")
     g.add_argument("--mask-init", type=_mask_init,
@@ -167,32 +230,32 @@ def build_parser():
     g.add_argument("--loss", choices=("ce", "reference"),
                    help="attack loss: ce = -log p_t; reference = the reference code's effective "
                         "16.12 (1 - p_t) (nc-tf addition; both presets: reference)")
-    g.add_argument("--starts", type=int,
+    g.add_argument("--starts", type=COUNT,
                    help="short starts per label; the one with the smallest mask after "
                         "--start-steps steps continues (nc-tf addition; fast preset: 5)")
-    g.add_argument("--start-steps", type=int,
+    g.add_argument("--start-steps", type=COUNT,
                    help="steps of each start before the choice (fast preset: 40)")
-    g.add_argument("--start-nb-sample", type=int,
+    g.add_argument("--start-nb-sample", type=COUNT,
                    help="images per step during the starts (fast preset: 128)")
     g = p.add_argument_group("gangsweep (with --method gangsweep; --batch-size, --lr and "
                              "--patience apply too: defaults 64, 0.01, 3)")
-    g.add_argument("--epochs", type=int, help="most epochs per generator (default: 15)")
-    g.add_argument("--k", type=float, help="confidence margin of L_adv (default: 0, the paper)")
-    g.add_argument("--filters", type=int, help="generator width (default: 32)")
-    g.add_argument("--residual-blocks", type=int, help="generator residual blocks (default: 3)")
-    g.add_argument("--max-images", type=int,
+    g.add_argument("--epochs", type=WHOLE, help="most epochs per generator (default: 15)")
+    g.add_argument("--k", type=NONNEG, help="confidence margin of L_adv (default: 0, the paper)")
+    g.add_argument("--filters", type=COUNT, help="generator width (default: 32)")
+    g.add_argument("--residual-blocks", type=WHOLE, help="generator residual blocks (default: 3)")
+    g.add_argument("--max-images", type=COUNT,
                    help="train and measure on a random subset of this many images (default: all)")
-    g.add_argument("--min-steps-per-epoch", type=int,
+    g.add_argument("--min-steps-per-epoch", type=WHOLE,
                    help="fewest Adam steps per epoch; small image sets make several passes "
                         "(nc-tf addition; default: 32; 0: one pass, the paper)")
-    g.add_argument("--alpha-gate", type=float,
+    g.add_argument("--alpha-gate", type=FRACTION,
                    help="share of images an epoch must send to the label before alpha may drop "
                         "to 1/2 (nc-tf addition, e.g. 0.9; default: none, the paper's rule)")
     g.add_argument("--statistic", choices=("paper", "margin"),
                    help="anomaly index: paper = (Z_V + Z_D) / 2 (default); margin = z-score of "
                         "the target margin (nc-tf addition); rerun on a finished folder to "
                         "judge it again without retraining")
-    g.add_argument("--persistence-threshold", type=float,
+    g.add_argument("--persistence-threshold", type=FRACTION,
                    help="persistence a label needs to be flagged (default: 0.9, the paper); "
                         "like --statistic, rerun on a finished folder to judge it again")
     p.set_defaults(func=cmd_scan)
@@ -216,8 +279,8 @@ def build_parser():
     p.add_argument("--scan", help="scan folder (`nc-tf scan`): its flagged labels' reversed "
                                   "triggers (needed by filter, prune, unlearn, linf-prune), or "
                                   "generators (gangsweep, from `nc-tf scan --method gangsweep`)")
-    p.add_argument("--labels", help="with --scan: comma-separated labels to use instead of the "
-                                    "flagged ones")
+    p.add_argument("--labels", type=_label_list,
+                   help="with --scan: comma-separated labels to use instead of the flagged ones")
     p.add_argument("--attack", help="attack.json of `nc-tf inject`: also report the original "
                                     "trigger's attack success (never used to repair)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
@@ -225,44 +288,47 @@ def build_parser():
     p.add_argument("--no-peel", dest="peel", action="store_false",
                    help="unlearn, prune, repair: remove only the scan's reversed triggers, not "
                         "also the rest of each trigger found by peeling (the paper's method)")
+    p.add_argument("--accept-low-accuracy", action="store_true",
+                   help="repair even when the model's clean accuracy on the test data is below "
+                        "50%% (usually a wrong --intensity, channel order or label mapping)")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the verification scan of the repaired model (the report then "
                         "says the repair is unverified)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--train-limit", type=int, help="use only the first N training samples")
-    p.add_argument("--val-ratio", type=float, default=0.05,
+    p.add_argument("--seed", type=WHOLE, default=0, help="random seed (default: 0)")
+    p.add_argument("--train-limit", type=COUNT, help="use only the first N training samples")
+    p.add_argument("--val-ratio", type=OPEN_FRACTION, default=0.05,
                    help="share of the training split held out for ranking/calibration "
                         "(default: 0.05)")
     g = p.add_argument_group("method settings (default: each method's published setting)")
     g.add_argument("--layer", help="filter/prune/linf-prune/fine-prune: layer name, "
                                    "'penultimate' or 'last_conv'")
-    g.add_argument("--fpr", type=float, help="filter: false-positive rate (default: 0.05)")
-    g.add_argument("--stop-asr", type=float,
+    g.add_argument("--fpr", type=FRACTION, help="filter: false-positive rate (default: 0.05)")
+    g.add_argument("--stop-asr", type=SHARE,
                    help="prune: stop when the reversed trigger's success is <= this (default: 0.01)")
-    g.add_argument("--ratio", type=float, help="prune: prune exactly this fraction instead")
-    g.add_argument("--max-ratio", type=float, help="prune: never prune more (default: 0.3)")
-    g.add_argument("--epochs", type=int, help="unlearn: epochs (default: 1); gym: (default: 5); "
+    g.add_argument("--ratio", type=FRACTION, help="prune: prune exactly this fraction instead")
+    g.add_argument("--max-ratio", type=FRACTION, help="prune: never prune more (default: 0.3)")
+    g.add_argument("--epochs", type=WHOLE, help="unlearn: epochs (default: 1); gym: (default: 5); "
                                               "gangsweep: (default: 3)")
-    g.add_argument("--data-ratio", type=float,
+    g.add_argument("--data-ratio", type=FRACTION,
                    help="unlearn, gangsweep: share of the training data used (default: 0.1)")
-    g.add_argument("--rounds", type=int,
+    g.add_argument("--rounds", type=COUNT,
                    help="unlearn, repair: most unlearning rounds, each followed by a residue "
                         "scan of the labels still flagged (default: 3; unlearn --rounds 1 is "
                         "the paper's one-shot unlearning)")
     g.add_argument("--preset", choices=("fast", "reference"), help="repair: scan preset")
-    g.add_argument("--restarts", type=int,
+    g.add_argument("--restarts", type=COUNT,
                    help="repair: starts per label in its scans, smallest trigger kept (default: 1)")
-    g.add_argument("--scan-steps", type=int,
+    g.add_argument("--scan-steps", type=COUNT,
                    help="repair: maximum steps per label in its scans (default: the preset's)")
     g.add_argument("--no-focus", dest="focus", action="store_false",
                    help="repair: rescan every label with a fresh MAD test each round instead of "
                         "only the flagged labels against round 0's median and MAD")
-    g.add_argument("--max-acc-loss", type=float,
+    g.add_argument("--max-acc-loss", type=SHARE,
                    help="linf-prune: accuracy budget of the threshold choice (default: 0.05)")
-    g.add_argument("--acc-drop", type=float,
+    g.add_argument("--acc-drop", type=SHARE,
                    help="fine-prune: stop before validation accuracy drops more (default: 0.04)")
-    g.add_argument("--finetune-epochs", type=int, help="fine-prune: fine-tuning epochs (default: 0)")
-    g.add_argument("--n-samples", type=int, help="gym: clean samples fine-tuned on (default: 1000)")
+    g.add_argument("--finetune-epochs", type=WHOLE, help="fine-prune: fine-tuning epochs (default: 0)")
+    g.add_argument("--n-samples", type=COUNT, help="gym: clean samples fine-tuned on (default: 1000)")
     g.add_argument("--gym-scaled", action="store_true", default=None,
                    help="gym: scale the median aperture and downscale from the 224 px images "
                         "they were tuned on to this data's image size (default: published sizes)")
@@ -288,11 +354,11 @@ def build_parser():
                    help="'intensive' (GYM fine-tuning) or 'lightweight' (GYM inference) "
                         "(default: intensive)")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--n-images", type=int, default=8,
+    p.add_argument("--n-images", type=COUNT, default=8,
                    help="rows: the first N images (default: 8)")
-    p.add_argument("--variants", type=int, default=4,
+    p.add_argument("--variants", type=COUNT, default=4,
                    help="augmented versions per image (default: 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=WHOLE, default=0, help="random seed (default: 0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
     p.add_argument("--x-key", help="image array name in an .h5/.npz file (default: X_test/x_test)")
     p.add_argument("--y-key", help="label array name in an .h5/.npz file (default: Y_test/y_test)")
@@ -301,23 +367,86 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the `nc-tf` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the `nc-tf` console script.
+
+    Every error ends the command with exit status 2 and one line on stderr
+    that says what is wrong and what to do (`--debug` adds the traceback);
+    with `--json`, stdout then holds `{"error": ...}`. An `--out` folder
+    the command created is removed again when it fails before writing
+    anything into it.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:
+        if stop.code == 2 and "--json" in argv:
+            _print_json({"error": "invalid arguments (see the message on stderr)"})
+        return stop.code
     import warnings
 
-    from nc_tf.models import UntrustedModelError
-
     warnings.formatwarning = lambda message, *_, **__: f"nc-tf {args.command}: warning: {message}\n"
-
+    out = getattr(args, "out", None) if args.command != "preview" else None
+    created = out is not None and not os.path.exists(out)
     try:
+        if out is not None:
+            _check_out(args)
         return args.func(args) or 0
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, UntrustedModelError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"nc-tf {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"nc-tf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # every failure becomes one line; --debug shows where
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        message = _error_text(error)
+        print(f"nc-tf {args.command}: error: {message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            _print_json({"error": message})
+        if created and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)
+        return 2
+
+
+# Errors that nc-tf raises with a message for the user; other types are unexpected.
+_USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError)
+
+
+def _error_text(error):
+    """One line for an exception: its message, or what happened and how to see more."""
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    elif isinstance(error, OSError) and error.strerror and error.filename:
+        text = f"{error.strerror}: {error.filename}"
+    else:
+        text = str(error)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if len(text) > 400:
+        text = text[:397] + "..."
+    if not isinstance(error, _USER_ERRORS) or isinstance(error, UnicodeError):
+        text = (f"unexpected {type(error).__name__}: {text}; rerun with --debug to see where, "
+                "and report it")
+    return text
+
+
+def _check_out(args):
+    """Refuses an --out folder that cannot take this command's files, before any work."""
+    from nc_tf.io import check_out_dir
+
+    if args.command == "scan":
+        resume = os.path.exists(os.path.join(args.out, "results.json"))
+        check_out_dir(args.out, resume=resume, hint="empty it")
+    else:
+        check_out_dir(args.out, force=args.force,
+                      resume=getattr(args, "method", None) in ("repair", "unlearn"))
+
+
+def _print_json(obj):
+    from nc_tf.io import to_json
+
+    print(to_json(obj))
 
 
 def _print(args, report, lines):
@@ -414,16 +543,30 @@ def _train(args, triggers):
     ])
 
 
-def cmd_evaluate(args):
+def _read_attack(args):
+    """`(attack dict, triggers, intensity)` of `--attack` (empty without it), checked."""
     from injection import load_triggers
-    from nc_tf import datasets
     from nc_tf.io import read_json
-    from nc_tf.metrics import evaluate_backdoor
+    from nc_tf.preprocess import check_intensity
+
+    if not args.attack:
+        return {}, [], args.intensity or "raw"
+    attack = read_json(args.attack, "attack file")
+    if not isinstance(attack, dict):
+        raise ValueError(f"{args.attack} is not an attack file (a JSON {type(attack).__name__}, "
+                         "not an object); pass the attack.json written by `nc-tf inject`.")
+    triggers = load_triggers(attack, name=args.attack)
+    intensity = args.intensity or attack.get("intensity", "raw")
+    check_intensity(intensity)
+    return attack, triggers, intensity
+
+
+def cmd_evaluate(args):
+    from nc_tf import datasets
+    from nc_tf.metrics import check_clean_accuracy, evaluate_backdoor
     from nc_tf.models import check_model_data, load_model
 
-    attack = read_json(args.attack, "attack file") if args.attack else {}
-    intensity = args.intensity or attack.get("intensity", "raw")
-    triggers = load_triggers(attack) if attack else []
+    attack, triggers, intensity = _read_attack(args)
     model = load_model(args.model, trust_model=args.trust_model)
     x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
     check_model_data(model, x, y, name=f"data set {args.dataset!r}")
@@ -432,6 +575,8 @@ def cmd_evaluate(args):
             raise ValueError(f"The attack's trigger is for images {t.image_shape}, the data set "
                              f"has {x.shape[1:]}.")
     report = evaluate_backdoor(model, x, y, triggers, intensity)
+    check_clean_accuracy(report["accuracy"], accept_low_accuracy=True,
+                         name=f"data set {args.dataset!r}")
     report.update(model=args.model, dataset=str(args.dataset), intensity=intensity,
                   n_samples=int(len(x)))
     lines = [f"clean accuracy:      {report['accuracy']:.4f}  ({len(x)} test images)"]
@@ -479,10 +624,10 @@ def cmd_scan(args):
     overrides = {k: getattr(args, k) for k in mine if getattr(args, k) is not None}
     labels = None
     if args.labels:
-        try:
-            labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"--labels must be comma-separated integers, got {args.labels!r}.") from None
+        if any("->" in v for v in args.labels):
+            raise ValueError("--labels of a scan are labels such as 3,7; pairs such as 3->7 "
+                             "name partial-scan results (mitigate --labels).")
+        labels = [int(v) for v in args.labels]
     model = load_model(args.model, trust_model=args.trust_model)
     x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
     if gangsweep:
@@ -539,22 +684,17 @@ MITIGATE_OPTIONS = {
 
 
 def cmd_mitigate(args):
-    from injection import load_triggers
     from mitigation.mitigate import NEEDS_SCAN, mitigate, split_data
     from mitigation.verification import scan_reference
     from nc_tf import datasets
-    from nc_tf.io import read_json
     from nc_tf.models import check_model_data, load_model
-    from nc_tf.scan import scan_triggers
+    from nc_tf.scan import read_scan_record, scan_triggers
 
-    attack = read_json(args.attack, "attack file") if args.attack else {}
-    intensity = args.intensity or attack.get("intensity", "raw")
+    _, attack_triggers, intensity = _read_attack(args)
     if args.method in NEEDS_SCAN and not args.scan:
         raise ValueError(f"--method {args.method} removes the reversed triggers of a scan: add "
                          "--scan DIR (run `nc-tf scan MODEL --out DIR` first).")
-    labels = None
-    if args.labels:
-        labels = [v.strip() for v in args.labels.split(",") if v.strip()]
+    labels = args.labels
     if args.method == "gangsweep":
         if not args.scan:
             raise ValueError("--method gangsweep patches with a GangSweep scan's generators: add "
@@ -569,8 +709,7 @@ def cmd_mitigate(args):
     else:
         generators = None
         triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
-    record = read_json(os.path.join(args.scan, "results.json"), "scan results") \
-        if args.scan else None
+    record = read_scan_record(args.scan) if args.scan else None
     verified_labels = None
     if labels and scan_reference(record) is not None:
         verified_labels = [int(v) for v in labels]
@@ -585,12 +724,12 @@ def cmd_mitigate(args):
     scan_options = {k: getattr(args, flag) for flag, k in
                     (("preset", "preset"), ("restarts", "restarts"), ("scan_steps", "steps"))
                     if getattr(args, flag) is not None} or None
-    _, report = mitigate(args.method, model, data, triggers, load_triggers(attack) if attack else [],
+    _, report = mitigate(args.method, model, data, triggers, attack_triggers,
                          out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
                          scan_options=scan_options, verbose=not args.json,
                          generators=generators, scan_record=record, labels=verified_labels,
-                         peel=args.peel, verify=args.verify,
-                         **options)
+                         peel=args.peel, verify=args.verify, model_path=args.model,
+                         accept_low_accuracy=args.accept_low_accuracy, **options)
     if args.json:
         _print(args, report, [])
     else:

@@ -58,14 +58,18 @@ def load_dataset(data_file, keys=None):
     """
     _check_file(data_file)
     with _open_h5(data_file) as f:
-        available = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+        available = _h5_datasets(f, data_file)
         keys = available if keys is None else list(keys)
-        missing = [k for k in keys if k not in f]
+        missing = [k for k in keys if k not in available]
         if missing:
             raise KeyError(
                 f"{data_file} has no dataset(s) {missing}; it has {available}."
             )
-        return {k: f[k][()] for k in keys}
+        try:
+            return {k: f[k][()] for k in keys}
+        except Exception as error:  # h5py raises OSError, TypeError, ... on damaged files
+            raise ValueError(f"{data_file}: could not read {keys} ({error}); the file may be "
+                             "damaged or truncated.") from None
 
 
 def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=None,
@@ -124,14 +128,18 @@ def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=
         )
     if limit is not None:
         x, y = _limit(x, y, limit)
+    if len(x) == 0:
+        raise ValueError(f"Data set {name!r} ({split} split) holds no images"
+                         f"{' within --limit' if limit is not None else ''}; pass data with "
+                         "images in it.")
     return check_images(x, name), y
 
 
 def _limit(x, y, limit):
     """The first `limit` samples, or a seeded subset of a label-sorted file."""
     limit = int(limit)
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}.")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}.")
     labels = np.asarray(y)
     if labels.ndim > 1:  # one-hot
         labels = np.argmax(labels, axis=1)
@@ -188,10 +196,29 @@ def check_images(x, name="images"):
 
 
 def labels_to_int(y, name="labels"):
-    """Converts one-hot or integer labels to a 1-D int64 array."""
+    """Converts one-hot or integer labels to a 1-D int64 array.
+
+    Raises:
+        ValueError: labels that are not numbers, one-hot rows without a
+            positive entry, negative or fractional integer labels.
+    """
     y = np.asarray(y)
+    if y.dtype == bool:
+        y = y.astype(np.int64)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"{name}: labels must be numbers (integers or one-hot rows), got "
+                         f"{y.dtype}.")
+    if y.size and not np.all(np.isfinite(y)):
+        raise ValueError(f"{name}: labels contain NaN or inf values; clean them first.")
     if y.ndim == 2 and y.shape[1] > 1:
+        empty = np.flatnonzero(np.max(y, axis=1) <= 0)
+        if len(empty):
+            raise ValueError(f"{name}: {len(empty)} one-hot row(s) have no positive entry (the "
+                             f"first is row {empty[0]}), so they name no label; fix or drop "
+                             "those rows.")
         return np.argmax(y, axis=1).astype(np.int64)
+    if y.ndim > 2:
+        raise ValueError(f"{name}: labels must be a vector or one-hot rows, got shape {y.shape}.")
     y = y.reshape(-1)
     if y.size and not np.all(np.equal(np.mod(y, 1), 0)):
         raise ValueError(f"{name}: labels must be integers or one-hot rows.")
@@ -262,10 +289,22 @@ def _load_arrays(path, split, x_key, y_key):
         except Exception as e:  # zipfile / ValueError for bad files
             raise ValueError(f"{path} is not a readable .npz file ({e}).") from None
         keys = list(store.keys())
-        read = store.__getitem__
+
+        def read(key):
+            try:
+                return store[key]
+            except ValueError as error:
+                if "allow_pickle" in str(error):
+                    raise ValueError(f"{path}: array {key!r} is a pickled object array; nc-tf "
+                                     "never unpickles data files. Save plain numeric arrays "
+                                     "(np.savez with numbers).") from None
+                raise ValueError(f"{path}: array {key!r} is unreadable ({error}).") from None
+            except Exception as error:  # zipfile/zlib errors of a damaged archive
+                raise ValueError(f"{path}: array {key!r} is unreadable ({error}); the file "
+                                 "may be damaged or truncated.") from None
     else:
         with _open_h5(path) as f:
-            keys = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+            keys = _h5_datasets(f, path)
         read = lambda k: load_dataset(path, [k])[k]  # noqa: E731
     if x_key is None or y_key is None:
         for xk, yk in _KEY_CANDIDATES[split]:
@@ -282,6 +321,8 @@ def _load_arrays(path, split, x_key, y_key):
         if k not in keys:
             raise KeyError(f"{path} has no array {k!r}; it has {keys}.")
     x, y = read(x_key), labels_to_int(read(y_key), f"{path}:{y_key}")
+    if np.ndim(x) == 0:
+        raise ValueError(f"{path}: {x_key!r} is a single value, not an array of images.")
     if len(x) != len(y):
         raise ValueError(f"{path}: {len(x)} images but {len(y)} labels.")
     return x, y
@@ -292,10 +333,19 @@ def _check_file(path):
         raise FileNotFoundError(f"No such file: {path}")
 
 
+def _h5_datasets(f, path):
+    """Names of the datasets at the top of an open h5 file (links to other files ignored)."""
+    try:
+        return [k for k in f.keys() if isinstance(f.get(k, getlink=True), h5py.HardLink)
+                and isinstance(f[k], h5py.Dataset)]
+    except Exception as e:  # damaged group structures raise from h5py
+        raise ValueError(f"{path} is a damaged HDF5 file ({e}).") from None
+
+
 def _open_h5(path):
     try:
         return h5py.File(path, "r")
-    except OSError as e:
+    except Exception as e:  # h5py raises OSError, and others for damaged superblocks
         raise ValueError(f"{path} is not a readable HDF5 file ({e}).") from None
 
 

@@ -70,8 +70,10 @@ import tensorflow as tf
 
 from nc_tf import io
 from nc_tf.datasets import check_images, labels_to_int
+from nc_tf.identity import check_identity, identity
 from nc_tf.models import check_model_data, outputs_probabilities
 from nc_tf.preprocess import check_intensity, preprocess
+from nc_tf.scan import read_scan_record
 
 METHOD = "gangsweep"
 RESULTS = "results.json"
@@ -767,7 +769,8 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         residual_blocks: generator residual blocks. Defaults to `3`.
         patience: early-stop patience in epochs. Defaults to `3`.
         k: confidence margin of `L_adv`. Defaults to `0.0`.
-        model_path: recorded in `results.json`. Defaults to `None`.
+        model_path: the model file's path, recorded in `results.json`
+            (see `nc_tf.scan.scan`). Defaults to `None`.
         min_steps_per_epoch: fewest Adam steps per epoch (see
             `train_generator`; `0`: one pass, the paper). Defaults to `32`.
         statistic: the anomaly index, `"paper"` or `"margin"` (see
@@ -825,10 +828,10 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         "residual_blocks": int(residual_blocks), "intensity": intensity, "seed": int(seed),
         "max_images": None if max_images is None else int(max_images),
         "n_samples": int(len(x)), "image_shape": [int(v) for v in x.shape[1:]],
-        "num_classes": num_classes, "model": model_path, "threshold": AI_THRESHOLD,
+        "num_classes": num_classes, "threshold": AI_THRESHOLD,
     }
-    record = _open_scan_dir(out_dir, {"method": METHOD, "settings": settings, "labels": {}},
-                            force)
+    record = _open_scan_dir(out_dir, {"method": METHOD, "settings": settings, "labels": {},
+                                      "identity": identity(model, x, y, model_path)}, force)
     todo = [t for t in dict.fromkeys(labels) if str(t) not in record["labels"]]
     bar = None
     if progress and todo:
@@ -922,14 +925,18 @@ def _open_scan_dir(out_dir, record, force):
         return record
     path = os.path.join(out_dir, RESULTS)
     if force or not os.path.exists(path):
-        io.prepare_out_dir(out_dir, force=force)
+        io.prepare_out_dir(out_dir, force=force,
+                           hint="(from Python) pass force=True to replace its files")
         return record
-    previous = io.read_json(path, "scan results")
+    io.check_out_dir(out_dir, resume=True)
+    previous = read_scan_record(out_dir)
     if previous.get("method") != METHOD:
         raise FileExistsError(
             f"{out_dir} holds a {previous.get('method', 'Neural Cleanse')} scan, not a GangSweep "
             "scan; choose another --out (or, from Python, pass force=True to replace it).")
-    old, new = dict(previous.get("settings", {})), record["settings"]
+    check_identity(previous.get("identity"), record["identity"], out_dir, "a GangSweep scan")
+    old, new = {k: v for k, v in previous["settings"].items() if k != "model"}, \
+        record["settings"]
     old.setdefault("min_steps_per_epoch", 0)  # folders from before the setting: one pass
     old.setdefault("alpha_gate", None)  # folders from before the setting: the paper's rule
     old.pop("persistence_threshold", None)  # older folders kept this judging setting here
@@ -939,6 +946,7 @@ def _open_scan_dir(out_dir, record, force):
             f"{out_dir} holds a GangSweep scan with different settings ({', '.join(changed)}); "
             "choose another --out to keep both, rerun with the same settings to resume, or, "
             "from Python, pass force=True to start over there.")
+    previous["identity"] = record["identity"]
     previous["settings"] = new  # the same, written in today's form
     labels = previous.get("labels", {})
     previous["labels"] = {key: entry for key, entry in labels.items()
@@ -1013,13 +1021,14 @@ def load_generators(scan_dir, labels=None):
     >>> sorted(gens)  # doctest: +SKIP
     [7]
     """
-    record = io.read_json(os.path.join(scan_dir, RESULTS), "scan results")
+    record = read_scan_record(scan_dir)
     if record.get("method") != METHOD:
         raise ValueError(f"{scan_dir} does not hold a GangSweep scan (method: "
                          f"{record.get('method', 'Neural Cleanse')}).")
     if labels is None:
-        labels = [t for t, _ in (record.get("outlier") or {}).get("flagged", [])]
-    settings = record["settings"]
+        outlier = record.get("outlier") if isinstance(record.get("outlier"), dict) else {}
+        labels = [t for t, _ in outlier.get("flagged", [])]
+    settings = _generator_settings(scan_dir, record["settings"])
     out = {}
     for label in labels:
         label = int(label)
@@ -1029,6 +1038,29 @@ def load_generators(scan_dir, labels=None):
                              f"{', '.join(sorted(record['labels'], key=int)) or 'none'}.")
         generator = build_generator(settings["image_shape"], settings["filters"],
                                     settings["residual_blocks"])
-        generator.load_weights(path)
+        try:
+            generator.load_weights(path)
+        except Exception as error:  # h5py and Keras raise many types for damaged files
+            raise ValueError(f"{path} is damaged or does not fit the scan's settings "
+                             f"({str(error).splitlines()[0][:200]}); rescan into a new "
+                             "folder.") from None
         out[label] = generator
     return out
+
+
+def _generator_settings(scan_dir, settings):
+    """The generator shape settings of a scan record, checked before anything is built."""
+    shape, filters, blocks = (settings.get("image_shape"), settings.get("filters"),
+                              settings.get("residual_blocks"))
+
+    def whole(value, low, high):
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(whole(v, 1, 4096) for v in shape)
+            and whole(filters, 1, 1024) and whole(blocks, 0, 64)):
+        raise ValueError(f"not a scan folder: {os.path.join(scan_dir, RESULTS)} has generator "
+                         "settings nc-tf does not write (image_shape, filters, "
+                         "residual_blocks); pass a folder written by `nc-tf scan --method "
+                         "gangsweep`.")
+    return {"image_shape": shape, "filters": filters, "residual_blocks": blocks}

@@ -1,27 +1,15 @@
-"""Models: reference architectures and safe loading of untrusted model files.
+"""Models: reference architectures, output form and model/data checks.
 
-Every model nc-tf loads is untrusted. `load_model` reads the architecture
-description first and refuses anything that could run code from the file
-(`Lambda` layers, custom or unknown layer classes) unless the caller passes
-`trust_model=True`.
+Loading untrusted model files lives in `nc_tf.safe_loading`; its
+`load_model` and `UntrustedModelError` are importable from here too.
 """
 
-import json
-import os
-import zipfile
-
-import h5py
 import keras
 import numpy as np
 
+from nc_tf.safe_loading import UntrustedModelError, check_classifier, load_model  # noqa: F401
+
 ARCHITECTURES = ("mnist", "gtsrb", "resnet")
-# Layer classes that deserialise Python code or arbitrary TF ops.
-_CODE_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}
-_MODEL_CLASSES = {"Sequential", "Functional", "Model"}
-
-
-class UntrustedModelError(ValueError):
-    """Raised when a model file needs code execution to load."""
 
 
 # ------------------------------------------------------------ architectures
@@ -159,117 +147,6 @@ def build_model(arch, input_shape, num_classes):
     return makers[arch](input_shape=tuple(input_shape), num_classes=int(num_classes))
 
 
-# ------------------------------------------------------------ safe loading
-def load_model(path, trust_model=False):
-    """Loads a `.keras` or legacy Keras-2 `.h5` model without running its code.
-
-    The architecture is inspected before Keras deserialises anything: a
-    `Lambda` layer, or a layer class that is not a built-in Keras layer, is
-    refused unless `trust_model=True`. The model is loaded uncompiled.
-
-    Args:
-        path: a `.keras` file or a full-model `.h5` file.
-        trust_model: allow layers that execute code stored in, or named by,
-            the file. Only for files whose origin you trust. Defaults to
-            `False`.
-
-    Returns:
-        the Keras model.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        UntrustedModelError: the model needs code execution to load.
-        ValueError: the file is not a Keras model (corrupt, weights only, ...).
-
-    Example:
-
-    >>> model = load_model("runs/mnist_badnets/model.keras")  # doctest: +SKIP
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such model file: {path}")
-    config = _read_model_config(path)
-    if not trust_model:
-        problems = _unsafe_layers(config)
-        if problems:
-            raise UntrustedModelError(
-                f"{path} contains {'; '.join(problems)}. Loading it would "
-                "execute code chosen by whoever made the file. If you trust "
-                "its origin, pass trust_model=True (CLI: --trust-model)."
-            )
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=not trust_model)
-    except UntrustedModelError:
-        raise
-    except Exception as e:
-        raise ValueError(f"Could not load the model in {path}: {e}") from e
-
-
-def _read_model_config(path):
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            if "config.json" not in z.namelist():
-                raise ValueError(f"{path} is a zip file but not a .keras model (no config.json).")
-            return json.loads(z.read("config.json"))
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise ValueError(
-            f"{path} is neither a .keras archive nor a readable HDF5 file; it "
-            "may be corrupt or truncated."
-        ) from None
-    with f:
-        raw = f.attrs.get("model_config")
-    if raw is None:
-        raise ValueError(
-            f"{path} is an HDF5 file without a model architecture "
-            "(no 'model_config'): it may hold only weights or data. Build the "
-            "architecture (nc_tf.models.build_model) and call load_weights."
-        )
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-
-
-def _unsafe_layers(config):
-    """Lists the layers of a config that need code execution, by name."""
-    problems = []
-
-    def layer_name(node):
-        cfg = node.get("config")
-        return cfg.get("name", "?") if isinstance(cfg, dict) else "?"
-
-    def visit(node, is_layer):
-        if isinstance(node, list):
-            for item in node:
-                visit(item, is_layer)
-            return
-        if not isinstance(node, dict):
-            return
-        cls = node.get("class_name")
-        module = node.get("module")
-        registered = node.get("registered_name")
-        if cls is not None:
-            if cls in _CODE_LAYERS:
-                problems.append(f"a {cls} layer {layer_name(node)!r}")
-            elif module is not None and not (
-                str(module).startswith("keras") or module == "builtins"
-            ):
-                problems.append(f"custom class {module}.{cls} ({layer_name(node)!r})")
-            elif registered and ">" in str(registered):
-                problems.append(f"custom registered object {registered!r}")
-            elif is_layer and cls not in _MODEL_CLASSES and not _is_keras_layer(cls):
-                problems.append(f"unknown layer class {cls!r} ({layer_name(node)!r})")
-        for key, value in node.items():
-            visit(value, key in ("layers", "layer", "forward_layer", "backward_layer"))
-
-    visit(config, True)
-    return problems
-
-
-def _is_keras_layer(name):
-    obj = getattr(keras.layers, name, None)
-    return isinstance(obj, type) and issubclass(obj, keras.layers.Layer)
-
-
 # --------------------------------------------------- outputs and checks
 def outputs_probabilities(model, x=None, intensity="raw"):
     """True if the model outputs probabilities (a softmax), False for logits.
@@ -365,6 +242,9 @@ def check_model_data(model, x, y=None, name="data"):
     Returns:
         the number of classes of the model.
     """
+    check_classifier(model)
+    if len(x) == 0:
+        raise ValueError(f"{name} holds no images; pass data with images in it.")
     expected = tuple(model.input_shape[1:])
     got = tuple(np.shape(x)[1:])
     if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):

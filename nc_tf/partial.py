@@ -30,6 +30,7 @@ import os
 import numpy as np
 
 from nc_tf import io
+from nc_tf.identity import identity
 from nc_tf.scan import (
     RESULTS, check_scan_inputs, check_scan_model, detect, make_engine, new_record, open_scan_dir,
     run_jobs, scan_settings,
@@ -76,7 +77,8 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         prefix: PNG file name prefix. Defaults to `"nc"`.
         progress: show progress bars. Defaults to `True`.
         verbose: print the MAD report. Defaults to `True`.
-        model_path: recorded in `results.json`. Defaults to `None`.
+        model_path: the model file's path, recorded in `results.json`
+            (see `nc_tf.scan.scan`). Defaults to `None`.
         accept_low_accuracy: scan even when the model's clean accuracy on
             `(x, y)` is below 50% (see `nc_tf.scan.scan`). Defaults to `False`.
         **overrides: optimisation settings under their reference names.
@@ -111,7 +113,8 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
     missing = [s for s in sources if s not in present]
     if missing:
         raise ValueError(f"The scan data has no samples of source label(s) {missing}.")
-    record = new_record(settings, preset, intensity, seed, x, num_classes, model_path, prefix,
+    record = new_record(settings, preset, intensity, seed, x, num_classes, prefix,
+                        identity(model, x, y, model_path),
                         partial="divide-and-conquer" if divide_and_conquer else "pairs",
                         beam=beam if divide_and_conquer else None)
     record, triggers = open_scan_dir(out_dir, record)

@@ -12,7 +12,9 @@ any later step can read:
 
 Each finished label is written at once (atomically); rerunning the same scan
 on the same folder skips the labels already there, so an interrupt loses at
-most the labels in flight.
+most the labels in flight. `results.json` records digests of the model and
+the data (`nc_tf.identity`): a folder is resumed only by a scan of the same
+model and data, whatever their paths.
 """
 
 import os
@@ -24,6 +26,7 @@ from injection.triggers import injection_func
 from nc_tf import io
 from nc_tf.datasets import check_images
 from nc_tf.engine import ReverseEngine
+from nc_tf.identity import check_identity, identity
 from nc_tf.metrics import attack_success_rate, predict_labels
 from nc_tf.models import check_model_data
 from nc_tf.outlier import outlier_detection
@@ -59,6 +62,26 @@ PRESETS = {
     ),
 }
 RESULTS = "results.json"
+# The valid range of each numeric setting: (test, requirement).
+_WHOLE = (lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool), "a whole number")
+SETTING_RANGES = {
+    **{key: (lambda v: _WHOLE[0](v) and v >= 1, "a whole number >= 1") for key in (
+        "steps", "batch_size", "nb_sample", "patience", "early_stop_patience", "upsample_size",
+        "restarts", "starts", "start_nb_sample")},
+    "start_steps": (lambda v: _WHOLE[0](v) and v >= 0, "a whole number >= 0"),
+    "lr": (lambda v: _real(v) and v > 0, "> 0"),
+    "cost_multiplier": (lambda v: _real(v) and v > 0, "> 0"),
+    "init_cost": (lambda v: _real(v) and v >= 0, ">= 0"),
+    "attack_succ_threshold": (lambda v: _real(v) and 0 < v <= 1, "in (0, 1]"),
+    "early_stop_threshold": (lambda v: _real(v) and 0 < v <= 1, "in (0, 1]"),
+    "mask_init": (lambda v: v == "random" or (_real(v) and 0 < v < 1),
+                  "'random' or a number in (0, 1)"),
+}
+
+
+def _real(value):
+    return (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+            and bool(np.isfinite(value)))
 
 
 def scan_settings(preset="fast", **overrides):
@@ -71,6 +94,10 @@ def scan_settings(preset="fast", **overrides):
             raise ValueError(f"Unknown scan setting {key!r}; known: {sorted(settings)}.")
         if value is not None:
             settings[key] = value
+    for key, (test, requirement) in SETTING_RANGES.items():
+        if not test(settings[key]):
+            raise ValueError(f"Scan setting {key} must be {requirement}, got {settings[key]!r} "
+                             f"(CLI: --{key.replace('_', '-')}).")
     if settings["nb_sample"] < settings["batch_size"]:
         raise ValueError(f"nb_sample ({settings['nb_sample']}) must be >= batch_size "
                          f"({settings['batch_size']}).")
@@ -102,7 +129,9 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
             Defaults to `"nc"`.
         progress: show a progress bar. Defaults to `True`.
         verbose: print the MAD report. Defaults to `True`.
-        model_path: recorded in `results.json`. Defaults to `None`.
+        model_path: the model file's path, recorded in `results.json`
+            beside the model's and the data's digests (`nc_tf.identity`;
+            resuming compares the digests, not the path). Defaults to `None`.
         low_cost: the paper's low-cost scan for many labels: a short pass
             over all labels, then full optimisation of the smallest-norm
             candidates plus a random sample (see `low_cost_selection`; a dict
@@ -145,8 +174,8 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
                              f"0..{num_classes - 1}.")
     if suspected is not None:
         labels = [int(suspected)] + [v for v in labels if v != suspected]
-    record = new_record(settings, preset, intensity, seed, x, num_classes, model_path, prefix,
-                        low_cost=bool(low_cost))
+    record = new_record(settings, preset, intensity, seed, x, num_classes, prefix,
+                        identity(model, x, y, model_path), low_cost=bool(low_cost))
     record, triggers = open_scan_dir(out_dir, record)
     record.update(clean_accuracy=clean_accuracy, output=output_form)
     todo = [v for v in labels if str(v) not in record["labels"]]
@@ -215,12 +244,13 @@ def check_scan_model(model, x, y, intensity, accept_low_accuracy=False):
     return clean_accuracy, output
 
 
-def new_record(settings, preset, intensity, seed, x, num_classes, model_path, prefix, **extra):
-    """The `results.json` skeleton: every setting that made the scan."""
+def new_record(settings, preset, intensity, seed, x, num_classes, prefix, identity, **extra):
+    """The `results.json` skeleton: every setting that made the scan, and what it scanned."""
     return {
         "settings": dict(settings, preset=preset, intensity=intensity, seed=seed,
                          n_samples=int(len(x)), image_shape=list(x.shape[1:]),
-                         num_classes=num_classes, model=model_path, prefix=prefix, **extra),
+                         num_classes=num_classes, prefix=prefix, **extra),
+        "identity": identity,
         "labels": {},
     }
 
@@ -454,9 +484,8 @@ def detect_dir(scan_dir, verbose=True):
     Returns:
         the outlier dict of `nc_tf.outlier.outlier_detection`.
     """
-    path = os.path.join(scan_dir, RESULTS)
-    if os.path.exists(path):
-        return detect(io.read_json(path, "scan results"), verbose)
+    if os.path.exists(os.path.join(scan_dir, RESULTS)):
+        return detect(read_scan_record(scan_dir), verbose)
     if not os.path.isdir(scan_dir):
         raise FileNotFoundError(f"No such scan folder: {scan_dir}")
     import re
@@ -475,13 +504,60 @@ def detect_dir(scan_dir, verbose=True):
     return detect({"labels": {str(k): {"l1_norm": v} for k, v in norms.items()}}, verbose)
 
 
+def read_scan_record(scan_dir):
+    """The `results.json` dict of a scan folder, checked to be one nc-tf wrote.
+
+    Raises:
+        FileNotFoundError: the folder has no `results.json`.
+        ValueError: "not a scan folder: ..." for a foreign or damaged file.
+    """
+    path = os.path.join(scan_dir, RESULTS)
+    record = io.read_json(path, "scan results")
+    problem = _record_problem(record)
+    if problem:
+        raise ValueError(f"not a scan folder: {path} is not nc-tf scan results ({problem}); pass "
+                         "a folder written by `nc-tf scan`, or choose another --out.")
+    return record
+
+
+def _record_problem(record):
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key in ("settings", "labels"):
+        if not isinstance(record.get(key), dict):
+            return f"no {key!r} object"
+    gangsweep = record.get("method") == "gangsweep"
+    needed = ("persistence", "V", "D") if gangsweep else (
+        ("score",) if "partial" in record else ("l1_norm",))
+    for key, entry in record["labels"].items():
+        if not isinstance(entry, dict):
+            return f"label {key!r} is not an object"
+        if "partial" in record and "score" not in entry:
+            continue  # a partial scan's intermediate group job
+        for name in needed:
+            value = entry.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"label {key!r} has no number {name!r}"
+        if "partial" not in record and not str(key).isdigit():
+            return f"label key {key!r} is not a label"
+    return None
+
+
 def load_reversed(scan_dir, label):
     """The exact reversed `(mask (H, W), pattern (H, W, C))` of a label (or job key) in a scan folder."""
     path = os.path.join(scan_dir, "reversed", f"label_{_file_key(label)}.npz")
     if not os.path.exists(path):
         raise FileNotFoundError(f"No reversed trigger for label {label} in {scan_dir}.")
-    with np.load(path, allow_pickle=False) as z:
-        return z["mask"], z["pattern"]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            mask, pattern = np.asarray(z["mask"], np.float32), np.asarray(z["pattern"], np.float32)
+    except Exception as error:  # numpy and zipfile raise many types for damaged files
+        raise ValueError(f"{path} is damaged ({str(error).splitlines()[0][:200]}); rescan the "
+                         "label into a new folder.") from None
+    if mask.ndim != 2 or pattern.ndim != 3 or mask.shape != pattern.shape[:2]:
+        raise ValueError(f"{path} holds a mask {mask.shape} and a pattern {pattern.shape} that "
+                         "do not fit together; rescan the label into a new folder.")
+    return mask, pattern
 
 
 def scan_triggers(scan_dir, labels=None, verbose=False):
@@ -501,7 +577,7 @@ def scan_triggers(scan_dir, labels=None, verbose=False):
     """
     from injection.triggers import Trigger
 
-    record = io.read_json(os.path.join(scan_dir, RESULTS), "scan results")
+    record = read_scan_record(scan_dir)
     if record.get("method") == "gangsweep":
         raise ValueError(f"{scan_dir} holds a GangSweep scan: it has generators, not reversed "
                          "triggers. Repair with its generators (`nc-tf mitigate --method "
@@ -552,31 +628,39 @@ def _save_reversed(out_dir, label, mask, pattern):
 def open_scan_dir(out_dir, record):
     """Creates the scan folder, or resumes it if it holds a scan with the same settings.
 
+    A folder holding a scan of another model or other data (see
+    `nc_tf.identity`) or with other settings is refused.
+
     Returns `(record, triggers)`: the record to continue and the finished
     jobs' exact triggers. With `out_dir=None` nothing is read or written.
     """
     if out_dir is None:
         return record, {}
-    path = os.path.join(out_dir, RESULTS)
-    if not os.path.exists(path):
-        io.prepare_out_dir(out_dir)
+    if not os.path.exists(os.path.join(out_dir, RESULTS)):
+        io.prepare_out_dir(out_dir, hint="empty it")
         return record, {}
-    previous = io.read_json(path, "scan results")
-    old = dict(previous.get("settings", {}))
-    new = dict(record["settings"])
+    io.check_out_dir(out_dir, resume=True)
+    previous = read_scan_record(out_dir)
+    if previous.get("method", "neural-cleanse") != record.get("method", "neural-cleanse"):
+        raise FileExistsError(f"{out_dir} holds a {previous.get('method')} scan; choose another "
+                              "--out.")
+    check_identity(previous.get("identity"), record["identity"], out_dir, "a scan")
+    old = {k: v for k, v in previous["settings"].items() if k != "model"}
+    new = {k: v for k, v in record["settings"].items() if k != "model"}
     if old != new:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise FileExistsError(
             f"{out_dir} holds a scan with different settings ({', '.join(changed)}); "
             "choose another --out to keep both, or rerun with the same settings to resume."
         )
+    previous["settings"], previous["identity"] = record["settings"], record["identity"]
     triggers = {}
-    for key in previous.get("labels", {}):
+    for key in previous["labels"]:
         try:
             triggers[key] = load_reversed(out_dir, key)
         except FileNotFoundError:
             pass
-    previous["labels"] = {k: v for k, v in previous.get("labels", {}).items() if k in triggers}
+    previous["labels"] = {k: v for k, v in previous["labels"].items() if k in triggers}
     return previous, triggers
 
 

@@ -1,0 +1,318 @@
+"""Safe loading: open an untrusted Keras model file without running code from it.
+
+Every model nc-tf opens is untrusted. `load_model` reads the file once,
+decides its format from its bytes the way Keras will read it (a `.keras`
+file is a zip archive whose `config.json` Keras deserialises; a `.h5` or
+`.hdf5` file is HDF5 whose `model_config` attribute Keras deserialises),
+and inspects exactly that configuration before Keras sees it. Unless the
+caller passes `trust_model=True` (CLI: `--trust-model`) it refuses:
+
+- a `module` outside Keras's modelling namespaces (`keras`,
+  `keras.layers`, `keras.src.layers`, ... but not, say, `builtins`);
+- a `registered_name` other than the class's own (a registered custom
+  object, `package>Name`);
+- layers that run stored or named code: `Lambda`, `TFSMLayer`,
+  `TorchModuleWrapper`, `JaxLayer`, `FlaxLayer`, the Keras-2 op layers;
+- `function`, `__lambda__` and type-spec nodes, which name code;
+- any class that is not one of Keras's own (a custom object);
+- a file that is both HDF5 and a zip archive (a polyglot), whose meaning
+  depends on who reads it, and a file whose bytes do not match its
+  extension.
+
+Keras then loads the very bytes that were inspected (a private copy), in its
+own safe mode, so replacing the file after the check changes nothing.
+"""
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import weakref
+import zipfile
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# The file format Keras reads for each extension.
+FORMATS = {".keras": "zip", ".h5": "hdf5", ".hdf5": "hdf5"}
+# Classes that deserialise Python code, or look code up by a name in the file.
+CODE_CLASSES = frozenset({
+    "Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer",
+    "FlaxLayer", "__lambda__", "function", "__typespec__", "TypeSpec", "CompositeTensor",
+})
+# Plain values that Keras's (de)serialisers wrap in class nodes.
+VALUE_CLASSES = frozenset({
+    "__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__",
+    "__tuple__", "TensorShape",
+})
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
+# Keras subpackages a model's configuration may name (as keras.X or keras.src.X).
+MODELLING_PACKAGES = ("layers", "initializers", "regularizers", "constraints", "activations",
+                      "dtype_policies", "mixed_precision", "models", "optimizers", "losses",
+                      "metrics", "ops")
+_LOADED = weakref.WeakKeyDictionary()  # model -> sha256 of the file it was loaded from
+
+
+class UntrustedModelError(ValueError):
+    """Raised when a model file needs code execution (or trust) to load."""
+
+
+def load_model(path, trust_model=False):
+    """Loads a `.keras` or legacy Keras-2 `.h5` classifier without running its code.
+
+    The file is read once, its format decided from its bytes, and the
+    configuration Keras will deserialise is inspected first (see the
+    module docstring for what is refused). The model is loaded uncompiled,
+    and must be a classifier: one image input `(H, W, C)`, one output of
+    class scores.
+
+    Args:
+        path: a `.keras` file or a full-model `.h5`/`.hdf5` file.
+        trust_model: allow files that name or hold code (Lambda and custom
+            layers, custom objects). Only for files whose origin you trust.
+            Defaults to `False`.
+
+    Returns:
+        the Keras model. `loaded_sha256(model)` gives the sha256 of the
+        bytes it was loaded from.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        UntrustedModelError: the file names or holds code.
+        ValueError: the file is not a Keras classifier (corrupt, weights
+            only, wrong extension, several inputs or outputs, ...).
+
+    Example:
+
+    >>> model = load_model("runs/mnist_badnets/model.keras")  # doctest: +SKIP
+    >>> loaded_sha256(model)[:12]  # doctest: +SKIP
+    '3f1c0e9a2b7d'
+    """
+    import keras
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such model file: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    kind = file_format(path, data, trust_model)
+    config = model_config(path, data, kind)
+    if not trust_model:
+        problem = unsafe_node(config)
+        if problem:
+            raise UntrustedModelError(
+                f"{path}: {problem}, which can run code chosen by whoever made the file; "
+                "refused. Pass --trust-model (Python: trust_model=True) only if you trust "
+                "where the file came from.")
+    extension = ".keras" if kind == "zip" else ".h5"
+    with tempfile.TemporaryDirectory(prefix="nc_tf_model_") as folder:
+        copy = os.path.join(folder, "model" + extension)
+        with open(copy, "wb") as f:
+            f.write(data)
+        try:
+            model = keras.saving.load_model(copy, compile=False, safe_mode=not trust_model)
+        except Exception as error:  # Keras raises many types for bad files
+            raise ValueError(f"{path} could not be loaded as a Keras model "
+                             f"({_first_line(error)}); check that it is a whole model file "
+                             "saved by Keras.") from None
+    check_classifier(model, path)
+    _LOADED[model] = hashlib.sha256(data).hexdigest()
+    return model
+
+
+def loaded_sha256(model):
+    """The sha256 of the file `model` was loaded from by `load_model`, or `None`.
+
+    Example:
+
+    >>> loaded_sha256(keras.Sequential()) is None  # doctest: +SKIP
+    True
+    """
+    try:
+        return _LOADED.get(model)
+    except TypeError:  # not weak-referenceable
+        return None
+
+
+def file_format(path, data, trust_model=False):
+    """`"zip"` or `"hdf5"`: how Keras will read the file, checked against its bytes.
+
+    Keras chooses the reader by extension (`.keras`: zip, `.h5`/`.hdf5`:
+    HDF5). The bytes must agree, and must not be both (a polyglot) unless
+    `trust_model`.
+
+    Raises:
+        UntrustedModelError: a polyglot.
+        ValueError: an unknown extension, or bytes of another format.
+    """
+    extension = os.path.splitext(path)[1].lower()
+    is_zip = zipfile.is_zipfile(io.BytesIO(data))
+    is_hdf5 = _has_hdf5_signature(data)
+    if is_zip and is_hdf5 and not trust_model:
+        raise UntrustedModelError(
+            f"{path} is both an HDF5 file and a zip archive (a polyglot): what it holds depends "
+            "on who reads it; refused. Pass --trust-model (Python: trust_model=True) only if "
+            "you trust where the file came from.")
+    found = "zip" if is_zip else "hdf5" if is_hdf5 else None
+    if extension not in FORMATS:
+        hint = {"zip": " it is a zip archive: rename it to .keras",
+                "hdf5": " it is an HDF5 file: rename it to .h5"}.get(found, "")
+        raise ValueError(f"{path}: unknown model extension {extension or '(none)'!r}; nc-tf "
+                         f"reads .keras and .h5/.hdf5 files;{hint or ' it is neither format'}.")
+    expected = FORMATS[extension]
+    if found is None:
+        raise ValueError(f"{path} is neither a .keras (zip) archive nor an HDF5 file; it may be "
+                         "corrupt or truncated.")
+    if is_zip and is_hdf5:
+        return expected
+    if found != expected:
+        rename = ".keras" if found == "zip" else ".h5"
+        raise ValueError(f"{path} is a {'zip archive' if found == 'zip' else 'HDF5 file'} "
+                         f"named {extension}: Keras would read it as the other format; rename "
+                         f"it to {rename}.")
+    return found
+
+
+def model_config(path, data, kind):
+    """The configuration Keras deserialises from the file's bytes (compile settings dropped)."""
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                raw = archive.read("config.json")
+        except KeyError:
+            raise ValueError(f"{path} is a zip archive without config.json, not a .keras "
+                             "model.") from None
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
+                ValueError) as error:
+            raise ValueError(f"{path} is a damaged .keras archive ({_first_line(error)}).") \
+                from None
+        config = _parse(path, raw, "config.json")
+        if isinstance(config, dict):
+            config = {k: v for k, v in config.items() if k != "compile_config"}
+        return config
+    import h5py
+
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            raw = f.attrs.get("model_config")
+    except Exception as error:  # h5py raises OSError, KeyError, ... on damaged files
+        raise ValueError(f"{path} is a damaged HDF5 file ({_first_line(error)}).") from None
+    if raw is None:
+        raise ValueError(f"{path} is an HDF5 file without a model architecture (no "
+                         "'model_config'): it may hold only weights or data. Build the "
+                         "architecture (nc_tf.models.build_model) and call load_weights.")
+    return _parse(path, raw, "model_config")
+
+
+def unsafe_node(config):
+    """The first part of a model configuration that names or holds code, described; or `None`.
+
+    Example:
+
+    >>> unsafe_node({"class_name": "Lambda", "config": {"name": "hook"}})
+    "layer 'hook' is a Lambda layer"
+    """
+    stack = [(config, "the model")]
+    while stack:
+        node, owner = stack.pop()
+        if isinstance(node, list):
+            stack.extend((item, owner) for item in reversed(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        if "class_name" in node:
+            inner = node.get("config")
+            if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                owner = f"layer {inner['name']!r}"
+            problem = _class_problem(node, owner)
+            if problem:
+                return problem
+        stack.extend((value, owner) for value in reversed(list(node.values())))
+    return None
+
+
+def check_classifier(model, name="the model"):
+    """Checks that a model has one image input `(H, W, C)` and one output of class scores.
+
+    Raises:
+        ValueError: it has several inputs or outputs, or other shapes.
+    """
+    inputs, outputs = list(model.inputs or []), list(model.outputs or [])
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(
+            f"{name} has {len(inputs)} input(s) and {len(outputs)} output(s); nc-tf needs a "
+            "classifier with one image input and one output of class scores. Save a model "
+            "that keeps only those, e.g. keras.Model(model.inputs[0], model.outputs[0]).")
+    if len(inputs[0].shape) != 4 or len(outputs[0].shape) != 2:
+        raise ValueError(
+            f"{name} maps inputs shaped {tuple(inputs[0].shape[1:])} to outputs shaped "
+            f"{tuple(outputs[0].shape[1:])}; nc-tf needs images (H, W, C) in and one score "
+            "per class out.")
+
+
+def _class_problem(node, owner):
+    cls = node.get("class_name")
+    module = node.get("module")
+    registered = node.get("registered_name")
+    if not isinstance(cls, str):
+        return f"{owner} has a class_name that is not a string ({type(cls).__name__})"
+    if cls in CODE_CLASSES:
+        if isinstance(node.get("config"), dict) and "layer" in owner:
+            return f"{owner} is a {cls} layer"
+        return f"{owner} holds a {cls!r} node (code named by the file)"
+    if module is not None and not _keras_module(module):
+        return f"{owner} names class {cls!r} from module {module!r}, outside Keras"
+    if registered is not None and registered != cls:
+        return f"{owner} names the registered custom object {registered!r}"
+    if module is None and cls not in VALUE_CLASSES and not _keras_class(cls):
+        return f"{owner} names class {cls!r}, which is not one of Keras's own (a custom object)"
+    return None
+
+
+def _keras_module(module):
+    if not isinstance(module, str):
+        return False
+    parts = module.split(".")
+    if parts[0] != "keras":
+        return False
+    if len(parts) == 1:
+        return True
+    sub = parts[2] if parts[1] == "src" and len(parts) > 2 else parts[1]
+    return sub in MODELLING_PACKAGES
+
+
+def _keras_class(name):
+    import keras
+
+    if name in MODEL_CLASSES:
+        return True
+    for package in ("layers", "initializers", "regularizers", "constraints", "dtype_policies",
+                    "optimizers", "losses", "metrics"):
+        obj = getattr(getattr(keras, package), name, None)
+        if isinstance(obj, type):
+            return True
+    return False
+
+
+def _has_hdf5_signature(data):
+    # HDF5 looks for its superblock at 0, 512, 1024, 2048, ... bytes.
+    offset = 0
+    while offset + len(HDF5_SIGNATURE) <= len(data):
+        if data[offset:offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+            return True
+        offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def _parse(path, raw, what):
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"{path}: its {what} is not valid JSON ({_first_line(error)}); the "
+                         "file is damaged or not a Keras model.") from None
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 200 else line[:197] + "..."

@@ -379,10 +379,12 @@ def main(argv=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as stop:
-        if stop.code == 2 and "--json" in argv:
+    except SystemExit as stop:  # --help exits; an invalid command line returns 2
+        if stop.code != 2:
+            raise
+        if "--json" in argv:
             _print_json({"error": "invalid arguments (see the message on stderr)"})
-        return stop.code
+        return 2
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"nc-tf {args.command}: warning: {message}\n"

@@ -494,7 +494,7 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
                                      if v["persistence"] >= 0.05]
     assert main(["scan", str(path), "--method", "gangsweep", "--out", str(out),
                  "--persistence-threshold", "1.5", *small]) == 2
-    assert "persistence_threshold must be a fraction" in capsys.readouterr().err
+    assert "--persistence-threshold: must be in (0, 1], got 1.5" in capsys.readouterr().err
     assert main(["scan", str(path), "--method", "gangsweep", "--out", str(tmp_path / "gs2"),
                  *small, "--alpha-gate", "0"]) == 2
     assert "alpha_gate must be a share" in capsys.readouterr().err

@@ -1452,9 +1452,7 @@ def run_case(args, index, seeds, worker, root, skip, keep=False):
     _clear(os.path.join(root, "cwd"))
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
-    error = first_error_line(stderr) or first_error_line(stdout)
-    if json_error and not error:
-        error = json_error
+    error = first_error_line(stderr) or first_error_line(stdout) or answer.get("died") or json_error
     case.update(code=code, problems=problems, error=error, stdout=stdout, stderr=stderr,
                 changed=changes, executed=executed, json_error=json_error,
                 cli_seconds=answer.get("seconds"), worker_peak_rss_gib=answer.get("peak_rss_gib"),

@@ -30,6 +30,7 @@ import os
 import tempfile
 import weakref
 import zipfile
+import zlib
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The file format Keras reads for each extension.
@@ -44,6 +45,8 @@ VALUE_CLASSES = frozenset({
     "__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__",
     "__tuple__", "TensorShape",
 })
+# A model configuration is JSON text; anything larger is refused unread (zip bombs).
+MAX_CONFIG_BYTES = 64 * 2**20
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 # Keras subpackages a model's configuration may name (as keras.X or keras.src.X).
 MODELLING_PACKAGES = ("layers", "initializers", "regularizers", "constraints", "activations",
@@ -177,14 +180,18 @@ def model_config(path, data, kind):
     if kind == "zip":
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                raw = archive.read("config.json")
+                size = archive.getinfo("config.json").file_size
+                raw = archive.read("config.json") if size <= MAX_CONFIG_BYTES else None
         except KeyError:
             raise ValueError(f"{path} is a zip archive without config.json, not a .keras "
                              "model.") from None
         except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
-                ValueError) as error:
+                ValueError, zlib.error) as error:
             raise ValueError(f"{path} is a damaged .keras archive ({_first_line(error)}).") \
                 from None
+        if raw is None:
+            raise ValueError(f"{path}: its config.json unpacks to {size} bytes, far more than a "
+                             f"model configuration (at most {MAX_CONFIG_BYTES} accepted).")
         config = _parse(path, raw, "config.json")
         if isinstance(config, dict):
             config = {k: v for k, v in config.items() if k != "compile_config"}

@@ -497,7 +497,7 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
     assert "--persistence-threshold: must be in (0, 1], got 1.5" in capsys.readouterr().err
     assert main(["scan", str(path), "--method", "gangsweep", "--out", str(tmp_path / "gs2"),
                  *small, "--alpha-gate", "0"]) == 2
-    assert "alpha_gate must be a share" in capsys.readouterr().err
+    assert "--alpha-gate: must be in (0, 1], got 0" in capsys.readouterr().err
     assert not (tmp_path / "gs2").exists()
     for flag, value in (("--statistic", "margin"), ("--persistence-threshold", "0.8"),
                         ("--alpha-gate", "0.9")):

@@ -25,17 +25,26 @@ whose function writes a marker. At start-up the fuzzer proves both payloads
 work: Keras loading the Lambda model with `safe_mode=False` writes its marker,
 and `np.load(..., allow_pickle=True)` of a pickle payload writes its own.
 
+Mutation kinds (`--kinds`): model-truncate, model-flip, model-junk,
+model-polyglot, keras-entry, keras-config, h5-config, h5-attrs, h5-weights,
+model-name (model files); data-truncate, data-flip, data-images, data-labels,
+data-pickle, data-keys, data-format (data files). Model configurations are
+edited by `edit_config` (invalid JSON, foreign modules, registered names,
+code classes, eval and Lambda functions, deleted, mistyped, retyped, huge or
+negative values).
+
 A case is fully determined by `--seed` and its index: its mutation kind is
 drawn uniformly from `--kinds`, its command is `scan` with probability
-`--scan-share` (default 0.5; a scan case takes a few times as long as an
-evaluate case) and `evaluate` otherwise. Each case runs in a fresh folder in
+`--scan-share` (default 0.5; lower it if scans make 1,000 cases take too
+long) and `evaluate` otherwise. Each case runs in a fresh folder in
 a long-lived worker process that imports nc-tf once and calls
 `nc_tf.cli.main(argv)` with its output captured; the worker runs under an
 address-space limit (`--memory-limit`), so that a file asking for huge
 tensors fails inside the case instead of exhausting the machine. A worker
 that dies or hangs is replaced.
 
-Prints the counts beside their targets, cases per mutation kind, the
+Prints the counts beside their targets, the exit-2 errors the CLI calls
+"unexpected" (listed, not counted), cases per mutation kind, the
 exit-status histogram, wall time per case and command, the projected wall
 time of 1,000 cases (target <= 40 min), peak RSS, and every failing case
 (kind, seed, argv, exit status, first error line) with the command that
@@ -43,8 +52,9 @@ reruns it alone (`--only-case K`, which prints its full output; it reruns
 the very same bytes when given the same `--workdir`). Exit status 0 when
 every count is 0, else 1.
 
-Usage: python bench/fuzz_inputs.py [--cases N] [--seed S] [--kinds K1,K2] [--commands evaluate,scan]
-           [--scan-share F] [--timeout S] [--memory-limit GiB] [--workdir DIR] [--only-case K] [--json]
+Usage: python bench/fuzz_inputs.py [--cases N] [--seed S] [--kinds K1,K2]
+           [--commands evaluate,scan] [--scan-share F] [--timeout S] [--memory-limit GiB]
+           [--workdir DIR] [--only-case K] [--json]
 """
 
 import argparse
@@ -99,6 +109,8 @@ EVAL_NODE = {"module": "builtins", "class_name": "function", "config": "eval",
 FIGURES = (("bad_exits", "exits other than 0 and 2"), ("tracebacks", "tracebacks"),
            ("code_executions", "code executions"), ("files_changed", "files changed"),
            ("invalid_json", "invalid JSON on stdout (--json)"))
+# How the CLI words an exit-2 error it did not anticipate (reported, not counted).
+UNEXPECTED = ": error: unexpected "
 OUTPUT_CAP = 200_000  # characters of a case's stdout or stderr sent back by the worker
 
 
@@ -124,7 +136,7 @@ def _seed_layers(keras):
 
 
 def _normalise_keras_file(path):
-    """Rewrites a `.keras` archive without its save time and object ids, so equal models give equal bytes."""
+    """Rewrites a `.keras` archive without save time or object ids: equal models, equal bytes."""
     with zipfile.ZipFile(path) as archive:
         entries = [(info, archive.read(info)) for info in archive.infolist()]
     ids = {}
@@ -135,9 +147,9 @@ def _normalise_keras_file(path):
             meta["date_saved"] = "2000-01-01@00:00:00"
             data = json.dumps(meta).encode()
         elif info.filename == "config.json":
-            data = re.sub(rb'"shared_object_id": (\d+)',
-                          lambda m: b'"shared_object_id": %d' % ids.setdefault(m.group(1), len(ids) + 1),
-                          data)
+            def number(match):
+                return b'"shared_object_id": %d' % ids.setdefault(match.group(1), len(ids) + 1)
+            data = re.sub(rb'"shared_object_id": (\d+)', number, data)
         fresh = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
         fresh.compress_type = info.compress_type
         fresh.external_attr = info.external_attr
@@ -147,7 +159,7 @@ def _normalise_keras_file(path):
 
 
 def make_seeds(folder, marker):
-    """Trains and writes the seed files, and checks that the Lambda payload runs when loaded unsafely.
+    """Trains and writes the seed files; checks that the Lambda payload runs when loaded unsafely.
 
     Runs in its own process (it turns on TensorFlow's deterministic ops,
     which the cases must not inherit). Prints one JSON line: the seed
@@ -180,9 +192,9 @@ def make_seeds(folder, marker):
     model.save(os.path.join(folder, "model.keras"))
     model.save(os.path.join(folder, "model.h5"))
 
-    function = eval(LAMBDA_SOURCE.format(marker=marker))  # the marker path is a constant of the code
-    payload = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(function, name="hook")]
-                               + _seed_layers(keras), name="seed")
+    function = eval(LAMBDA_SOURCE.format(marker=marker))  # the path is a constant of its code
+    hook = keras.layers.Lambda(function, name="hook")
+    payload = keras.Sequential([keras.Input((28, 28, 1)), hook] + _seed_layers(keras), name="seed")
     for source, layer in zip(model.layers, payload.layers[1:]):
         layer.set_weights(source.get_weights())
     payload.save(os.path.join(folder, "payload.keras"))
@@ -217,7 +229,7 @@ def make_seeds(folder, marker):
 
 
 class Seeds:
-    """The seed files of a run, their pristine bytes and the configurations and arrays mutations start from.
+    """The seed files of a run: paths, pristine bytes, and the configurations and arrays to mutate.
 
     Args:
         folder: the folder `make_seeds` wrote.
@@ -257,7 +269,7 @@ class Seeds:
         return self.pristine[self.paths.get(name_or_path, name_or_path)][0]
 
     def restore(self):
-        """Rewrites every seed file whose bytes or times differ from the pristine ones; their paths."""
+        """Rewrites the seed files whose bytes or mtime changed; returns their paths."""
         restored = []
         for path, (data, atime, mtime) in self.pristine.items():
             try:
@@ -302,7 +314,7 @@ def check_pickle_payload(folder, marker):
     with open(path, "wb") as f:
         np.savez(f, x_test=np.array([PicklePayload(marker)], dtype=object))
     with np.load(path, allow_pickle=True) as store:
-        store["x_test"]
+        store["x_test"]  # unpickles the array
     os.remove(path)
     works = os.path.exists(marker)
     if works:
@@ -345,12 +357,10 @@ def _zip_entries(data):
         return [(info, archive.read(info)) for info in archive.infolist()]
 
 
-def _entry(name, data, like=None, compress_type=None):
-    """A `(ZipInfo, bytes)` pair; `like` lends its compression."""
+def _entry(name, data, compress_type=zipfile.ZIP_STORED):
+    """A `(ZipInfo, bytes)` pair for `_zip_bytes`."""
     info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
-    info.compress_type = like.compress_type if like is not None else zipfile.ZIP_STORED
-    if compress_type is not None:
-        info.compress_type = compress_type
+    info.compress_type = compress_type
     return info, data
 
 
@@ -424,7 +434,7 @@ def _walk(tree, path="$"):
 
 
 def _layer_nodes(tree):
-    """The dicts of a configuration that describe a layer or model (class_name + config with a name)."""
+    """The dicts of a configuration that describe a layer or model (a named config)."""
     nodes = [tree] if isinstance(tree, dict) else []
     nodes += [c[k] for c, k, _ in _walk(tree)]
     return [n for n in nodes if isinstance(n, dict) and isinstance(n.get("class_name"), str)
@@ -491,7 +501,8 @@ def edit_config(rng, config, payload_layer):
         module = rng.choice(("builtins", "os", "subprocess"))
         layer["module"] = module
         if rng.random() < 0.5:
-            layer["class_name"] = {"builtins": "eval", "os": "system", "subprocess": "Popen"}[module]
+            names = {"builtins": "eval", "os": "system", "subprocess": "Popen"}
+            layer["class_name"] = names[module]
         return json.dumps(cfg), f"{edit}: layer {name!r} -> {module}.{layer['class_name']}"
     if edit == "registered-name":
         layer["registered_name"] = "evil>X"
@@ -565,18 +576,21 @@ def _extension(path):
 
 
 def model_truncate(rng, seeds, folder):
+    """A seed model (or payload) file cut short."""
     base = _model_base(rng, seeds)
     data, how = _cut(rng, seeds.bytes(base))
     return _write(folder, "model" + _extension(base), data), f"{os.path.basename(base)} {how}"
 
 
 def model_flip(rng, seeds, folder):
+    """A seed model (or payload) file with 1-32 bytes flipped."""
     base = _model_base(rng, seeds)
     data, how = _flip(rng, seeds.bytes(base))
     return _write(folder, "model" + _extension(base), data), f"{os.path.basename(base)} {how}"
 
 
 def model_junk(rng, seeds, folder):
+    """A seed model (or payload) file with random bytes appended or prepended."""
     base = _model_base(rng, seeds)
     junk = rng.randbytes(rng.choice((1, 16, 511, 4096, 65536)))
     where = rng.choice(("appended", "prepended"))
@@ -586,6 +600,7 @@ def model_junk(rng, seeds, folder):
 
 
 def model_polyglot(rng, seeds, folder):
+    """An HDF5 model followed by a zip model, or a zip model followed by an HDF5 one."""
     h5 = _model_base(rng, seeds, ("hdf5",))
     zp = _model_base(rng, seeds, ("zip",))
     order = rng.choice(("hdf5+zip", "zip+hdf5"))
@@ -603,6 +618,7 @@ def model_polyglot(rng, seeds, folder):
 
 
 def keras_entry(rng, seeds, folder):
+    """A `.keras` archive with an entry deleted, repeated, replaced, added or recompressed."""
     base = _model_base(rng, seeds, ("zip",))
     entries = _zip_entries(seeds.bytes(base))
     names = [info.filename for info, _ in entries]
@@ -623,9 +639,11 @@ def keras_entry(rng, seeds, folder):
         how = f"a second, different config.json {'first' if at == 0 else 'last'}"
     elif edit == "weights":
         info, data = by_name["model.weights.h5"]
-        change = rng.choice(("truncate", "flip", "junk", "data-file", "legacy-model", "zip", "empty"))
+        change = rng.choice(("truncate", "flip", "junk", "data-file", "legacy-model", "zip",
+                             "empty"))
         new = {"truncate": lambda: _cut(rng, data)[0], "flip": lambda: _flip(rng, data)[0],
-               "junk": lambda: rng.randbytes(len(data)), "data-file": lambda: seeds.bytes("data.h5"),
+               "junk": lambda: rng.randbytes(len(data)),
+               "data-file": lambda: seeds.bytes("data.h5"),
                "legacy-model": lambda: seeds.bytes("model.h5"),
                "zip": lambda: seeds.bytes("model.keras"), "empty": lambda: b""}[change]()
         entries = [(i, new if i.filename == "model.weights.h5" else d) for i, d in entries]
@@ -666,6 +684,7 @@ def keras_entry(rng, seeds, folder):
 
 
 def keras_config(rng, seeds, folder):
+    """A `.keras` archive whose `config.json` has one `edit_config` edit."""
     text, how = edit_config(rng, seeds.config["zip"], seeds.payload_layer["zip"])
     data = text if isinstance(text, bytes) else text.encode()
     entries = [(i, data if i.filename == "config.json" else d)
@@ -674,6 +693,7 @@ def keras_config(rng, seeds, folder):
 
 
 def h5_config(rng, seeds, folder):
+    """A legacy `.h5` model whose `model_config` is edited, deleted or not JSON."""
     base = _model_base(rng, seeds, ("hdf5",))
     edit = rng.choice(("edit", "edit", "edit", "edit", "delete", "bytes", "pickle", "number",
                        "empty"))
@@ -700,6 +720,7 @@ def h5_config(rng, seeds, folder):
 
 
 def h5_attrs(rng, seeds, folder):
+    """A legacy `.h5` model with odd `keras_version`, `backend`, layer or weight names."""
     base = _model_base(rng, seeds, ("hdf5",))
     edit = rng.choice(("keras_version", "backend", "training_config", "layer_names",
                        "weight_names", "delete", "junk"))
@@ -782,12 +803,14 @@ def _edit_weights(rng, seeds, f):
         f[name] = h5py.ExternalLink(seeds.paths["data.h5"], "/X_test")
         how = "external link to the seed data's X_test"
     elif edit == "soft-link":
-        f[name] = h5py.SoftLink(rng.choice(("/nowhere", "/" + rng.choice(_h5_objects(f, "dataset")))))
+        other = "/" + rng.choice(_h5_objects(f, "dataset"))
+        f[name] = h5py.SoftLink(rng.choice(("/nowhere", other)))
         how = f"soft link to {f.get(name, getlink=True).path}"
     return f"{name}: {how}"
 
 
 def h5_weights(rng, seeds, folder):
+    """A model whose weights have a dataset deleted, resized, retyped or linked away."""
     base = rng.choice(seeds.models)
     scratch = os.path.join(folder, "scratch.h5")
     how = None
@@ -805,6 +828,7 @@ def h5_weights(rng, seeds, folder):
 
 
 def model_name(rng, seeds, folder):
+    """A model file under the wrong extension, empty, a folder or a symlink."""
     edit = rng.choice(("keras-as-h5", "h5-as-keras", "payload-as-h5", "txt", "no-extension",
                        "upper-case", "hdf5", "empty", "directory", "symlink", "device"))
     keras_file, h5_file = seeds.paths["model.keras"], seeds.paths["model.h5"]
@@ -832,7 +856,9 @@ def model_name(rng, seeds, folder):
             _write(path, info.filename, data)
         return path, "an unpacked .keras archive (a folder)"
     path = os.path.join(folder, rng.choice(("model.keras", "model.h5")))
-    target = (keras_file if path.endswith(".keras") else h5_file) if edit == "symlink" else os.devnull
+    target = os.devnull
+    if edit == "symlink":
+        target = keras_file if path.endswith(".keras") else h5_file
     os.symlink(target, path)
     return path, f"symlink to {'the seed' if edit == 'symlink' else target}"
 
@@ -858,18 +884,21 @@ def _keys(fmt):
 
 
 def data_truncate(rng, seeds, folder):
+    """A seed data file cut short."""
     base = rng.choice(seeds.data)
     data, how = _cut(rng, seeds.bytes(base))
     return _write(folder, os.path.basename(base), data), f"{os.path.basename(base)} {how}"
 
 
 def data_flip(rng, seeds, folder):
+    """A seed data file with 1-32 bytes flipped."""
     base = rng.choice(seeds.data)
     data, how = _flip(rng, seeds.bytes(base))
     return _write(folder, os.path.basename(base), data), f"{os.path.basename(base)} {how}"
 
 
 def data_images(rng, seeds, folder):
+    """A data file whose images are non-finite, out of range, strings, misshapen or none."""
     fmt = rng.choice(("h5", "npz"))
     nrng = np.random.default_rng(rng.getrandbits(64))
     x, y = seeds.x, seeds.y
@@ -913,6 +942,7 @@ def data_images(rng, seeds, folder):
 
 
 def data_labels(rng, seeds, folder):
+    """A data file whose labels are empty rows, miscounted, out of range or misshapen."""
     fmt = rng.choice(("h5", "npz"))
     x, onehot = seeds.x, seeds.y
     labels = np.argmax(onehot, axis=1)
@@ -923,7 +953,8 @@ def data_labels(rng, seeds, folder):
         y = onehot.copy()
         y[:rng.choice((1, n // 2, n))] = 0
     elif edit == "length":
-        y = rng.choice((onehot[:n - 1], np.concatenate([onehot, onehot[:7]]), onehot[:0], onehot[:1]))
+        y = rng.choice((onehot[:n - 1], np.concatenate([onehot, onehot[:7]]), onehot[:0],
+                        onehot[:1]))
     elif edit == "negative":
         y = labels.copy()
         y[:rng.randint(1, n)] = rng.choice((-1, -7, -(2**31)))
@@ -949,6 +980,7 @@ def data_labels(rng, seeds, folder):
 
 
 def data_pickle(rng, seeds, folder):
+    """An `.npz` file (or look-alike) holding an object whose unpickling writes a marker."""
     payload = PicklePayload(seeds.pickle_marker)
     x, y = seeds.x, seeds.y
     obj = np.empty(1, dtype=object)
@@ -979,6 +1011,7 @@ def data_pickle(rng, seeds, folder):
 
 
 def data_keys(rng, seeds, folder):
+    """A data file with missing, renamed or linked arrays."""
     fmt = rng.choice(("h5", "npz"))
     kx, ky = _keys(fmt)
     x, y = seeds.x, seeds.y
@@ -1018,6 +1051,7 @@ def data_keys(rng, seeds, folder):
 
 
 def data_format(rng, seeds, folder):
+    """A data file under the wrong extension, empty, a model file, a folder or a symlink."""
     edit = rng.choice(("h5-as-npz", "npz-as-h5", "txt", "no-extension", "empty", "model-file",
                        "folder-empty", "folder-junk-images", "device"))
     if edit == "h5-as-npz":
@@ -1042,7 +1076,8 @@ def data_format(rng, seeds, folder):
             for label in rng.sample(range(10), 3):
                 os.makedirs(os.path.join(path, str(label)))
                 for i in range(2):
-                    junk = rng.choice((rng.randbytes(100), b"\x89PNG\r\n\x1a\n" + rng.randbytes(60)))
+                    junk = rng.choice((rng.randbytes(100),
+                                       b"\x89PNG\r\n\x1a\n" + rng.randbytes(60)))
                     _write(os.path.join(path, str(label)), f"{i}.png", junk)
         return path, edit
     path = os.path.join(folder, "data.h5")
@@ -1076,7 +1111,8 @@ def _trim(text):
     if len(text) <= OUTPUT_CAP:
         return text
     half = OUTPUT_CAP // 2
-    return text[:half] + f"\n[... {len(text) - OUTPUT_CAP} characters left out ...]\n" + text[-half:]
+    gap = f"\n[... {len(text) - OUTPUT_CAP} characters left out ...]\n"
+    return text[:half] + gap + text[-half:]
 
 
 def json_problem(stdout, code):
@@ -1128,6 +1164,7 @@ def run_in_worker(argv, capture, cli, keras):
     handlers = root.handlers[:]
     root.handlers = [logging.StreamHandler(err_buf)]
     code, escaped = None, False
+    cwd = os.getcwd()
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -1147,6 +1184,7 @@ def run_in_worker(argv, capture, cli, keras):
             err_buf.write(f"{w.category.__name__}: {w.message}\n")
     finally:
         seconds = time.perf_counter() - start
+        os.chdir(cwd)
         root.handlers = handlers
         ctypes.CDLL(None).fflush(None)
         os.dup2(saved[0], 1)
@@ -1164,8 +1202,9 @@ def run_in_worker(argv, capture, cli, keras):
     stdout, stderr = out_buf.getvalue() + native[0], err_buf.getvalue() + native[1]
     try:
         keras.backend.clear_session()
-    finally:
-        gc.collect()
+    except Exception as error:  # the case left Keras in a state it cannot reset
+        stderr += f"\nworker: keras.backend.clear_session() failed: {error!r}\n"
+    gc.collect()
     return {"code": code, "stdout": _trim(stdout), "stderr": _trim(stderr),
             "traceback": TRACEBACK in stdout or TRACEBACK in stderr, "escaped": escaped,
             "json_error": json_problem(stdout, code) if "--json" in argv else None,
@@ -1305,7 +1344,7 @@ class Worker:
 
 # ============================================================ snapshots and cases
 def snapshot(root, skip):
-    """Every file and folder under `root` (not descending into `skip`): size, mtime and sha256 of files."""
+    """Every file and folder under `root` outside `skip`, with size, mtime and sha256 of files."""
     state = {}
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if os.path.join(folder, d) not in skip]
@@ -1331,7 +1370,7 @@ def _inside(path, folder):
 
 
 def changed_files(before, after, out):
-    """Files deleted or changed since `before`, and new files outside `out` (`None`: none allowed)."""
+    """Files deleted or changed since `before`, and new ones outside `out` (`None`: anywhere)."""
     changes = []
     for path, state in before.items():
         if path not in after:
@@ -1355,7 +1394,7 @@ def _clear(folder):
 
 
 def plan_case(args, index):
-    """The random choices of case `index`: `(rng, kind, command, json)`; the rng continues into the mutation."""
+    """The choices of case `index`: `(rng, kind, command, json)`; the mutation continues `rng`."""
     rng = random.Random(f"{args.seed}:{index}")
     kind = rng.choice(args.kinds)
     scan = rng.random() < args.scan_share
@@ -1392,7 +1431,7 @@ def prepare_case(args, index, seeds, folder):
 
 
 def first_error_line(text):
-    """The line that says what went wrong: an exception line, an `error:` line, else the first line."""
+    """The line that says what went wrong: the exception, an `error:` line, else the first line."""
     if TRACEBACK in text:
         for line in text.split(TRACEBACK, 1)[1].splitlines()[1:]:
             if line.strip() and not line.startswith(" "):
@@ -1406,7 +1445,17 @@ def first_error_line(text):
 
 
 def run_case(args, index, seeds, worker, root, skip, keep=False):
-    """Runs case `index` and judges it.
+    """Runs case `index` and judges it, then puts the run's folder back as it was.
+
+    Args:
+        args: the parsed options (`seed`, `kinds`, `commands`,
+            `scan_share`, `timeout`).
+        index: the case's index in the seeded sequence.
+        seeds: the run's `Seeds`.
+        worker: the `Worker` that runs the command.
+        root: the run's folder.
+        skip: folders under `root` left out of the file snapshots.
+        keep: keep the case's folder afterwards. Defaults to `False`.
 
     Returns:
         dict: the `prepare_case` fields plus `code` (an int, or why the
@@ -1537,11 +1586,15 @@ def summarise(args, cases, wall, info, worker, start_seconds):
         share = {args.commands[0]: 1.0}
     projected = None
     if all(timing[c]["mean_s"] is not None for c in args.commands):
-        projected = start_seconds + 1000 * sum(share[c] * timing[c]["mean_s"] for c in args.commands)
+        per_case = sum(share[c] * timing[c]["mean_s"] for c in args.commands)
+        projected = start_seconds + 1000 * per_case
     worker_rss = max((c["worker_peak_rss_gib"] or 0 for c in cases), default=0)
-    failures = [{k: c[k] for k in ("index", "kind", "variant", "command", "argv", "code",
-                                    "problems", "error", "changed", "executed", "json_error")}
-                | {"rerun": rerun_command(args, c["index"])} for c in cases if c["problems"]]
+    fields = ("index", "kind", "variant", "command", "argv", "code", "problems", "error",
+              "changed", "executed", "json_error")
+    failures = [{k: c[k] for k in fields} | {"rerun": rerun_command(args, c["index"])}
+                for c in cases if c["problems"]]
+    unexpected = [{k: c[k] for k in fields} | {"rerun": rerun_command(args, c["index"])}
+                  for c in cases if c["code"] == 2 and UNEXPECTED in c["stderr"]]
     return {"cases": len(cases), "seed": args.seed, "counts": counts,
             "targets": {key: 0 for key, _ in FIGURES}, "passed": not any(counts.values()),
             "kinds": kinds, "exit_codes": dict(sorted(exits.items())), "timing": timing,
@@ -1551,7 +1604,7 @@ def summarise(args, cases, wall, info, worker, start_seconds):
             "worker_starts": worker.starts, "seed_model_accuracy": info.get("accuracy"),
             "payload_files": info.get("payloads"),
             "peak_rss_gib": round(peak_rss_gib(), 3), "worker_peak_rss_gib": round(worker_rss, 3),
-            "failures": failures}
+            "unexpected_errors": unexpected, "failures": failures}
 
 
 def print_summary(summary):
@@ -1560,6 +1613,8 @@ def print_summary(summary):
     print(f"\n{'figure':<34}{'measured':>9}{'target':>8}")
     for key, label in FIGURES:
         print(f"{label:<34}{summary['counts'][key]:>9}{0:>8}")
+    print(f"{'exit 2 with an unexpected error':<34}{len(summary['unexpected_errors']):>9}"
+          f"{'-':>8}")
     print(f"\n{'mutation kind':<18}{'cases':>6}{'failing':>9}")
     for kind, row in summary["kinds"].items():
         print(f"{kind:<18}{row['cases']:>6}{row['failing']:>9}")
@@ -1576,21 +1631,22 @@ def print_summary(summary):
               f"{TARGET_MINUTES} min)")
     print_peak_rss()
     print(f"worker peak RSS: {summary['worker_peak_rss_gib']:.2f} GiB")
-    if summary["failures"]:
-        print(f"\nfailing cases ({len(summary['failures'])}):")
-        for f in summary["failures"]:
+    listings = (("failing cases", summary["failures"]),
+                ("exit 2 with an unexpected error (not counted)", summary["unexpected_errors"]))
+    for title, listing in listings:
+        if listing:
+            print(f"\n{title} ({len(listing)}):")
+        for f in listing:
+            problems = f" ({', '.join(f['problems'])})" if f["problems"] else ""
             print(f"case {f['index']} [{f['kind']}: {f['variant']}] {f['command']} -> exit "
-                  f"{f['code']} ({', '.join(f['problems'])})")
+                  f"{f['code']}{problems}")
             print(f"  argv: nc-tf {shlex.join(f['argv'])}")
-            if f["error"]:
-                print(f"  error: {f['error']}")
-            if f["json_error"]:
-                print(f"  json: {f['json_error']}")
-            for item in (f["executed"] and [f"marker written: {m}" for m in f["executed"]]) or []:
-                print(f"  {item}")
-            for change in f["changed"][:5]:
-                print(f"  {change}")
-            print(f"  rerun: {f['rerun']}")
+            details = ([f"error: {f['error']}"] if f["error"] else []) + \
+                ([f"json: {f['json_error']}"] if f["json_error"] else []) + \
+                [f"marker written: {m}" for m in f["executed"]] + f["changed"][:5] + \
+                [f"rerun: {f['rerun']}"]
+            for line in details:
+                print(f"  {line}")
     print("\nPASS" if summary["passed"] else "\nFAIL")
 
 

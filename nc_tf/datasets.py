@@ -353,11 +353,15 @@ def _open_h5(path):
 def _read_image(path, size):
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except Exception as error:  # PIL raises many types for damaged or hostile images
+        raise ValueError(f"{path} is not a readable image ({str(error).splitlines()[0][:200]}); "
+                         "remove or replace it.") from None
     return a[..., None] if a.ndim == 2 else a
 
 

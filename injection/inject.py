@@ -73,7 +73,8 @@ def inject_backdoor(model, x, y, triggers=(), ratio=PER_LABEL_RATIO, epochs=10, 
 
 def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL_RATIO,
                    epochs=10, batch_size=32, intensity="raw", seed=0, limit=None, force=False,
-                   verbose=1, x_key=None, y_key=None, pretrain_epochs=0, base_model=None):
+                   verbose=1, x_key=None, y_key=None, pretrain_epochs=0, base_model=None,
+                   check_labels=()):
     """Trains an infected model (or, without triggers, its clean twin) and saves it.
 
     Writes `out/model.keras` and `out/attack.json` (infected) or
@@ -110,6 +111,9 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
             `pretrain_epochs` is ignored. One clean model then serves every
             variant (fine-tuning costs a fraction of training from scratch).
             Defaults to `None`.
+        check_labels: labels (the attack's targets and sources) that must
+            exist in the data, checked before any training. Defaults to
+            `()`.
 
     Returns:
         the report dict written to the JSON file.
@@ -128,12 +132,17 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
     from nc_tf.preprocess import check_intensity
 
     check_intensity(intensity)
-    io.prepare_out_dir(out, force)
+    io.check_out_dir(out, force)
     x, y = datasets.load_data(dataset, "train", x_key, y_key, limit=limit)
     x_test, y_test = datasets.load_data(dataset, "test", x_key, y_key)
     num_classes = int(max(y.max(), y_test.max()) + 1)
     if num_classes < 2:
         raise ValueError("The training data has a single class; a classifier needs two or more.")
+    wrong = sorted({int(v) for v in check_labels if not 0 <= int(v) < num_classes})
+    if wrong:
+        raise ValueError(f"Label(s) {wrong} are out of range: the data has labels "
+                         f"0..{num_classes - 1}.")
+    io.prepare_out_dir(out, force)
     keras.utils.set_random_seed(seed)  # weights are created when the model is built
     if base_model is None:
         arch = arch or models.default_arch(x.shape[1:], num_classes)

@@ -46,7 +46,7 @@ METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
 NEEDS_SCAN = ("filter", "prune", "unlearn", "linf-prune")
 # Methods that change the model, and so end with a verification scan.
 VERIFIED = ("prune", "unlearn", "repair", "linf-prune", "fine-prune", "gym", "gangsweep")
-# The model's and the data's digests, written first so that a resumed repair can check them.
+# repair/unlearn: the model's and the data's digests, written first so that a resume can check them.
 IDENTITY = "identity.json"
 # A verification scan needs at least one batch (the presets' batch_size) of held-out images.
 MIN_VERIFY_IMAGES = 32
@@ -229,9 +229,12 @@ def _open_out_dir(out_dir, force, method, ident):
     """Creates `out_dir`; a resumable method's folder must hold work on the same model and data."""
     resumable = method in ("repair", "unlearn")
     io.prepare_out_dir(out_dir, force=force, resume=resumable)
+    if not resumable:
+        return
     path = os.path.join(out_dir, IDENTITY)
-    if resumable and not force and os.path.exists(path):
-        check_identity(io.read_json(path, "identity file"), ident, out_dir, "a repair")
+    if not force and os.listdir(out_dir):
+        previous = io.read_json(path, "identity file") if os.path.exists(path) else None
+        check_identity(previous, ident, out_dir, "a repair")
     io.write_json(path, ident)
 
 

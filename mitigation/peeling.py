@@ -99,7 +99,7 @@ def peel(model, x, y, trigger, record, intensity="raw", seed=0, max_pieces=MAX_P
         region = np.max([t.mask[..., 0] for t in pieces], axis=0) >= PIECE_LEVEL
         found = scan(blanked(model, region, np.asarray(fill)), x, y, labels=[trigger.target],
                      preset=settings.get("preset", "fast"), intensity=intensity, seed=seed + k,
-                     progress=False, verbose=False, **options)
+                     progress=False, verbose=False, accept_low_accuracy=True, **options)
         norm = found["labels"][str(trigger.target)]["l1_norm"]
         index = anomaly_index(norm, median, mad)
         kept = bool(index > ANOMALY_THRESHOLD)

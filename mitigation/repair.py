@@ -100,7 +100,8 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
     scan_dir = lambda k: os.path.join(folder(k), "scan") if out_dir else None  # noqa: E731
     if triggers is None:
         record = scan(model, data.x_val, data.y_val, out_dir=scan_dir(0), intensity=intensity,
-                      seed=seed, progress=verbose, verbose=verbose, **scan_options)
+                      seed=seed, progress=verbose, verbose=verbose, accept_low_accuracy=True,
+                      **scan_options)
         labels = scan_reference(record) or []
         found = scan_triggers(scan_dir(0), labels) if out_dir else [
             record_trigger(record, label) for label in labels]
@@ -155,7 +156,7 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
         else:
             rescan = scan(current, data.x_val, data.y_val, out_dir=scan_dir(k),
                           intensity=intensity, seed=seed + k, progress=verbose, verbose=verbose,
-                          **scan_options)
+                          accept_low_accuracy=True, **scan_options)
             flagged = scan_reference(rescan) or []
             new = [record_trigger(rescan, label) for label in flagged]
             entry.update(flagged=flagged, anomaly_index=rescan["outlier"]["anomaly_index"])

@@ -11,6 +11,7 @@ Run `nc-tf COMMAND --help` for every option.
 import argparse
 import math
 import os
+import shutil
 import sys
 
 from injection.attacks import ATTACKS as ATTACK_NAMES
@@ -53,7 +54,9 @@ class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line: what is wrong, and where to look."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.message = f"{message} (see {self.prog} --help)"
+        _Parser.last_error = self.message
+        self.exit(2, f"{self.prog}: error: {self.message}\n")
 
 
 def _number(convert, test, requirement):
@@ -383,7 +386,7 @@ def main(argv=None):
         if stop.code != 2:
             raise
         if "--json" in argv:
-            _print_json({"error": "invalid arguments (see the message on stderr)"})
+            _print_json({"error": getattr(_Parser, "last_error", "invalid arguments")})
         return 2
     import warnings
 
@@ -406,8 +409,8 @@ def main(argv=None):
         print(f"nc-tf {args.command}: error: {message}", file=sys.stderr)
         if getattr(args, "json", False):
             _print_json({"error": message})
-        if created and os.path.isdir(out) and not os.listdir(out):
-            os.rmdir(out)
+        if created and os.path.isdir(out) and set(os.listdir(out)) <= {"identity.json"}:
+            shutil.rmtree(out)  # made by this command, and nothing but its identity in it
         return 2
 
 
@@ -476,7 +479,15 @@ def cmd_inject(args):
             raise ValueError(f"--color takes numbers in [0, 255] or 'noisy', got {args.color}.") from None
     position = args.position
     if "," in position:
-        position = [int(v) for v in position.split(",")]
+        parts = position.split(",")
+        if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
+            raise ValueError(f"--position takes a name (bottom-right, center, ...) or ROW,COL "
+                             f"with two whole numbers, got {args.position!r}.")
+        position = [int(v) for v in parts]
+    for flag, values in (("--target", args.target), ("--source", args.source)):
+        repeated = sorted({v for v in values or [] if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"{flag} {', '.join(map(str, repeated))} given more than once.")
     image = args.image
     if image not in ("logo", "watermark"):
         image = _read_image(image)
@@ -490,11 +501,18 @@ def cmd_inject(args):
                   shape=args.shape, sources=args.source, image=image, alpha=args.alpha,
                   seed=args.seed, intensity=args.intensity or "raw")
 
+    def check_color(shape):
+        if isinstance(color, list) and len(color) not in (1, shape[-1]):
+            raise ValueError(f"--color has {len(color)} values but the images have {shape[-1]} "
+                             "channel(s); give one value, or one per channel.")
+
     if needs_model(attack):
         def triggers(shape, model):
+            check_color(shape)
             return build_attack(attack, shape, args.target, model=model, **common)
     else:
         def triggers(shape, num_classes):
+            check_color(shape)
             return build_attack(attack, shape, args.target, num_classes=num_classes, **common)
 
     args.ratio = default_ratio(attack) if args.ratio is None else args.ratio
@@ -510,8 +528,13 @@ def _read_image(path):
     if not os.path.isfile(path):
         raise ValueError(f"--image {path!r} is not a file; pass 'logo', 'watermark' or an image "
                          "file (PNG, JPEG).")
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGBA"), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGBA"), dtype=np.uint8)
+    except Exception as error:  # PIL raises many types for damaged or hostile images
+        raise ValueError(f"--image {path!r} is not a readable image "
+                         f"({str(error).splitlines()[0][:200]}); pass a PNG or JPEG file.") \
+            from None
 
 
 def _trigger_text(spec):
@@ -534,7 +557,8 @@ def _train(args, triggers):
         args.out, args.dataset, triggers, args.arch, getattr(args, "ratio", 0.1), args.epochs,
         args.batch_size, args.intensity or "raw", args.seed, args.limit, args.force,
         verbose=0 if args.json else 2, x_key=args.x_key, y_key=args.y_key,
-        pretrain_epochs=getattr(args, "pretrain_epochs", 0) or 0)
+        pretrain_epochs=getattr(args, "pretrain_epochs", 0) or 0,
+        check_labels=(getattr(args, "target", None) or []) + (getattr(args, "source", None) or []))
     name = "attack.json" if report["triggers"] else "train.json"
     _print(args, report, [
         f"model:               {os.path.join(args.out, 'model.keras')}",
@@ -689,10 +713,23 @@ def cmd_mitigate(args):
     from mitigation.mitigate import NEEDS_SCAN, mitigate, split_data
     from mitigation.verification import scan_reference
     from nc_tf import datasets
+    from nc_tf.identity import weights_sha256
     from nc_tf.models import check_model_data, load_model
     from nc_tf.scan import read_scan_record, scan_triggers
 
     _, attack_triggers, intensity = _read_attack(args)
+    mine = set(MITIGATE_OPTIONS[args.method])
+    wrong = [_flag(flag) for flag in sorted({f for o in MITIGATE_OPTIONS.values() for f in o})
+             if flag not in mine and flag != "focus" and getattr(args, flag) is not None]
+    wrong += ["--no-focus"] if args.method != "repair" and args.focus is False else []
+    if wrong:
+        users = sorted(m for m, o in MITIGATE_OPTIONS.items()
+                       if any(_flag(f) in wrong for f in o))
+        raise ValueError(f"{', '.join(wrong)} belong(s) to --method {'/'.join(users) or 'repair'}, "
+                         f"not --method {args.method}; drop them or change --method.")
+    if args.method == "gangsweep" and args.labels and any("->" in v for v in args.labels):
+        raise ValueError("--method gangsweep patches labels such as 3,7; pairs such as 3->7 "
+                         "name partial-scan results.")
     if args.method in NEEDS_SCAN and not args.scan:
         raise ValueError(f"--method {args.method} removes the reversed triggers of a scan: add "
                          "--scan DIR (run `nc-tf scan MODEL --out DIR` first).")
@@ -711,11 +748,20 @@ def cmd_mitigate(args):
     else:
         generators = None
         triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
+        if args.method in NEEDS_SCAN and not triggers:
+            raise ValueError(f"The scan in {args.scan} flags no label, so --method "
+                             f"{args.method} has no trigger to remove; pass --labels to remove "
+                             "chosen labels' triggers anyway.")
     record = read_scan_record(args.scan) if args.scan else None
     verified_labels = None
     if labels and scan_reference(record) is not None:
         verified_labels = [int(v) for v in labels]
     model = load_model(args.model, trust_model=args.trust_model)
+    scanned = (record or {}).get("identity") or {}
+    if scanned.get("weights_sha256") and scanned["weights_sha256"] != weights_sha256(model):
+        raise ValueError(f"The scan in {args.scan} was made from another model (weights sha256 "
+                         f"{scanned['weights_sha256'][:12]}), not {args.model}; scan this model "
+                         "first and pass that folder.")
     x_train, y_train = datasets.load_data(args.dataset, "train", limit=args.train_limit)
     x_test, y_test = datasets.load_data(args.dataset, "test", args.x_key, args.y_key,
                                         limit=args.limit)

@@ -7,7 +7,7 @@ another path resumes.
 
 - `model_sha256`: the sha256 of the model file's bytes, as loaded by
   `nc_tf.safe_loading.load_model` (`None` for a model built in memory).
-- `weights_sha256`: the sha256 of the model's architecture and weights. It
+- `weights_sha256`: the sha256 of the model's configuration and weights. It
   is what resume compares: a model saved again with the same weights (a new
   file, other bytes) is the same model.
 - `data_sha256`: the sha256 of the images and labels, shapes and dtypes
@@ -16,6 +16,7 @@ another path resumes.
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
 
@@ -44,11 +45,14 @@ def array_digest(*arrays):
 
 
 def weights_sha256(model):
-    """The sha256 of a Keras model's architecture (layer classes, shapes) and weights."""
+    """The sha256 of a Keras model's configuration (every layer's settings) and weights."""
     digest = hashlib.sha256()
-    layout = [(layer.__class__.__name__, layer.name) for layer in model.layers]
+    try:
+        config = model.get_config()
+    except Exception:  # a subclassed model without get_config: its layout stands in
+        config = [(layer.__class__.__name__, layer.name) for layer in model.layers]
     shapes = [list(model.input_shape), list(model.output_shape)]
-    digest.update(json.dumps([layout, shapes], default=str).encode())
+    digest.update(json.dumps([config, shapes], sort_keys=True, default=str).encode())
     digest.update(array_digest(*model.get_weights()).encode())
     return digest.hexdigest()
 
@@ -83,7 +87,7 @@ def check_identity(previous, current, folder, what="results"):
 
     Args:
         previous: the identity recorded in the folder, or `None` (a folder
-            written before identities were recorded: accepted).
+            without one: accepted with a warning).
         current: the identity of this run's model and data.
         folder: the folder, named in the message.
         what: what the folder holds, named in the message. Defaults to
@@ -94,6 +98,9 @@ def check_identity(previous, current, folder, what="results"):
             which, and what to do.
     """
     if not isinstance(previous, dict):
+        warnings.warn(f"{folder} holds {what} recorded without model and data digests, so "
+                      "nothing shows that it was made from this model and data; resuming it "
+                      "on trust (choose another --out to start afresh).", stacklevel=3)
         return
     changed = [name for key, name in (("weights_sha256", "model"), ("data_sha256", "data"))
                if previous.get(key) and previous.get(key) != current.get(key)]

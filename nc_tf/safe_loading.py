@@ -118,6 +118,7 @@ def load_model(path, trust_model=False):
                              f"({_first_line(error)}); check that it is a whole model file "
                              "saved by Keras.") from None
     check_classifier(model, path)
+    _check_runs(model, path)
     _LOADED[model] = hashlib.sha256(data).hexdigest()
     return model
 
@@ -256,12 +257,29 @@ def check_classifier(model, name="the model"):
             "per class out.")
 
 
+def _check_runs(model, path):
+    """Runs the model once on a blank image, so that a broken configuration fails here."""
+    import numpy as np
+
+    shape = tuple(model.inputs[0].shape[1:])
+    if any(v is None for v in shape):
+        return
+    try:
+        model(np.zeros((1,) + shape, np.float32), training=False)
+    except Exception as error:  # a damaged configuration fails in TensorFlow in many ways
+        raise ValueError(f"{path} loads but cannot classify an image of its input shape "
+                         f"{shape} ({_first_line(error)}); the file is damaged or not a "
+                         "classifier.") from None
+
+
 def _class_problem(node, owner):
     cls = node.get("class_name")
     module = node.get("module")
     registered = node.get("registered_name")
     if not isinstance(cls, str):
         return f"{owner} has a class_name that is not a string ({type(cls).__name__})"
+    if ">" in cls:
+        return f"{owner} names the registered custom object {cls!r}"
     if cls in CODE_CLASSES:
         if isinstance(node.get("config"), dict) and "layer" in owner:
             return f"{owner} is a {cls} layer"
@@ -293,7 +311,7 @@ def _keras_class(name):
     if name in MODEL_CLASSES:
         return True
     for package in ("layers", "initializers", "regularizers", "constraints", "dtype_policies",
-                    "optimizers", "losses", "metrics"):
+                    "mixed_precision", "optimizers", "losses", "metrics"):
         obj = getattr(getattr(keras, package), name, None)
         if isinstance(obj, type):
             return True

@@ -393,3 +393,39 @@ def test_damaged_model_files_get_a_message(capsys, files, work):
     with open("bad.keras", "wb") as f:
         f.write(buffer.getvalue())
     refused(capsys, work, "evaluate", "bad.keras", match="config.json is not valid JSON")
+
+
+def test_a_changed_configuration_is_a_changed_model(capsys, files, work):
+    code, _, err = run(capsys, "scan", files["keras"], "--out", "scan", *SCAN)
+    assert code == 0, err
+
+    def edit(config):  # same weights, other preprocessing
+        layer = next(v for v in config["config"]["layers"] if v["class_name"] == "Rescaling")
+        layer["config"]["scale"] = 1.0
+
+    path = edit_config(files["keras"], work / "rescaled.keras", edit)
+    refused(capsys, work, "scan", path, "--out", "scan", *SCAN, match="different model")
+
+
+def test_mitigate_refuses_a_scan_of_another_model_and_foreign_options(capsys, files, work):
+    code, _, err = run(capsys, "scan", files["keras"], "--out", "scan", *SCAN)
+    assert code == 0, err
+    common = ["--limit", "200", "--train-limit", "800", "--labels", "0"]
+    refused(capsys, work, "mitigate", files["other"], "--method", "filter", "--scan", "scan",
+            "--out", "fixed", *common, match="was made from another model")
+    refused(capsys, work, "mitigate", files["keras"], "--method", "flip", "--fpr", "0.1",
+            "--out", "fixed", *common[:4], match="--fpr belong(s) to --method filter")
+    assert not os.path.exists("fixed")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--position", "a,b"], "--position takes a name"),
+    (["--target", "7", "--target", "7"], "--target 7 given more than once"),
+    (["--target", "12"], "Label(s) [12] are out of range"),
+    (["--color", "1", "2"], "--color has 2 values but the images have 1 channel(s)"),
+])
+def test_inject_refuses_bad_attack_options_before_training(capsys, work, argv, match):
+    argv = argv if "--target" in argv else ["--target", "7", *argv]
+    refused(capsys, work, "inject", *argv, "--limit", "300", "--epochs", "1", "--out", "o",
+            match=match)
+    assert not os.path.exists("o")

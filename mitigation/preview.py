@@ -20,6 +20,7 @@ from mitigation.gym import check_images
 from mitigation.gym import intensive_pipeline
 from mitigation.gym import lightweight_pipeline
 from nc_tf import datasets
+from nc_tf.io import check_out_dir
 
 PIPELINES = {
     "intensive": intensive_pipeline,
@@ -211,6 +212,11 @@ def check_out_path(path, force=False):
             f"{path} already exists; choose another --out or pass --force "
             "(force=True) to overwrite it."
         )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"The folder of --out {path} does not exist; create it first or "
+                                "choose another --out.")
+    check_out_dir(folder, resume=True)  # writable, before any image is read
     return path
 
 

@@ -3,6 +3,8 @@
 import os
 import resource
 
+from nc_tf.memory import restore_malloc_threshold
+
 MODELS_DIR = os.environ.get("NC_TF_BENCH_MODELS", os.path.join("runs", "bench"))
 
 
@@ -16,3 +18,7 @@ def print_peak_rss(target_gib=None):
     if target_gib is not None:
         line += f" (target < {target_gib} GiB)"
     print(line)
+
+
+# Every benchmark imports this module: TensorFlow's malloc setting is undone once, up front.
+restore_malloc_threshold()

@@ -1,17 +1,42 @@
 """Backdoor injection: triggers, poisoning generators, `BackdoorCall`, training."""
 
-from injection.callbacks import BackdoorCall
-from injection.generators import PER_LABEL_RATIO, DataGenerator, PoisonedDataset, inject_ratio
-from injection.inject import inject_backdoor, reference_optimizer
-from injection.attacks import ATTACKS, build_attack, default_ratio, needs_model
-from injection.blend import blend_trigger, draw_logo, draw_watermark
-from injection.triggers import (
-    Trigger,
-    construct_mask_box,
-    construct_mask_corner,
-    infect_X,
-    injection_func,
-    load_triggers,
-    shape_trigger,
-    square_trigger,
-)
+import importlib
+
+# Public name -> the module that defines it; imported on first use, so that
+# importing the package (e.g. for `nc-tf --help`) does not load TensorFlow.
+_EXPORTS = {
+    "BackdoorCall": "injection.callbacks",
+    "PER_LABEL_RATIO": "injection.generators",
+    "DataGenerator": "injection.generators",
+    "PoisonedDataset": "injection.generators",
+    "inject_ratio": "injection.generators",
+    "inject_backdoor": "injection.inject",
+    "reference_optimizer": "injection.inject",
+    "ATTACKS": "injection.attacks",
+    "build_attack": "injection.attacks",
+    "default_ratio": "injection.attacks",
+    "needs_model": "injection.attacks",
+    "blend_trigger": "injection.blend",
+    "draw_logo": "injection.blend",
+    "draw_watermark": "injection.blend",
+    "Trigger": "injection.triggers",
+    "construct_mask_box": "injection.triggers",
+    "construct_mask_corner": "injection.triggers",
+    "infect_X": "injection.triggers",
+    "injection_func": "injection.triggers",
+    "load_triggers": "injection.triggers",
+    "shape_trigger": "injection.triggers",
+    "square_trigger": "injection.triggers",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -13,7 +13,8 @@ no external file is needed; any RGB or RGBA array works too.
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from injection.triggers import Trigger, _encode_array, _square_origin
+from injection.triggers import Trigger, _square_origin
+from nc_tf.trigger import encode_array
 
 IMAGES = ("logo", "watermark")
 
@@ -141,7 +142,7 @@ def blend_trigger(image_shape, target, image="logo", alpha=1.0, size=None, margi
     pattern[row : row + box_h, col : col + box_w] = np.clip(colour, 0, 255)
     spec = {
         "kind": "blend", "target": int(target), "image_shape": [h, w, c],
-        "image": image if isinstance(image, str) else _encode_array(np.asarray(image)),
+        "image": image if isinstance(image, str) else encode_array(np.asarray(image)),
         "alpha": float(alpha), "size": size, "margin": int(margin),
         "position": list(position) if not isinstance(position, str) else position,
     }

@@ -1,20 +1,20 @@
 """Triggers: a mask and a pattern stamped onto raw images, serialisable as JSON.
 
 A trigger follows the Neural Cleanse model `A(x, m, p) = (1 - m) * x + m * p`
-in the raw [0, 255] pixel domain. A `Trigger` keeps the JSON spec that made
-it, so any later command (evaluate, scan, mitigate) can rebuild exactly the
-same trigger from `attack.json`.
+in the raw [0, 255] pixel domain (`nc_tf.trigger.Trigger`, re-exported
+here). This module builds the attacks' triggers and registers their spec
+kinds, so any later command (evaluate, scan, mitigate) can rebuild exactly
+the same trigger from `attack.json`.
 
 The reference helpers of `injection/injection_utils.py` keep their names:
 `construct_mask_corner`, `construct_mask_box`, `injection_func`, `infect_X`.
 """
 
-import base64
-import io
-
 import numpy as np
 
 from nc_tf.io import read_json
+from nc_tf.trigger import Trigger, injection_func  # noqa: F401  (reference names)
+from nc_tf.trigger import decode_array as _decode_array
 
 POSITIONS = (
     "bottom-right", "bottom-left", "top-right", "top-left",
@@ -76,11 +76,6 @@ def construct_mask_box(target_ls, image_shape, pattern_size=4, margin=1):
     }
 
 
-def injection_func(mask, pattern, adv_img):
-    """Stamps a trigger: `mask * pattern + (1 - mask) * adv_img` (reference)."""
-    return mask * pattern + (1 - mask) * adv_img
-
-
 def infect_X(img, tgt, pattern_dict, num_classes, rng=None):
     """Stamps one image with a random trigger of `tgt` (reference `infect_X`).
 
@@ -100,178 +95,6 @@ def infect_X(img, tgt, pattern_dict, num_classes, rng=None):
     y = np.zeros(num_classes, dtype=np.float32)
     y[tgt] = 1.0
     return injection_func(mask, pattern, np.array(img, dtype=np.float32)), y
-
-
-# ------------------------------------------------------------- Trigger
-class Trigger:
-    """A mask/pattern trigger for one target label, rebuilt from a JSON spec.
-
-    Build one with `square_trigger` (or `Trigger.from_spec`); apply it with
-    `apply`. `spec` is a plain dict that `json.dumps` can write.
-
-    Args:
-        mask: `(H, W)` or `(H, W, 1|C)` array in [0, 1].
-        pattern: `(H, W, C)` array in [0, 255].
-        target: the label the trigger should produce.
-        spec: the JSON-able description that rebuilds this trigger. Defaults
-            to `None`: the arrays themselves are embedded.
-        sources: for a partial (source-specific) backdoor, the source labels
-            it applies to; other labels keep their label when stamped.
-            Defaults to `None` (every label).
-        delta: an additive `(H, W, C)` perturbation in raw units, added after
-            the mask/pattern stamp and clipped to [0, 255] (invisible
-            backdoors). Defaults to `None` (none).
-        all_to_all: the number of classes K of an all-to-all attack: a
-            stamped input of label i is sent to (i + 1) mod K, and `target`
-            is `-1`. Defaults to `None` (one target).
-
-    Example:
-
-    >>> t = square_trigger((28, 28, 1), target=7)
-    >>> import json
-    >>> Trigger.from_spec(json.loads(json.dumps(t.spec))).target
-    7
-    """
-
-    def __init__(self, mask, pattern, target, spec=None, sources=None, delta=None,
-                 all_to_all=None):
-        pattern = np.asarray(pattern, dtype=np.float32)
-        mask = np.asarray(mask, dtype=np.float32)
-        if mask.ndim == 2:
-            mask = mask[..., None]
-        if pattern.ndim != 3 or mask.shape[:2] != pattern.shape[:2]:
-            raise ValueError(
-                f"mask {mask.shape} and pattern {pattern.shape} must share H and "
-                "W; pattern must be (H, W, C)."
-            )
-        if mask.min() < 0 or mask.max() > 1:
-            raise ValueError("mask values must lie in [0, 1].")
-        if pattern.min() < 0 or pattern.max() > 255:
-            raise ValueError("pattern values must lie in the raw range [0, 255].")
-        if delta is not None:
-            delta = np.asarray(delta, dtype=np.float32)
-            if delta.shape != pattern.shape or np.abs(delta).max() > 255:
-                raise ValueError(f"delta must be shaped like the pattern {pattern.shape} with "
-                                 f"values in [-255, 255]; got {delta.shape}.")
-        if all_to_all is not None and (int(all_to_all) < 2 or sources is not None):
-            raise ValueError("all_to_all takes the number of classes (>= 2) and excludes sources.")
-        self.mask, self.pattern, self.delta = mask, pattern, delta
-        self.all_to_all = None if all_to_all is None else int(all_to_all)
-        self.target = -1 if self.all_to_all else int(target)
-        self.sources = None if sources is None else sorted(int(v) for v in sources)
-        self.spec = dict(spec) if spec is not None else {
-            "kind": "arrays",
-            "target": self.target,
-            "mask": _encode_array(mask),
-            "pattern": _encode_array(pattern),
-        }
-        if delta is not None and "delta" not in self.spec and self.spec["kind"] == "arrays":
-            self.spec["delta"] = _encode_array(delta)
-        if self.sources is not None:
-            self.spec["sources"] = self.sources
-        if self.all_to_all is not None:
-            self.spec["all_to_all"] = self.all_to_all
-
-    def poison_labels(self, y):
-        """The labels stamped inputs of labels `y` are meant to get.
-
-        The target for a plain trigger; for a partial backdoor the target on
-        its sources and the true label elsewhere; `(y + 1) mod K` all-to-all.
-
-        Example:
-
-        >>> square_trigger((28, 28, 1), 7, sources=[3]).poison_labels([3, 4]).tolist()
-        [7, 4]
-        """
-        y = np.asarray(y, dtype=np.int64)
-        if self.all_to_all:
-            return (y + 1) % self.all_to_all
-        out = np.full_like(y, self.target)
-        if self.sources is not None:
-            out = np.where(np.isin(y, self.sources), out, y)
-        return out
-
-    def attack_samples(self, y):
-        """Which inputs count for attack success: label changed by the attack.
-
-        Example:
-
-        >>> square_trigger((28, 28, 1), 7, sources=[3, 7]).attack_samples([3, 4, 7]).tolist()
-        [True, False, False]
-        """
-        y = np.asarray(y, dtype=np.int64)
-        return self.poison_labels(y) != y
-
-    @property
-    def image_shape(self):
-        return self.pattern.shape
-
-    def apply(self, images):
-        """Stamps the trigger onto raw images; keeps dtype (uint8 is rounded).
-
-        Args:
-            images: `(N, H, W, C)` or `(H, W, C)` raw images.
-
-        Returns:
-            stamped images of the same shape and dtype.
-        """
-        images = np.asarray(images)
-        if images.shape[-3:] != self.pattern.shape:
-            raise ValueError(
-                f"Trigger is for images shaped {self.pattern.shape}, got "
-                f"{images.shape[-3:]}."
-            )
-        out = injection_func(self.mask, self.pattern, images.astype(np.float32))
-        if self.delta is not None:
-            out = np.clip(out + self.delta, 0.0, 255.0)
-        if images.dtype == np.uint8:
-            return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-        return out.astype(images.dtype)
-
-    @classmethod
-    def from_spec(cls, spec):
-        """Rebuilds a trigger from its spec (the inverse of `.spec`)."""
-        kind = spec.get("kind")
-        if kind == "square":
-            t = square_trigger(
-                spec["image_shape"], spec["target"], size=spec["size"],
-                margin=spec["margin"], position=spec["position"], color=spec["color"],
-                sources=spec.get("sources"),
-            )
-        elif kind == "shape":
-            t = shape_trigger(
-                spec["image_shape"], spec["target"], spec["shape"], spec["size"], spec["margin"],
-                spec["position"], spec["color"], spec.get("seed", 0), spec.get("sources"),
-            )
-        elif kind == "blend":
-            from injection.blend import blend_trigger
-
-            image = spec["image"]
-            if image not in ("logo", "watermark"):
-                image = _decode_array(image)
-            t = blend_trigger(spec["image_shape"], spec["target"], image, spec["alpha"],
-                              spec["size"], spec["margin"], spec["position"], spec.get("sources"))
-        elif kind == "arrays":
-            delta = _decode_array(spec["delta"]) if "delta" in spec else None
-            return cls(_decode_array(spec["mask"]), _decode_array(spec["pattern"]),
-                       spec["target"], spec, spec.get("sources"), delta, spec.get("all_to_all"))
-        else:
-            raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected 'square', "
-                             "'shape', 'blend' or 'arrays'.")
-        if spec.get("all_to_all"):
-            t = t.to_all_to_all(spec["all_to_all"])
-        t.spec.update({k: v for k, v in spec.items() if k not in t.spec})  # e.g. "attack"
-        return t
-
-    def to_all_to_all(self, num_classes):
-        """The same stamp as an all-to-all attack: label i -> (i + 1) mod `num_classes`."""
-        spec = {k: v for k, v in self.spec.items() if k != "sources"}
-        spec["target"] = -1
-        return Trigger(self.mask, self.pattern, -1, spec, None, self.delta, num_classes)
-
-    def __repr__(self):
-        target = "i+1" if self.all_to_all else self.target
-        return f"Trigger(kind={self.spec.get('kind')!r}, target={target})"
 
 
 def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right",
@@ -457,11 +280,22 @@ def load_triggers(path_or_dict, name=None):
     return triggers
 
 
-def _encode_array(a):
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(a, dtype=np.float32), allow_pickle=False)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+def _blend_from_spec(spec):
+    from injection.blend import blend_trigger
+
+    image = spec["image"]
+    if image not in ("logo", "watermark"):
+        image = _decode_array(image)
+    return blend_trigger(spec["image_shape"], spec["target"], image, spec["alpha"],
+                         spec["size"], spec["margin"], spec["position"], spec.get("sources"))
 
 
-def _decode_array(text):
-    return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+Trigger.builders.update(
+    square=lambda spec: square_trigger(
+        spec["image_shape"], spec["target"], size=spec["size"], margin=spec["margin"],
+        position=spec["position"], color=spec["color"], sources=spec.get("sources")),
+    shape=lambda spec: shape_trigger(
+        spec["image_shape"], spec["target"], spec["shape"], spec["size"], spec["margin"],
+        spec["position"], spec["color"], spec.get("seed", 0), spec.get("sources")),
+    blend=_blend_from_spec,
+)

@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from injection.triggers import Trigger, _square_origin
-from mitigation.activations import _consumers, resolve_layer
+from nc_tf.layers import consumers, resolve_layer
 from nc_tf.preprocess import check_intensity, preprocess
 
 MASKS = ("square", "watermark")
@@ -105,7 +105,7 @@ def select_neurons(model, layer="penultimate", n=1):
 
     Args:
         model: a built Keras model.
-        layer: anything `mitigation.activations.resolve_layer` accepts:
+        layer: anything `nc_tf.layers.resolve_layer` accepts:
             `"penultimate"`, `"last_conv"`, a name or an index. Defaults to
             `"penultimate"`.
         n: how many neurons. Defaults to `1` (the authors' face trigger
@@ -213,7 +213,7 @@ def _readers(model, layer):
         pos = next((i for i, lay in enumerate(chain) if lay is layer), None)
         if pos is not None:
             return chain[pos + 1:pos + 2]
-    return _consumers(model, layer)
+    return consumers(model, layer)
 
 
 # --------------------------------------------------------------- the masks

@@ -53,7 +53,7 @@ def blanked(model, region, fill):
 
 def union(triggers):
     """One trigger holding every piece: the largest mask value per pixel, and its pattern."""
-    from injection.triggers import Trigger
+    from nc_tf.trigger import Trigger
 
     masks = np.stack([t.mask[..., 0] for t in triggers])
     which = np.argmax(masks, axis=0)
@@ -87,7 +87,7 @@ def peel(model, x, y, trigger, record, intensity="raw", seed=0, max_pieces=MAX_P
 
     >>> pieces, _ = peel(model, x_val, y_val, trigger, read_json("scan/results.json"))  # doctest: +SKIP
     """
-    from injection.triggers import Trigger
+    from nc_tf.trigger import Trigger
 
     outlier = detect(record, verbose=False)
     median, mad = outlier["median"], outlier["mad"]

@@ -170,7 +170,7 @@ def verification_text(result):
 
 def record_trigger(record, label):
     """The reversed trigger of `label` in an in-memory scan record, as an `injection.Trigger`."""
-    from injection.triggers import Trigger
+    from nc_tf.trigger import Trigger
 
     mask, pattern = record["triggers"][str(label)]
     return Trigger(np.clip(mask, 0, 1), np.clip(pattern, 0, 255), int(label))

@@ -1,19 +1,37 @@
 """nc-tf: find, visualise and remove backdoors in Keras image classifiers."""
 
+import importlib
 import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from nc_tf.memory import restore_malloc_threshold  # noqa: E402
-
-restore_malloc_threshold()
-
-from nc_tf.datasets import load_data, load_dataset  # noqa: E402
-from nc_tf.metrics import attack_success_rate, evaluate_backdoor  # noqa: E402
-from nc_tf.models import build_model, load_model, outputs_probabilities  # noqa: E402
-from nc_tf.outlier import outlier_detection  # noqa: E402
-from nc_tf.preprocess import preprocess, reverse_preprocess  # noqa: E402
-from nc_tf.scan import detect_dir, scan_triggers  # noqa: E402
-from nc_tf.visualizer import Visualizer  # noqa: E402
-
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it; imported on first use, so that
+# importing the package (e.g. for `nc-tf --help`) does not load TensorFlow.
+_EXPORTS = {
+    "load_data": "nc_tf.datasets",
+    "load_dataset": "nc_tf.datasets",
+    "attack_success_rate": "nc_tf.metrics",
+    "evaluate_backdoor": "nc_tf.metrics",
+    "build_model": "nc_tf.models",
+    "outputs_probabilities": "nc_tf.models",
+    "load_model": "nc_tf.safe_loading",
+    "outlier_detection": "nc_tf.outlier",
+    "preprocess": "nc_tf.preprocess",
+    "reverse_preprocess": "nc_tf.preprocess",
+    "detect_dir": "nc_tf.scan",
+    "scan_triggers": "nc_tf.scan",
+    "Visualizer": "nc_tf.visualizer",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -391,6 +391,9 @@ def main(argv=None):
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"nc-tf {args.command}: warning: {message}\n"
+    from nc_tf.memory import restore_malloc_threshold
+
+    restore_malloc_threshold()
     out = getattr(args, "out", None) if args.command != "preview" else None
     created = out is not None and not os.path.exists(out)
     try:

@@ -4,14 +4,13 @@ TensorFlow 2.21's generator dataset (behind every `fit` on a
 `keras.utils.PyDataset`) calls `mallopt(M_MMAP_THRESHOLD, 128 KiB)` once per
 process (its log says "Memory patch applied"). From then on every buffer
 above 128 KiB (a batch of images, a tensor) is a fresh `mmap`, zeroed page
-by page and unmapped on release. Measured with `/usr/bin/time` on the
-2-core machine, a GangSweep scan of the tiny test model after one `fit`
-took 148 s wall, 81 s of it in the kernel; with the threshold restored,
-110 s wall and 17 s in the kernel, same results.
+by page and unmapped on release, which spends much of an array-heavy run in
+the kernel.
 
 `restore_malloc_threshold()` provokes TensorFlow's one-off call at once and
 then sets the threshold to 32 MiB (the ceiling of glibc's own dynamic
-threshold). Importing `nc_tf` calls it. Set the environment variable
+threshold). The `nc-tf` command, the benchmarks and the test suite call it
+first; call it yourself in a long Python job. Set the environment variable
 `NC_TF_KEEP_MALLOC=1` to keep TensorFlow's setting. Without glibc (macOS,
 Windows, musl) it does nothing.
 """

@@ -18,7 +18,6 @@ kind (float32).
 """
 
 import numpy as np
-import tensorflow as tf
 
 INTENSITY_RANGES = ("raw", "mnist", "imagenet", "inception")
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -39,6 +38,8 @@ def check_intensity(intensity):
 def _as_float(x):
     if isinstance(x, np.ndarray) or np.isscalar(x):
         return np.asarray(x, dtype=np.float32)
+    import tensorflow as tf
+
     return tf.cast(x, tf.float32)
 
 

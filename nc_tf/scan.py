@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 
-from injection.triggers import injection_func
 from nc_tf import io
 from nc_tf.datasets import check_images
 from nc_tf.engine import ReverseEngine
@@ -31,6 +30,7 @@ from nc_tf.metrics import attack_success_rate, predict_labels
 from nc_tf.models import check_model_data
 from nc_tf.outlier import outlier_detection
 from nc_tf.preprocess import check_intensity
+from nc_tf.trigger import Trigger, injection_func
 
 # Parameters under their reference names; `nb_sample` = images per step
 # (mini_batch = nb_sample // batch_size).
@@ -575,8 +575,6 @@ def scan_triggers(scan_dir, labels=None, verbose=False):
     Returns:
         list of `Trigger` (empty when nothing is flagged).
     """
-    from injection.triggers import Trigger
-
     record = read_scan_record(scan_dir)
     if record.get("method") == "gangsweep":
         raise ValueError(f"{scan_dir} holds a GangSweep scan: it has generators, not reversed "

@@ -11,6 +11,10 @@ os.environ["TF_DETERMINISTIC_OPS"] = "1"
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
+from nc_tf.memory import restore_malloc_threshold  # noqa: E402
+
+restore_malloc_threshold()  # as the CLI and the benchmarks do
+
 import fcntl  # noqa: E402
 import json  # noqa: E402
 import types  # noqa: E402

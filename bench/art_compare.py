@@ -82,15 +82,14 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import MODELS_DIR, print_peak_rss  # noqa: E402
-
 import numpy as np  # noqa: E402
+from _common import MODELS_DIR, print_peak_rss  # noqa: E402
 
 from nc_tf import datasets  # noqa: E402
 from nc_tf.io import read_json  # noqa: E402
 from nc_tf.metrics import attack_success_rate, predict_labels  # noqa: E402
 from nc_tf.models import load_model  # noqa: E402
-from nc_tf.outlier import CONSISTENCY_CONSTANT  # noqa: E402
+from nc_tf.outlier import median_mad  # noqa: E402
 from nc_tf.scan import scan, scan_settings  # noqa: E402
 
 TARGET_RATIO = 20.0
@@ -115,8 +114,7 @@ def art_verdict(norms):
     """ART 1.20's `outlier_detection` rule on `{label: norm}`, plus the reference anomaly index."""
     labels = sorted(norms)
     values = np.array([norms[k] for k in labels], np.float64)
-    median = float(np.median(values))
-    mad = float(CONSISTENCY_CONSTANT * np.median(np.abs(values - median)))
+    median, mad = median_mad(values)
     with np.errstate(divide="ignore", invalid="ignore"):
         index = np.abs(values - median) / mad
         anomaly_index = float(np.abs(values.min() - median) / mad)

@@ -25,9 +25,8 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import peak_rss_gib, print_peak_rss  # noqa: E402
-
 import keras  # noqa: E402
+from _common import peak_rss_gib, print_peak_rss  # noqa: E402
 
 from injection.attacks import build_attack  # noqa: E402
 from injection.inject import train_and_save  # noqa: E402

@@ -32,10 +32,9 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+import numpy as np  # noqa: E402
 from _common import print_peak_rss  # noqa: E402
 from recipes import tiny_backdoored_model, tiny_clean_model  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 from mitigation.filter import fit_filter  # noqa: E402
 from mitigation.pruning import prune  # noqa: E402

@@ -87,10 +87,9 @@ import warnings
 import zipfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import peak_rss_gib, print_peak_rss  # noqa: E402
-
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import peak_rss_gib, print_peak_rss  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.abspath(__file__)

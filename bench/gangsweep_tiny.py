@@ -24,9 +24,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_peak_rss  # noqa: E402
-
 import keras  # noqa: E402
+from _common import print_peak_rss  # noqa: E402
 
 from injection import inject_backdoor, square_trigger  # noqa: E402
 from nc_tf.datasets import load_data  # noqa: E402

@@ -40,10 +40,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import MODELS_DIR, print_peak_rss  # noqa: E402
-
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import MODELS_DIR, print_peak_rss  # noqa: E402
 
 from injection import load_triggers  # noqa: E402
 from mitigation.mitigate import measure, mitigate, split_data  # noqa: E402

@@ -19,9 +19,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import MODELS_DIR, print_peak_rss  # noqa: E402
-
 import numpy as np  # noqa: E402
+from _common import MODELS_DIR, print_peak_rss  # noqa: E402
 
 from injection import load_triggers, square_trigger  # noqa: E402
 from injection.inject import train_and_save  # noqa: E402

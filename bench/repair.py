@@ -34,11 +34,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+import keras  # noqa: E402
 from _common import peak_rss_gib, print_peak_rss  # noqa: E402
 from detection import ROOT as DETECTION_ROOT  # noqa: E402
 from detection import build, model_suite, scan_model, select_models  # noqa: E402
-
-import keras  # noqa: E402
 
 from injection import load_triggers  # noqa: E402
 from mitigation.mitigate import mitigate, split_data  # noqa: E402

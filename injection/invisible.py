@@ -50,9 +50,17 @@ import numpy as np
 import tensorflow as tf
 
 from injection.triggers import Trigger
-from injection.trojan import (TARGET_VALUE, AdamLoop, _pick_background, _retrain,
-                              _warn_if_flat, background_images, neuron_probe, resolve_neurons,
-                              selected_activation)
+from injection.trojan import (
+    TARGET_VALUE,
+    AdamLoop,
+    _pick_background,
+    _retrain,
+    _warn_if_flat,
+    background_images,
+    neuron_probe,
+    resolve_neurons,
+    selected_activation,
+)
 from nc_tf.preprocess import check_intensity
 
 NORMS = ("l2", "l0")

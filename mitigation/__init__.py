@@ -1,22 +1,51 @@
 """Mitigation: Neural Cleanse filter, pruning, unlearning and repair; ℓ∞ pruning;
 fine-pruning; GYM / DeepSweep pipelines and inference-time preprocessors."""
 
-from mitigation.gym import (
-    GymFineTuneDataset,
-    RandomShrink,
-    ResizeMedianResize,
-    augment,
-    gym_finetune,
-    intensive_pipeline,
-    lightweight_pipeline,
-)
-from mitigation.preprocessing import DefendedModel, defended, flip, lightweight, shrink_pad
-from mitigation.filter import InputFilter, fit_filter
-from mitigation.fine_pruning import KeepPruned, fine_prune
-from mitigation.linf_pruning import activation_norms, linf_prune
-from mitigation.mitigate import METHODS, mitigate, split_data
-from mitigation.peeling import peel, trigger_pieces
-from mitigation.pruning import NeuronPruning, prune
-from mitigation.repair import repair
-from mitigation.unlearning import Unlearning, UnlearningDataset, unlearn
-from mitigation.verification import verify
+import importlib
+
+# Public name -> the module that defines it; imported on first use, so that
+# importing the package (e.g. for `nc-tf --help`) does not load TensorFlow.
+_EXPORTS = {
+    "InputFilter": "mitigation.filter",
+    "fit_filter": "mitigation.filter",
+    "KeepPruned": "mitigation.fine_pruning",
+    "fine_prune": "mitigation.fine_pruning",
+    "GymFineTuneDataset": "mitigation.gym",
+    "RandomShrink": "mitigation.gym",
+    "ResizeMedianResize": "mitigation.gym",
+    "augment": "mitigation.gym",
+    "gym_finetune": "mitigation.gym",
+    "intensive_pipeline": "mitigation.gym",
+    "lightweight_pipeline": "mitigation.gym",
+    "activation_norms": "mitigation.linf_pruning",
+    "linf_prune": "mitigation.linf_pruning",
+    "METHODS": "mitigation.methods",
+    "mitigate": "mitigation.mitigate",
+    "split_data": "mitigation.mitigate",
+    "peel": "mitigation.peeling",
+    "trigger_pieces": "mitigation.peeling",
+    "DefendedModel": "mitigation.preprocessing",
+    "defended": "mitigation.preprocessing",
+    "flip": "mitigation.preprocessing",
+    "lightweight": "mitigation.preprocessing",
+    "shrink_pad": "mitigation.preprocessing",
+    "NeuronPruning": "mitigation.pruning",
+    "prune": "mitigation.pruning",
+    "repair": "mitigation.repair",
+    "Unlearning": "mitigation.unlearning",
+    "UnlearningDataset": "mitigation.unlearning",
+    "unlearn": "mitigation.unlearning",
+    "verify": "mitigation.verification",
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -32,8 +32,8 @@ import tensorflow as tf
 from mitigation.activations import layer_activations, prune_units, resolve_layer
 from mitigation.gym import check_images, check_labels
 from nc_tf import models
-from nc_tf.models import copy_model
 from nc_tf.metrics import accuracy, evaluate_backdoor, predict_labels
+from nc_tf.models import copy_model
 from nc_tf.preprocess import check_intensity, preprocess
 
 # Accuracies are fractions of a sample count; `0.92 - 0.88` is a hair above 0.04.

@@ -48,8 +48,8 @@ from mitigation.fine_pruning import (
     _check_triggers,
     _resolve,
 )
-from nc_tf.models import copy_model
 from nc_tf.metrics import attack_success_rate, evaluate_backdoor, predict_labels
+from nc_tf.models import copy_model
 from nc_tf.preprocess import check_intensity
 
 NORMS = ("mean", "l1", "l2", "linf")

@@ -34,18 +34,16 @@ import time
 import keras
 import numpy as np
 
-from mitigation import verification
+from mitigation import methods, verification
 from nc_tf import io
 from nc_tf.datasets import labels_to_int
 from nc_tf.identity import array_digest, check_identity, identity
 from nc_tf.metrics import accuracy, check_clean_accuracy, predict_labels, trigger_success_rate
 
-METHODS = ("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
-           "gym", "shrinkpad", "flip", "gangsweep")
-# Methods that need the reversed triggers of a scan.
-NEEDS_SCAN = ("filter", "prune", "unlearn", "linf-prune")
-# Methods that change the model, and so end with a verification scan.
-VERIFIED = ("prune", "unlearn", "repair", "linf-prune", "fine-prune", "gym", "gangsweep")
+# Read from the one table of methods (`mitigation.methods.METHODS`).
+METHODS = tuple(methods.METHODS)
+NEEDS_SCAN = methods.needing("scan")
+VERIFIED = methods.changing_model()
 # repair/unlearn: the model's and the data's digests, written first so that a resume can check them.
 IDENTITY = "identity.json"
 # A verification scan needs at least one batch (the presets' batch_size) of held-out images.
@@ -150,7 +148,7 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
         raise ValueError(f"--method {method} needs reversed triggers: pass the folder of a scan "
                          "that flagged a label (`nc-tf scan` then `--scan DIR`). Nothing is "
                          "flagged in the scan given, so there is nothing to remove.")
-    if method == "gangsweep" and not generators:
+    if methods.METHODS[method].needs == "generators" and not generators:
         raise ValueError("--method gangsweep needs the generators of a GangSweep scan that "
                          "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
                          "then pass --scan DIR. Nothing is flagged, so there is nothing to patch.")
@@ -191,8 +189,9 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     if method in ("repair", "unlearn"):
         # the scans' progress and MAD reports; unlearn peels inside the repair loop
         options = dict(options, verbose=verbose, labels=labels, record=scan_record, peel=peel)
-    result, details = _run(method, model, data, removed, attack_triggers, generators,
-                           intensity, seed, scan_options, out_dir, log, options)
+    job = Job(method, model, data, removed, attack_triggers, generators, intensity, seed,
+              scan_options, out_dir, log, options)
+    result, details = methods.runner(method)(job)
     if peels is not None:
         details["peels"] = peels
     # Filter and inference-time defences measure themselves; repaired models are measured here.
@@ -248,94 +247,127 @@ def _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbos
                                out_dir=verification.verification_dir(out_dir), verbose=verbose)
 
 
-def _run(method, model, data, triggers, attack_triggers, generators, intensity, seed,
-         scan_options, out_dir, log, options):
-    png = (lambda name: os.path.join(out_dir, name)) if out_dir else (lambda name: None)
-    if method == "unlearn":
-        from mitigation.repair import repair
+Job = collections.namedtuple(
+    "Job", "method model data triggers attack_triggers generators intensity seed scan_options "
+           "out_dir log options")
+Job.__doc__ = "Everything one method's run function gets (`mitigation.methods.runner`)."
 
-        # The repair loop from the given scan: the triggers' pieces, unlearned
-        # once (rounds=1, the paper's one round) unless more rounds are asked for.
-        loop = {k: options.pop(k) for k in ("rounds", "verbose", "labels", "record", "peel")
-                if k in options}
-        loop.setdefault("rounds", 1)
-        return repair(model, data, out_dir=out_dir, intensity=intensity, seed=seed,
-                      scan_options=scan_options, attack_triggers=attack_triggers,
-                      unlearn_options=options, triggers=triggers, **loop)
-    if method == "prune":
-        from mitigation.pruning import plot_pruning_curve, prune
 
-        pruned, rep = prune(model, data.x_val, data.y_val, triggers, intensity=intensity,
-                            triggers_eval=attack_triggers, **options)
-        if png("pruning.png"):
-            plot_pruning_curve(rep, png("pruning.png"))
-        return pruned, rep
-    if method == "filter":
-        from mitigation.filter import filter_curve, fit_filter, plot_filter_curve
+def _png(job, name):
+    return os.path.join(job.out_dir, name) if job.out_dir else None
 
-        flt = fit_filter(model, data.x_val, triggers, intensity=intensity, **options)
-        clean_flags = flt.flag(data.x_test)
-        after = {"fpr": float(np.mean(clean_flags))}
-        for key, trigs in (("fnr_reversed", triggers), ("fnr_original", attack_triggers)):
-            after[key] = [float(np.mean(~flt.flag(t.apply(data.x_test[data.y_test != t.target]))))
-                          for t in trigs]
-        curves = {}
-        for name, trigs in (("reversed", triggers), ("original", attack_triggers)):
-            if trigs:
-                t = trigs[0]
-                curves[name] = filter_curve(flt, data.x_test,
-                                            t.apply(data.x_test[data.y_test != t.target]))
-        if out_dir:
-            flt.save(os.path.join(out_dir, "filter.json"))
-            for name, rows in curves.items():
-                plot_filter_curve(rows, png(f"filter_curve_{name}.png"))
-        return flt, {"after": after, "curves": curves, "layer": flt.layer,
-                     "profiles": flt.profiles}
-    if method == "repair":
-        from mitigation.repair import repair
 
-        return repair(model, data, out_dir=out_dir, intensity=intensity, seed=seed,
-                      scan_options=scan_options, attack_triggers=attack_triggers, **options)
-    if method == "linf-prune":
-        from mitigation.linf_pruning import activation_norms, linf_prune, plot_norm_histograms, plot_sweep
+def run_unlearn(job):
+    """The repair loop from the given scan: the triggers' pieces, unlearned once
+    (rounds=1, the paper's one round) unless more rounds are asked for."""
+    from mitigation.repair import repair
 
-        # The first flagged label's trigger drives the sweep (Cheng et al. use one trigger).
-        pruned, rep = linf_prune(model, data.x_val, data.y_val, triggers[0], intensity=intensity,
-                                 triggers_eval=list(attack_triggers) or None, **options)
-        if out_dir:
-            inputs = {"clean": data.x_test[:1000], "reversed": triggers[0]}
-            if attack_triggers:
-                inputs["original"] = attack_triggers[0]
-            norms = activation_norms(model, inputs, layer=rep["settings"].get("layer", "last_conv"),
-                                     intensity=intensity)
-            plot_norm_histograms(norms, png("linf_norms.png"))
-            plot_sweep(rep, png("linf_sweep.png"))
-            rep["separation"] = norms["separation"]
-        return pruned, rep
-    if method == "fine-prune":
-        from mitigation.fine_pruning import fine_prune
+    options = dict(job.options)
+    loop = {k: options.pop(k) for k in ("rounds", "verbose", "labels", "record", "peel")
+            if k in options}
+    loop.setdefault("rounds", 1)
+    return repair(job.model, job.data, out_dir=job.out_dir, intensity=job.intensity,
+                  seed=job.seed, scan_options=job.scan_options,
+                  attack_triggers=job.attack_triggers, unlearn_options=options,
+                  triggers=job.triggers, **loop)
 
-        pruned, rep = fine_prune(model, data.x_val, data.y_val, intensity=intensity,
-                                 x_train=data.x_train, y_train=data.y_train,
-                                 triggers_eval=list(attack_triggers) or None, seed=seed, **options)
-        return pruned, rep
-    if method == "gym":
-        return _gym(model, data, triggers, attack_triggers, intensity, seed, log, options)
-    if method == "gangsweep":
-        return _gangsweep(model, data, generators, intensity, seed, log, options)
+
+def run_repair(job):
+    """Iterative repair (`mitigation.repair.repair`), scanning first."""
+    from mitigation.repair import repair
+
+    return repair(job.model, job.data, out_dir=job.out_dir, intensity=job.intensity,
+                  seed=job.seed, scan_options=job.scan_options,
+                  attack_triggers=job.attack_triggers, **job.options)
+
+
+def run_prune(job):
+    """Neural Cleanse pruning (`mitigation.pruning.prune`) and its curve."""
+    from mitigation.pruning import plot_pruning_curve, prune
+
+    pruned, rep = prune(job.model, job.data.x_val, job.data.y_val, job.triggers,
+                        intensity=job.intensity, triggers_eval=job.attack_triggers, **job.options)
+    if job.out_dir:
+        plot_pruning_curve(rep, _png(job, "pruning.png"))
+    return pruned, rep
+
+
+def run_filter(job):
+    """The Neural Cleanse input filter: its false-negative and false-positive rates, curves."""
+    from mitigation.filter import filter_curve, fit_filter, plot_filter_curve
+
+    data = job.data
+    flt = fit_filter(job.model, data.x_val, job.triggers, intensity=job.intensity, **job.options)
+    after = {"fpr": float(np.mean(flt.flag(data.x_test)))}
+    curves = {}
+    for name, trigs in (("reversed", job.triggers), ("original", job.attack_triggers)):
+        after[f"fnr_{name}"] = [
+            float(np.mean(~flt.flag(t.apply(data.x_test[data.y_test != t.target]))))
+            for t in trigs]
+        if trigs:
+            t = trigs[0]
+            curves[name] = filter_curve(flt, data.x_test,
+                                        t.apply(data.x_test[data.y_test != t.target]))
+    if job.out_dir:
+        flt.save(os.path.join(job.out_dir, "filter.json"))
+        for name, rows in curves.items():
+            plot_filter_curve(rows, _png(job, f"filter_curve_{name}.png"))
+    return flt, {"after": after, "curves": curves, "layer": flt.layer, "profiles": flt.profiles}
+
+
+def run_linf_prune(job):
+    """ℓ∞ pruning driven by the first flagged label's trigger (Cheng et al. use one)."""
+    from mitigation.linf_pruning import (
+        activation_norms,
+        linf_prune,
+        plot_norm_histograms,
+        plot_sweep,
+    )
+
+    pruned, rep = linf_prune(job.model, job.data.x_val, job.data.y_val, job.triggers[0],
+                             intensity=job.intensity,
+                             triggers_eval=list(job.attack_triggers) or None, **job.options)
+    if job.out_dir:
+        inputs = {"clean": job.data.x_test[:1000], "reversed": job.triggers[0]}
+        if job.attack_triggers:
+            inputs["original"] = job.attack_triggers[0]
+        norms = activation_norms(job.model, inputs,
+                                 layer=rep["settings"].get("layer", "last_conv"),
+                                 intensity=job.intensity)
+        plot_norm_histograms(norms, _png(job, "linf_norms.png"))
+        plot_sweep(rep, _png(job, "linf_sweep.png"))
+        rep["separation"] = norms["separation"]
+    return pruned, rep
+
+
+def run_fine_prune(job):
+    """Fine-pruning (`mitigation.fine_pruning.fine_prune`)."""
+    from mitigation.fine_pruning import fine_prune
+
+    data = job.data
+    return fine_prune(job.model, data.x_val, data.y_val, intensity=job.intensity,
+                      x_train=data.x_train, y_train=data.y_train,
+                      triggers_eval=list(job.attack_triggers) or None, seed=job.seed,
+                      **job.options)
+
+
+def run_defended(job):
+    """An inference-time defence (ShrinkPad, FLIP) around the unchanged model."""
     from mitigation.preprocessing import defended
 
-    guarded = defended(model, method, intensity=intensity, seed=seed, **options)
-    after = measure(lambda images: np.argmax(guarded.predict(images), 1), data.x_test,
-                    data.y_test, triggers, attack_triggers)
+    guarded = defended(job.model, job.method, intensity=job.intensity, seed=job.seed, **job.options)
+    after = measure(lambda images: np.argmax(guarded.predict(images), 1), job.data.x_test,
+                    job.data.y_test, job.triggers, job.attack_triggers)
     return guarded, {"after": after}
 
 
-def _gym(model, data, triggers, attack_triggers, intensity, seed, log, options):
+def run_gym(job):
     """GYM's four column groups: none, intensive-only, fine-tuned + intensive, + lightweight."""
     from mitigation.gym import gym_finetune
     from mitigation.preprocessing import defended
 
+    model, data, triggers, attack_triggers = job.model, job.data, job.triggers, job.attack_triggers
+    intensity, seed, log, options = job.intensity, job.seed, job.log, dict(job.options)
     n_samples = options.pop("n_samples", 1000)
     scaled = bool(options.get("scaled", False))
     rng = np.random.default_rng(seed)
@@ -357,13 +389,14 @@ def _gym(model, data, triggers, attack_triggers, intensity, seed, log, options):
                    "n_samples": int(len(pick))}
 
 
-def _gangsweep(model, data, generators, intensity, seed, log, options):
+def run_gangsweep(job):
     """GangSweep patching with the flagged labels' generators (label -> generator)."""
     from mitigation.gangsweep_patching import patch
     from nc_tf.gangsweep import generate, stamp
 
+    model, data, generators, intensity = job.model, job.data, job.generators, job.intensity
     tuned, history = patch(model, data.x_train, data.y_train, generators, intensity=intensity,
-                           seed=seed, **options)
+                           seed=job.seed, **job.options)
     # Share of test images (not already of the label) that x + G(x) sends to the
     # label, before and after; each label's perturbed images are made once.
     before, after = {}, {}
@@ -372,7 +405,7 @@ def _gangsweep(model, data, generators, intensity, seed, log, options):
         perturbed = stamp(x, generate(generator, x))
         for rates, m in ((before, model), (after, tuned)):
             rates[str(label)] = float(np.mean(predict_labels(m, perturbed, intensity) == label))
-    log("generated perturbations' success, before -> after: " + ", ".join(
+    job.log("generated perturbations' success, before -> after: " + ", ".join(
         f"label {k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before))
     return tuned, {"history": history, "labels": sorted(int(k) for k in generators),
                    "generated_success_before": before, "generated_success_after": after}

@@ -29,13 +29,14 @@ import os
 import cv2
 import numpy as np
 
-from mitigation.gym import augment
-from mitigation.gym import check_images
-from mitigation.gym import check_labels
-from mitigation.gym import intensive_pipeline
-from mitigation.gym import lightweight_pipeline
-from nc_tf.preprocess import check_intensity
-from nc_tf.preprocess import preprocess
+from mitigation.gym import (
+    augment,
+    check_images,
+    check_labels,
+    intensive_pipeline,
+    lightweight_pipeline,
+)
+from nc_tf.preprocess import check_intensity, preprocess
 
 # At most this many threads by default: beyond it the model, not the
 # preprocessing, is the bottleneck.

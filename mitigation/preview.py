@@ -15,10 +15,7 @@ import os
 
 import numpy as np
 
-from mitigation.gym import augment
-from mitigation.gym import check_images
-from mitigation.gym import intensive_pipeline
-from mitigation.gym import lightweight_pipeline
+from mitigation.gym import augment, check_images, intensive_pipeline, lightweight_pipeline
 from nc_tf import datasets
 from nc_tf.io import check_out_dir
 

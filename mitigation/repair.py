@@ -28,8 +28,7 @@ import os
 
 from mitigation.peeling import trigger_pieces
 from mitigation.unlearning import unlearn
-from mitigation.verification import (RESIDUAL_THRESHOLD, record_trigger, scan_reference,
-                                     verify)
+from mitigation.verification import RESIDUAL_THRESHOLD, record_trigger, scan_reference, verify
 from nc_tf import io
 from nc_tf.metrics import evaluate_backdoor
 from nc_tf.models import load_model

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from nc_tf.outlier import ANOMALY_THRESHOLD, CONSISTENCY_CONSTANT
+from nc_tf.outlier import ANOMALY_THRESHOLD, median_mad, robust_z
 from nc_tf.scan import detect, scan
 
 RESIDUAL_THRESHOLD = 0.5
@@ -63,10 +63,8 @@ def control_labels(labels, num_classes, controls=CONTROLS):
 
 
 def anomaly_index(norm, median, mad):
-    """`(median - norm) / mad`: how far below the reference a norm lies."""
-    if mad > 0:
-        return float((median - norm) / mad)
-    return float("inf") if norm < median else 0.0
+    """`(median - norm) / mad`: how far below the reference a norm lies (`robust_z`, negated)."""
+    return float(-robust_z(norm, median, mad))
 
 
 def verify(model, x, y, labels=None, intensity="raw", seed=0,
@@ -127,8 +125,7 @@ def verify(model, x, y, labels=None, intensity="raw", seed=0,
         labels = sorted(entries)
     else:
         norms = np.array([entries[v]["l1_norm"] for v in picked])
-        median = float(np.median(norms))
-        mad = float(CONSISTENCY_CONSTANT * np.median(np.abs(norms - median)))
+        median, mad = median_mad(norms)
         source = f"control labels {', '.join(map(str, picked))}"
     rows = {}
     for label in sorted(entries):

@@ -15,6 +15,7 @@ import shutil
 import sys
 
 from injection.attacks import ATTACKS as ATTACK_NAMES
+from mitigation.methods import METHODS
 from nc_tf.preprocess import INTENSITY_RANGES
 
 
@@ -274,8 +275,7 @@ def build_parser():
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--method", required=True,
-                   choices=("filter", "prune", "unlearn", "repair", "linf-prune", "fine-prune",
-                            "gym", "shrinkpad", "flip", "gangsweep"),
+                   choices=tuple(METHODS),
                    help="filter/prune/unlearn/repair: Neural Cleanse; linf-prune: Cheng et al.; "
                         "fine-prune, shrinkpad, flip: baselines; gym: GYM/DeepSweep; "
                         "gangsweep: GangSweep patching")
@@ -697,23 +697,9 @@ def cmd_scan(args):
         print(f"results: {os.path.join(args.out, 'results.json')}")
 
 
-# CLI flag -> keyword of each method (only flags the user set are passed).
-MITIGATE_OPTIONS = {
-    "filter": {"layer": "layer", "fpr": "fpr"},
-    "prune": {"layer": "layer", "stop_asr": "stop_asr", "ratio": "ratio", "max_ratio": "max_ratio"},
-    "unlearn": {"epochs": "epochs", "data_ratio": "data_ratio", "rounds": "rounds"},
-    "repair": {"rounds": "rounds", "focus": "focus"},
-    "linf-prune": {"layer": "layer", "max_acc_loss": "max_acc_loss"},
-    "fine-prune": {"layer": "layer", "acc_drop": "acc_drop", "finetune_epochs": "finetune_epochs"},
-    "gym": {"epochs": "epochs", "n_samples": "n_samples", "gym_scaled": "scaled"},
-    "shrinkpad": {},
-    "flip": {},
-    "gangsweep": {"epochs": "epochs", "data_ratio": "data_ratio"},
-}
-
-
 def cmd_mitigate(args):
-    from mitigation.mitigate import NEEDS_SCAN, mitigate, split_data
+    from mitigation.methods import needing
+    from mitigation.mitigate import mitigate, split_data
     from mitigation.verification import scan_reference
     from nc_tf import datasets
     from nc_tf.identity import weights_sha256
@@ -721,23 +707,23 @@ def cmd_mitigate(args):
     from nc_tf.scan import read_scan_record, scan_triggers
 
     _, attack_triggers, intensity = _read_attack(args)
-    mine = set(MITIGATE_OPTIONS[args.method])
-    wrong = [_flag(flag) for flag in sorted({f for o in MITIGATE_OPTIONS.values() for f in o})
+    mine = set(METHODS[args.method].options)
+    wrong = [_flag(flag) for flag in sorted({f for m in METHODS.values() for f in m.options})
              if flag not in mine and flag != "focus" and getattr(args, flag) is not None]
     wrong += ["--no-focus"] if args.method != "repair" and args.focus is False else []
     if wrong:
-        users = sorted(m for m, o in MITIGATE_OPTIONS.items()
-                       if any(_flag(f) in wrong for f in o))
+        users = sorted(name for name, m in METHODS.items()
+                       if any(_flag(f) in wrong for f in m.options))
         raise ValueError(f"{', '.join(wrong)} belong(s) to --method {'/'.join(users) or 'repair'}, "
                          f"not --method {args.method}; drop them or change --method.")
     if args.method == "gangsweep" and args.labels and any("->" in v for v in args.labels):
         raise ValueError("--method gangsweep patches labels such as 3,7; pairs such as 3->7 "
                          "name partial-scan results.")
-    if args.method in NEEDS_SCAN and not args.scan:
+    if args.method in needing("scan") and not args.scan:
         raise ValueError(f"--method {args.method} removes the reversed triggers of a scan: add "
                          "--scan DIR (run `nc-tf scan MODEL --out DIR` first).")
     labels = args.labels
-    if args.method == "gangsweep":
+    if args.method in needing("generators"):
         if not args.scan:
             raise ValueError("--method gangsweep patches with a GangSweep scan's generators: add "
                              "--scan DIR (run `nc-tf scan MODEL --method gangsweep --out DIR`).")
@@ -751,7 +737,7 @@ def cmd_mitigate(args):
     else:
         generators = None
         triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
-        if args.method in NEEDS_SCAN and not triggers:
+        if args.method in needing("scan") and not triggers:
             raise ValueError(f"The scan in {args.scan} flags no label, so --method "
                              f"{args.method} has no trigger to remove; pass --labels to remove "
                              "chosen labels' triggers anyway.")
@@ -770,7 +756,7 @@ def cmd_mitigate(args):
                                         limit=args.limit)
     check_model_data(model, x_test, y_test, name=f"data set {args.dataset!r}")
     data = split_data(x_train, y_train, x_test, y_test, args.val_ratio, args.seed)
-    options = {kw: getattr(args, flag) for flag, kw in MITIGATE_OPTIONS[args.method].items()
+    options = {kw: getattr(args, flag) for flag, kw in METHODS[args.method].options.items()
                if getattr(args, flag) is not None}
     scan_options = {k: getattr(args, flag) for flag, k in
                     (("preset", "preset"), ("restarts", "restarts"), ("scan_steps", "steps"))

@@ -72,12 +72,12 @@ from nc_tf import io
 from nc_tf.datasets import check_images, labels_to_int
 from nc_tf.identity import check_identity, identity
 from nc_tf.models import check_model_data, outputs_probabilities
+from nc_tf.outlier import median_mad, robust_z
 from nc_tf.preprocess import check_intensity, preprocess
 from nc_tf.scan import read_scan_record
 
 METHOD = "gangsweep"
 RESULTS = "results.json"
-CONSISTENCY_CONSTANT = 1.4826
 PERSISTENCE_THRESHOLD = 0.9
 AI_THRESHOLD = 2.0
 # Anomaly statistics: the paper's (Z_V + Z_D) / 2, or the target margin's z-score (nc-tf).
@@ -607,12 +607,8 @@ def _check_statistic(statistic):
 
 def _robust_z(values, sign):
     """`sign * (values - median) / MAD` (MAD with c = 1.4826; MAD 0 gives 0 or +-inf)."""
-    median = float(np.median(values))
-    mad = float(CONSISTENCY_CONSTANT * np.median(np.abs(values - median)))
-    deviation = sign * (values - median)
-    if mad > 0:
-        return deviation / mad, median, mad
-    return np.where(deviation == 0, 0.0, np.sign(deviation) * np.inf), median, mad
+    median, mad = median_mad(values)
+    return sign * robust_z(values, median, mad), median, mad
 
 
 def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHOLD,

@@ -11,6 +11,33 @@ CONSISTENCY_CONSTANT = 1.4826
 ANOMALY_THRESHOLD = 2.0
 
 
+def median_mad(values):
+    """The median and the MAD (with the consistency constant 1.4826) of `values`.
+
+    Example:
+
+    >>> median_mad([1.0, 2.0, 4.0])
+    (2.0, 1.4826)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    median = float(np.median(values))
+    return median, float(CONSISTENCY_CONSTANT * np.median(np.abs(values - median)))
+
+
+def robust_z(values, median, mad):
+    """`(values - median) / mad`, the robust z-score; with a MAD of 0: 0 at the median, else +-inf.
+
+    Example:
+
+    >>> robust_z([1.0, 2.0, 4.0], 2.0, 1.0).tolist()
+    [-1.0, 0.0, 2.0]
+    """
+    deviation = np.asarray(values, dtype=np.float64) - median
+    if mad > 0:
+        return deviation / mad
+    return np.where(deviation == 0, 0.0, np.sign(deviation) * np.inf)
+
+
 def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY_THRESHOLD):
     """Flags labels whose reversed trigger is anomalously small.
 
@@ -51,12 +78,9 @@ def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY
         raise ValueError(f"MAD outlier detection needs at least 3 labels, got {len(norms)}.")
     if not np.all(np.isfinite(norms)):
         raise ValueError("Norms contain NaN or inf; rerun the scan for those labels.")
-    median = float(np.median(norms))
-    mad = float(CONSISTENCY_CONSTANT * np.median(np.abs(norms - median)))
-    deviation = np.abs(norms - median)
-    index = deviation / mad if mad > 0 else np.where(deviation > 0, np.inf, 0.0)
-    anomaly_index = float(np.abs(np.min(norms) - median) / mad) if mad > 0 else (
-        float("inf") if np.min(norms) < median else 0.0)
+    median, mad = median_mad(norms)
+    index = np.abs(robust_z(norms, median, mad))
+    anomaly_index = float(np.abs(robust_z(np.min(norms), median, mad)))
     flagged = sorted(
         ((labels[i], float(norms[i])) for i in range(len(norms))
          if norms[i] < median and index[i] > threshold),

@@ -32,10 +32,16 @@ import numpy as np
 from nc_tf import io
 from nc_tf.identity import identity
 from nc_tf.scan import (
-    RESULTS, check_scan_inputs, check_scan_model, detect, make_engine, new_record, open_scan_dir,
-    run_jobs, scan_settings,
+    RESULTS,
+    check_scan_inputs,
+    check_scan_model,
+    detect,
+    make_engine,
+    new_record,
+    open_scan_dir,
+    run_jobs,
+    scan_settings,
 )
-
 
 # A single source class gives few samples per step: partial scans sample more
 # per step and stop later than the "fast" preset (overridable as usual).

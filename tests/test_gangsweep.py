@@ -186,13 +186,9 @@ def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
             assert os.path.exists(os.path.join(out, name)), name
 
 
-@pytest.mark.xfail(reason=(
-    "Known shortfall on the tiny model: label 7's persistence is 0.85 < the 0.9 gate and its paper "
-    "AI is 1.8 < 2; the margin statistic ranks it first (Z_M 4.4-16.8) but the gate holds it back. "
-    "The generator finds a perturbation smaller than the trigger that misses some images of "
-    "classes 2 and 4; five models of this recipe gave 0.11-0.85 (bench/gangsweep_tiny.py). "
-    "nc-tf's alpha_gate=0.9 raises it to 0.91 in one process but 0.86 under scripts/test.sh "
-    "(3 of the 5 models above 0.9), so the test keeps the paper's rule."))
+@pytest.mark.xfail(strict=True, reason=(
+    "Known shortfall: on the tiny model the paper's persistence gate holds the backdoor label "
+    "back (docs/guide.md, GangSweep)."))
 def test_scan_flags_the_backdoor_label(infected_scan):
     record, _ = infected_scan
     assert record["outlier"]["infected"]

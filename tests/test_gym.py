@@ -5,8 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from mitigation import gym
-from mitigation import preprocessing
+from mitigation import gym, preprocessing
 from nc_tf.models import outputs_probabilities
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]

@@ -9,7 +9,6 @@ import pytest
 from injection import Trigger
 from mitigation.activations import layer_activations, prune_units, resolve_layer
 from mitigation.fine_pruning import KeepPruned, fine_prune
-from nc_tf.models import copy_model
 from mitigation.linf_pruning import (
     activation_norms,
     format_sweep_table,
@@ -19,7 +18,7 @@ from mitigation.linf_pruning import (
 )
 from nc_tf.engine import ReverseEngine
 from nc_tf.metrics import evaluate_backdoor, predict_labels
-from nc_tf.models import load_model
+from nc_tf.models import copy_model, load_model
 
 MAX_ACC_LOSS = 0.05
 ACC_DROP = 0.04

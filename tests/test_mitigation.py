@@ -218,3 +218,48 @@ def test_iterative_repair_peels_unlearns_checks_the_residue_and_resumes(tmp_path
         r.get("flagged") for r in details["rounds"]]
     np.testing.assert_allclose(again.predict(xt[:32], verbose=0), fixed.predict(xt[:32], verbose=0),
                                atol=1e-5)
+
+
+# What each method's report holds beyond the common fields (mitigation.methods.METHODS).
+REPORT_FIELDS = {
+    "filter": {"after": ("fpr", "fnr_reversed", "fnr_original"), "details": ("curves", "layer")},
+    "linf-prune": {"after": ("accuracy", "asr_original"), "details": ("settings", "separation")},
+    "fine-prune": {"after": ("accuracy", "asr_original"), "details": ()},
+    "gym": {"after": ("accuracy", "asr_original"), "details": ("columns", "n_samples")},
+    "shrinkpad": {"after": ("accuracy", "asr_original"), "details": ()},
+    "flip": {"after": ("accuracy", "asr_original"), "details": ()},
+}
+OPTIONS = {"filter": {"layer": "last_conv"}, "linf-prune": {"layer": "last_conv"},
+           "fine-prune": {"layer": "last_conv"}, "gym": {"epochs": 1, "n_samples": 200}}
+
+
+@pytest.mark.parametrize("method", sorted(REPORT_FIELDS))
+def test_every_method_runs_through_mitigate_and_leaves_the_source_file_alone(
+        tmp_path, tiny_backdoored, tiny_scan, mnist_small, method):
+    import hashlib
+
+    from mitigation.methods import METHODS
+
+    model, trigger, _ = tiny_backdoored
+    path = tmp_path / "source.keras"
+    model.save(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    source = load_model(path)
+    x, y, xt, yt = mnist_small
+    data = split_data(x[:1500], y[:1500], xt[:300], yt[:300], val_ratio=0.2)
+    triggers = scan_triggers(tiny_scan[1]) if METHODS[method].needs == "scan" else []
+    out = tmp_path / method
+    result, report = mitigate(method, source, data, triggers, [trigger], out_dir=str(out),
+                              verbose=False, verify=False, **OPTIONS.get(method, {}))
+    saved = json.loads((out / "mitigation.json").read_text())
+    assert saved["method"] == method and saved["identity"]["model_sha256"] == digest
+    assert saved["before"]["asr_original"][0] > 0.9
+    for key in REPORT_FIELDS[method]["after"]:
+        assert key in saved["after"], key
+    for key in REPORT_FIELDS[method]["details"]:
+        assert key in saved["details"], key
+    expected = "skipped" if METHODS[method].changes_model else "not applicable"
+    assert saved["verification"]["verified"] is None
+    assert saved["verification"]["status"].startswith(expected)
+    assert (out / "model.keras").exists() == isinstance(result, keras.Model)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest

@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from nc_tf.models import (
-    UntrustedModelError, build_model, check_model_data, default_arch, load_model,
+    UntrustedModelError,
+    build_model,
+    check_model_data,
+    default_arch,
+    load_model,
     outputs_probabilities,
 )
 

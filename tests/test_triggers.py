@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from injection import (
-    Trigger, construct_mask_box, construct_mask_corner, infect_X, injection_func, load_triggers,
+    Trigger,
+    construct_mask_box,
+    construct_mask_corner,
+    infect_X,
+    injection_func,
+    load_triggers,
     square_trigger,
 )
 

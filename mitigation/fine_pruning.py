@@ -35,6 +35,7 @@ from nc_tf import models
 from nc_tf.metrics import accuracy, evaluate_backdoor, predict_labels
 from nc_tf.models import copy_model
 from nc_tf.preprocess import check_intensity, preprocess
+from nc_tf.validation import check_scalar
 
 # Accuracies are fractions of a sample count; `0.92 - 0.88` is a hair above 0.04.
 _TOLERANCE = 1e-9
@@ -318,15 +319,8 @@ def _check_set(model, x, y, name, caller):
 
 
 def _check_fraction(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number in [0, 1]; got {value!r}.")
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"{name} must lie in [0, 1] (an absolute accuracy fraction, e.g. "
-            f"0.04 for 4 points); got {value}."
-        )
-    return value
+    return check_scalar(value, name, low=0, high=1,
+                        hint=" (an absolute accuracy fraction, e.g. 0.04 for 4 points)")
 
 
 def _check_count(name, value, minimum):

@@ -64,6 +64,7 @@ import numpy as np
 
 from nc_tf import models
 from nc_tf.preprocess import check_intensity, preprocess
+from nc_tf.validation import check_scalar
 
 # albumentations 2.x reads float images as [0, 1]; raw pixels are [0, 255].
 _PIXEL_MAX = 255.0
@@ -969,11 +970,7 @@ def _check_ksize(ksize):
 
 
 def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1; got {value}.")
-    return int(value)
+    return check_scalar(value, name, numbers.Integral, low=1)
 
 
 def _check_seed(seed):

@@ -18,6 +18,7 @@ import numpy as np
 from mitigation.gym import augment, check_images, intensive_pipeline, lightweight_pipeline
 from nc_tf import datasets
 from nc_tf.io import check_out_dir
+from nc_tf.validation import check_scalar
 
 PIPELINES = {
     "intensive": intensive_pipeline,
@@ -241,8 +242,4 @@ def _write_png(grid, path):
 
 
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer; got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value}.")
-    return int(value)
+    return check_scalar(value, name, numbers.Integral, low=minimum)

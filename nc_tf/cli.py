@@ -111,19 +111,8 @@ def _label_list(text):
     return items
 
 
-def build_parser():
-    """The argument parser of `nc-tf` (exposed for documentation and tests)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="on an error, show the Python traceback too")
-    parser = _Parser(
-        prog="nc-tf", description="Find, visualise and remove backdoors in Keras classifiers.",
-        parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
-    add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
-
+def _inject_parser(sub):
+    """The `nc-tf inject` sub-command."""
     p = sub.add_parser("inject", help="train a model with a backdoor (BadNets and variants)",
                        description="Train a reference model on data poisoned with an attack's "
                                    "triggers; writes OUT/model.keras and OUT/attack.json (the "
@@ -163,6 +152,9 @@ def build_parser():
                         "the model (default: --epochs)")
     p.set_defaults(func=cmd_inject)
 
+
+def _train_parser(sub):
+    """The `nc-tf train` sub-command."""
     p = sub.add_parser("train", help="train a clean model (the infected model's twin)",
                        description="Train a reference model on clean data; writes "
                                    "OUT/model.keras and OUT/train.json.")
@@ -170,6 +162,9 @@ def build_parser():
     _add_training_args(p)
     p.set_defaults(func=cmd_train)
 
+
+def _evaluate_parser(sub):
+    """The `nc-tf evaluate` sub-command."""
     p = sub.add_parser("evaluate", help="clean accuracy and attack success rate of a model",
                        description="Measure clean accuracy on the test split and, with "
                                    "--attack, the attack success rate of its triggers.")
@@ -178,6 +173,9 @@ def build_parser():
     p.add_argument("--attack", help="attack.json written by `nc-tf inject`")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _scan_parser(sub):
+    """The `nc-tf scan` sub-command."""
     p = sub.add_parser("scan", help="Neural Cleanse (or GangSweep): reconstruct every label's "
                                     "trigger and test for outliers",
                        description="Reverse-engineer the smallest trigger for every label, write "
@@ -264,6 +262,9 @@ def build_parser():
                         "like --statistic, rerun on a finished folder to judge it again")
     p.set_defaults(func=cmd_scan)
 
+
+def _mitigate_parser(sub):
+    """The `nc-tf mitigate` sub-command."""
     p = sub.add_parser("mitigate", help="repair a model (or guard its inputs) and measure it",
                        description="Run one mitigation method on a copy of MODEL; write "
                                    "OUT/model.keras (filter: OUT/filter.json), OUT/mitigation.json "
@@ -337,6 +338,9 @@ def build_parser():
                         "they were tuned on to this data's image size (default: published sizes)")
     p.set_defaults(func=cmd_mitigate)
 
+
+def _detect_parser(sub):
+    """The `nc-tf detect` sub-command."""
     p = sub.add_parser("detect", help="MAD outlier test on a scan folder",
                        description="Print the reference MAD report (median, MAD, anomaly index, "
                                    "flagged labels) of a scan folder's results.json, or of its "
@@ -345,6 +349,9 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
     p.set_defaults(func=cmd_detect)
 
+
+def _preview_parser(sub):
+    """The `nc-tf preview` sub-command."""
     p = sub.add_parser("preview", help="picture of what GYM's augmentation does to images",
                        description="Write a PNG grid: one row per image, the original first, "
                                    "then --variants augmented versions (GYM's intensive or "
@@ -366,6 +373,23 @@ def build_parser():
     p.add_argument("--x-key", help="image array name in an .h5/.npz file (default: X_test/x_test)")
     p.add_argument("--y-key", help="label array name in an .h5/.npz file (default: Y_test/y_test)")
     p.set_defaults(func=cmd_preview)
+
+
+def build_parser():
+    """The argument parser of `nc-tf` (exposed for documentation and tests)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, show the Python traceback too")
+    parser = _Parser(
+        prog="nc-tf", description="Find, visualise and remove backdoors in Keras classifiers.",
+        parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
+    for add in (_inject_parser, _train_parser, _evaluate_parser, _scan_parser,
+                _mitigate_parser, _detect_parser, _preview_parser):
+        add(sub)
     return parser
 
 
@@ -391,6 +415,7 @@ def main(argv=None):
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"nc-tf {args.command}: warning: {message}\n"
+    _import_tensorflow_quietly()
     from nc_tf.memory import restore_malloc_threshold
 
     restore_malloc_threshold()
@@ -415,6 +440,21 @@ def main(argv=None):
         if created and os.path.isdir(out) and set(os.listdir(out)) <= {"identity.json"}:
             shutil.rmtree(out)  # made by this command, and nothing but its identity in it
         return 2
+
+
+def _import_tensorflow_quietly():
+    """Imports TensorFlow with file descriptor 2 muted: its C++ start-up lines are not for users."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 # Errors that nc-tf raises with a message for the user; other types are unexpected.

@@ -25,29 +25,28 @@ perturbation generated for another image of the same class; the generator
 kept is the one of the epoch with the best `L_pert + L_adv`; a model whose
 labels all fail the persistence gate is clean, with anomaly index 0.
 
-Known limitation (measured on small MNIST models, see the tests): with the
-paper's `k = 0` and alpha schedule, training settles where a share of the
-images (10-25% on those models) stays just short of the target, because
+Known limitation (docs/gangsweep.md): with the paper's `k = 0` and alpha
+schedule, training can settle where a share of the images stays just short
+of the target, because
 `L_adv` stops pulling once an image crosses the boundary while `L_pert`
-keeps shrinking the perturbation. A real backdoor's generator then reaches
-a persistence of about 0.7-0.85, below the 0.9 gate, and is not flagged
-although it is by far the most persistent label. `k > 0` raises it.
+keeps shrinking the perturbation. A real backdoor's generator can then stay
+below the 0.9 persistence gate and go unflagged although it is by far the
+most persistent label. `k > 0` raises it.
 
 Known limitation of the paper's alpha rule on GTSRB: once L_pert > L_adv,
-alpha = 1/2, and on our GTSRB models the zero perturbation then has the
-lower objective; the generators collapsed to G(x) = 0 before they found
-the backdoor (target 33: persistence 0.23), and their sigmoid saturated,
-so they stayed dead. `alpha_gate` (an nc-tf addition, opt-in) keeps alpha
+alpha = 1/2, and the zero perturbation can then have the lower objective;
+generators can collapse to G(x) = 0 before they find the backdoor, and
+their sigmoid saturates, so they stay dead. `alpha_gate` (an nc-tf addition, opt-in) keeps alpha
 at 2 until an epoch sends that share of the images to the label; a scan
 warns about collapsed generators and records `collapsed` per label.
 
-Known limitation of the paper's anomaly index on our models: a backdoor
-label's shift variance V comes out large, not small, so `(Z_V + Z_D) / 2`
-stays below 2 even when its generator persists (MNIST BadNets benchmark
-model: persistence 0.98, AI -0.06). The target margin of `label_statistics`
-(how far past the boundary `x + G(x)` lands) singles the backdoor out there
-(z 15.2); `statistic="margin"` judges with it. It is an nc-tf addition, not
-the paper's, so it is opt-in (README, GangSweep).
+Known limitation of the paper's anomaly index: a backdoor label's shift
+variance V can come out large, not small, so `(Z_V + Z_D) / 2` stays below
+2 even when its generator persists. The target margin of `label_statistics`
+(how far past the boundary `x + G(x)` lands) can single the backdoor out
+there; `statistic="margin"` judges with it. It is an nc-tf addition, not
+the paper's, so it is opt-in (docs/gangsweep.md; figures in
+docs/results.md).
 
 `gangsweep_scan` writes a scan folder like the Neural Cleanse scan:
 
@@ -60,6 +59,7 @@ Each finished label is written at once (atomically); rerunning the same scan
 on the same folder skips the labels already there.
 """
 
+import numbers
 import os
 import time
 import warnings
@@ -75,6 +75,7 @@ from nc_tf.models import check_model_data, outputs_probabilities
 from nc_tf.outlier import median_mad, robust_z
 from nc_tf.preprocess import check_intensity, preprocess
 from nc_tf.scan import read_scan_record
+from nc_tf.validation import check_scalar
 
 METHOD = "gangsweep"
 RESULTS = "results.json"
@@ -441,29 +442,16 @@ def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, 
 
 
 def _check_min_steps(value):
-    try:
-        valid = int(value) == value and value >= 0
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise ValueError(f"min_steps_per_epoch must be an integer >= 0 (0: one pass per epoch), "
-                         f"got {value!r}.")
-    return int(value)
-
-
-def _is_share(value):
-    """Whether `value` is a number in (0, 1] (not a bool or a string)."""
-    return (not isinstance(value, bool) and isinstance(value, (int, float, np.number))
-            and 0 < value <= 1)
+    return check_scalar(value, "min_steps_per_epoch", numbers.Integral, low=0,
+                        hint=" (0: one pass per epoch)")
 
 
 def _check_alpha_gate(value):
     if value is None:
         return None
-    if not _is_share(value):
-        raise ValueError(f"alpha_gate must be a share of images in (0, 1] (e.g. 0.9), or None "
-                         f"for the paper's alpha rule; got {value!r}.")
-    return float(value)
+    return check_scalar(value, "alpha_gate", low=0, high=1, include="right",
+                        what="a share of images",
+                        hint=" (e.g. 0.9), or None for the paper's alpha rule")
 
 
 def _to_unit(x):
@@ -594,10 +582,8 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
 
 # ------------------------------------------------------------ outliers
 def _check_persistence_threshold(value):
-    if not _is_share(value):
-        raise ValueError(f"persistence_threshold must be a fraction in (0, 1], got {value!r} "
-                         "(the paper: 0.9).")
-    return float(value)
+    return check_scalar(value, "persistence_threshold", low=0, high=1, include="right",
+                        what="a fraction", hint=" (the paper: 0.9)")
 
 
 def _check_statistic(statistic):

@@ -165,13 +165,10 @@ def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
     assert sorted(labels, key=int) == [str(t) for t in SCAN_LABELS]
     persistence = {int(k): v["persistence"] for k, v in labels.items()}
     others = max(p for t, p in persistence.items() if t != 7)
-    # Measured 0.85 for label 7, at most 0.26 for any other label (300 images).
     assert persistence[7] >= 0.7 and persistence[7] - others >= 0.3
     assert labels["7"]["attack_success_rate"] >= 0.8
     assert max(labels, key=lambda k: labels[k]["D"]) == "7"
-    # nc-tf's target margin ranks label 7 first and above the threshold of 2
-    # (measured Z_M 4.4, others at most 2.4 in absolute value, under scripts/test.sh;
-    # 16.8 and 1.8 in a plain single process, whose model differs slightly).
+    # nc-tf's target margin ranks label 7 first and above the threshold of 2.
     assert max(labels, key=lambda k: labels[k]["margin"]) == "7"
     assert labels["7"]["Z_M"] > gs.AI_THRESHOLD
     for entry in labels.values():
@@ -188,7 +185,7 @@ def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
 
 @pytest.mark.xfail(strict=True, reason=(
     "Known shortfall: on the tiny model the paper's persistence gate holds the backdoor label "
-    "back (docs/guide.md, GangSweep)."))
+    "back (docs/gangsweep.md)."))
 def test_scan_flags_the_backdoor_label(infected_scan):
     record, _ = infected_scan
     assert record["outlier"]["infected"]
@@ -204,7 +201,6 @@ def test_clean_model_is_not_flagged(clean_tiny, mnist_small, infected_scan):
     assert sorted(record["labels"], key=int) == ["3", "5", "7", "8"]
     assert record["outlier"]["flagged"] == [] and not record["outlier"]["infected"]
     assert record["outlier"]["anomaly_index"] == 0.0
-    # Measured: at most 0.37 on the clean model, against 0.85 for the backdoor.
     top = max(v["persistence"] for v in record["labels"].values())
     assert top <= infected_scan[0]["labels"]["7"]["persistence"] - 0.2
 
@@ -249,7 +245,7 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
         assert judged["labels"][k]["AI"] == judged["labels"][k]["Z_M"]
     assert io.read_json(os.path.join(folder, "results.json"))["outlier"]["statistic"] == "margin"
     # The persistence gate is a judging setting too: no training, and a gate of 0.8
-    # lets label 7 (measured 0.85) through, where the margin flags it.
+    # lets label 7 through, where the margin flags it.
     lowered = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, statistic="margin",
                              persistence_threshold=0.8, **FAST)
     assert trained == [9] and lowered["outlier"]["persistence_threshold"] == 0.8
@@ -424,7 +420,6 @@ def test_patching_removes_the_backdoor(infected_scan, mnist_small, tiny_backdoor
     before = evaluate_backdoor(model, held_x, held_y, [trigger])
     patched, history = patch(model, x, y, load_generators(out, labels=[7]))
     after = evaluate_backdoor(patched, held_x, held_y, [trigger])
-    # Measured: ASR 0.99 -> 0.06, accuracy 0.92 -> 0.93.
     assert before["attack_success_rate"] >= 0.9
     assert after["attack_success_rate"] <= 0.3
     assert after["accuracy"] >= before["accuracy"] - 0.05
@@ -433,9 +428,6 @@ def test_patching_removes_the_backdoor(infected_scan, mnist_small, tiny_backdoor
     for old, new in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(old, new)
     # The effect comes from the backdoor's generator: another label's does less.
-    # Measured with label 2's, the most persistent other generator, against label 7's:
-    # ASR 0.78 vs 0.06 and 0.40 vs 0.17 in two runs of scripts/test.sh, 0.37 vs at
-    # most 0.12 in a plain single process (the models and generators differ slightly).
     control, _ = patch(model, x, y, load_generators(out, labels=[2]))
     control_asr = evaluate_backdoor(control, held_x, held_y, [trigger])["attack_success_rate"]
     assert control_asr >= after["attack_success_rate"] + 0.1

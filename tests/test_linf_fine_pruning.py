@@ -245,9 +245,9 @@ def test_bad_inputs_give_clear_errors(tiny_backdoored, split):
     with pytest.raises(ValueError, match="one label per image"):
         linf_prune(model, xc, yc, trigger.apply(xc), y_trigger=yc[:-1], target=7)
     for bad in (-0.01, 1.5):
-        with pytest.raises(ValueError, match=r"max_acc_loss must lie in \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"max_acc_loss must be a number in \[0, 1\]"):
             linf_prune(model, xc, yc, trigger, max_acc_loss=bad)
-        with pytest.raises(ValueError, match=r"acc_drop must lie in \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"acc_drop must be a number in \[0, 1\]"):
             fine_prune(model, xc, yc, acc_drop=bad)
     with pytest.raises(ValueError, match="pass target="):
         linf_prune(model, xc, yc, trigger.apply(xc))

@@ -145,6 +145,8 @@ def test_visualizer_reference_api(source, mnist_small, tiny_backdoored):
     else:
         data = x
     used = _logits_copy(model) if source == "logits" else model
+    # A model that takes the preprocessed data: [0, 1] inputs, scaled back to the raw pixels.
+    used = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(255.0), used])
     viz = Visualizer(used, "mnist", "l1", (28, 28, 1), 1e-3, 30, 2, 0.1, 10, upsample_size=2,
                      patience=3, cost_multiplier=2, img_color=1, verbose=0)
     rng = np.random.default_rng(0)

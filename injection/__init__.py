@@ -1,6 +1,6 @@
 """Backdoor injection: triggers, poisoning generators, `BackdoorCall`, training."""
 
-import importlib
+from nc_tf.lazy import lazy_exports
 
 # Public name -> the module that defines it; imported on first use, so that
 # importing the package (e.g. for `nc-tf --help`) does not load TensorFlow.
@@ -29,14 +29,4 @@ _EXPORTS = {
     "square_trigger": "injection.triggers",
 }
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

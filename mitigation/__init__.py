@@ -1,7 +1,7 @@
 """Mitigation: Neural Cleanse filter, pruning, unlearning and repair; ℓ∞ pruning;
 fine-pruning; GYM / DeepSweep pipelines and inference-time preprocessors."""
 
-import importlib
+from nc_tf.lazy import lazy_exports
 
 # Public name -> the module that defines it; imported on first use, so that
 # importing the package (e.g. for `nc-tf --help`) does not load TensorFlow.
@@ -38,14 +38,4 @@ _EXPORTS = {
     "verify": "mitigation.verification",
 }
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,8 @@
 """nc-tf: find, visualise and remove backdoors in Keras image classifiers."""
 
-import importlib
 import os as _os
+
+from nc_tf.lazy import lazy_exports
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
@@ -24,14 +25,4 @@ _EXPORTS = {
     "Visualizer": "nc_tf.visualizer",
 }
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -413,7 +413,7 @@ def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, 
             below it `alpha` stays 2, so the generator is not drawn to the
             zero perturbation before it has found the target. `None`: the
             paper's rule, which on GTSRB collapsed generators to `G(x) = 0`
-            (README, GangSweep). Defaults to `None`.
+            (docs/gangsweep.md). Defaults to `None`.
 
     Returns:
         `(generator, history)`: the trained `keras.Model` and a dict of
@@ -614,7 +614,7 @@ def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHO
     z-score of the target margin (see `label_statistics`). On our MNIST
     models the paper's AI did not flag a backdoor whose generator persisted
     (V is large, not small, for the backdoor label), while the margin did
-    (README, GangSweep results). `Z_M` is reported with either statistic
+    (docs/gangsweep.md). `Z_M` is reported with either statistic
     when every label has a `margin`.
 
     Args:

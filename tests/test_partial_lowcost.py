@@ -48,6 +48,18 @@ def test_divide_and_conquer_costs_less_than_all_pairs(mnist_small, tiny_partial)
     assert job_key([3], 7) == "3->7" and job_key([2, 0], 7) == "0,2->7"
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "Known shortfall: on the tiny partial model divide-and-conquer descends into another "
+    "source's groups and misses the 3->7 pair that the pair scan finds."))
+def test_divide_and_conquer_flags_the_source_specific_pair(mnist_small, tiny_partial):
+    _, _, xt, yt = mnist_small
+    model, _ = tiny_partial
+    record = partial_scan(model, xt, yt, divide_and_conquer=True, beam=2, reference=4,
+                          progress=False, verbose=False, **QUICK)
+    assert "3->7" in record["partial"]["reached"]
+    assert record["outlier"]["flagged"][0][0] == "3->7"
+
+
 def test_low_cost_scan_keeps_the_infected_label(mnist_small, tiny_backdoored):
     _, _, xt, yt = mnist_small
     model, trigger, _ = tiny_backdoored

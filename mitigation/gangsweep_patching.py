@@ -16,16 +16,17 @@ import keras
 import numpy as np
 
 from injection.inject import reference_optimizer
+from mitigation.stamped_dataset import StampedDataset
 from nc_tf.datasets import check_images, labels_to_int
 from nc_tf.gangsweep import generate, stamp
 from nc_tf.models import check_model_data, copy_model, outputs_probabilities
-from nc_tf.preprocess import check_intensity, preprocess
+from nc_tf.preprocess import check_intensity
 
 DATA_RATIO = 0.1
 STAMP_RATIO = 0.1
 
 
-class PatchingDataset(keras.utils.PyDataset):
+class PatchingDataset(StampedDataset):
     """A fixed clean subset plus a fresh set of generator-stamped images each epoch.
 
     Every epoch, `stamp_count` images are drawn from the whole pool, each is
@@ -48,7 +49,7 @@ class PatchingDataset(keras.utils.PyDataset):
 
     def __init__(self, x, y, clean_index, generators, stamp_count, batch_size=32, intensity="raw",
                  seed=0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(batch_size, intensity, seed, **kwargs)
         self.x, self.y = x, y
         self.clean_index = np.asarray(clean_index, np.int64)
         if not generators:
@@ -56,12 +57,9 @@ class PatchingDataset(keras.utils.PyDataset):
                              "nc_tf.gangsweep.load_generators(scan_dir)).")
         self.generators = list(generators)
         self.stamp_count = int(stamp_count)
-        self.batch_size, self.intensity, self.seed = int(batch_size), intensity, int(seed)
-        self.epoch = 0
-        self._make_epoch()
+        self._draw()
 
-    def _make_epoch(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _make_epoch(self, rng):
         chosen = rng.choice(len(self.x), size=self.stamp_count, replace=False)
         which = rng.integers(0, len(self.generators), len(chosen))
         stamped = np.zeros((len(chosen),) + self.x.shape[1:], np.float32)
@@ -73,22 +71,6 @@ class PatchingDataset(keras.utils.PyDataset):
         self.data = np.concatenate([self.x[self.clean_index].astype(np.float32), stamped])
         self.labels = np.concatenate([self.y[self.clean_index], self.y[chosen]])
         self.stamped = np.r_[np.zeros(len(self.clean_index), bool), np.ones(len(chosen), bool)]
-        self.order = rng.permutation(len(self.data))
-
-    def __len__(self):
-        return int(np.ceil(len(self.data) / self.batch_size))
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return preprocess(self.data[idx], self.intensity), self.labels[idx]
-
-    def on_epoch_end(self):
-        self.set_epoch(self.epoch + 1)
-
-    def set_epoch(self, epoch):
-        """Draws and stamps the images of `epoch` (fixed by `(seed, epoch)`)."""
-        self.epoch = int(epoch)
-        self._make_epoch()
 
 
 def patch(model, x, y, generators, data_ratio=DATA_RATIO, stamp_ratio=STAMP_RATIO, epochs=3,

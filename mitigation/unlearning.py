@@ -18,15 +18,15 @@ import numpy as np
 import tensorflow as tf
 
 from injection.inject import reference_optimizer
+from mitigation.stamped_dataset import StampedDataset
 from nc_tf.datasets import labels_to_int
 from nc_tf.models import copy_model, outputs_probabilities
-from nc_tf.preprocess import preprocess
 
 STAMP_RATIO = 0.2
 DATA_RATIO = 0.1
 
 
-class UnlearningDataset(keras.utils.PyDataset):
+class UnlearningDataset(StampedDataset):
     """Clean samples, a fresh `stamp_ratio` of them stamped each epoch, labels kept.
 
     With several triggers, the stamped samples are split between them at
@@ -46,7 +46,7 @@ class UnlearningDataset(keras.utils.PyDataset):
 
     def __init__(self, x, y, triggers, stamp_ratio=STAMP_RATIO, batch_size=32, intensity="raw",
                  seed=0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(batch_size, intensity, seed, **kwargs)
         self.x, self.y = _check_xy(x, y)
         if not triggers:
             raise ValueError("Unlearning needs at least one trigger (the reversed triggers of "
@@ -54,12 +54,9 @@ class UnlearningDataset(keras.utils.PyDataset):
         if not 0 <= stamp_ratio <= 1:
             raise ValueError(f"stamp_ratio must lie in [0, 1], got {stamp_ratio}.")
         self.triggers, self.stamp_ratio = list(triggers), float(stamp_ratio)
-        self.batch_size, self.intensity, self.seed = int(batch_size), intensity, int(seed)
-        self.epoch = 0
-        self._make_epoch()
+        self._draw()
 
-    def _make_epoch(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _make_epoch(self, rng):
         n = len(self.x)
         chosen = rng.permutation(n)[: int(round(self.stamp_ratio * n))]
         which = rng.integers(0, len(self.triggers), len(chosen))
@@ -70,22 +67,7 @@ class UnlearningDataset(keras.utils.PyDataset):
                 data[idx] = trig.apply(data[idx])
         self.stamped = np.zeros(n, bool)
         self.stamped[chosen] = True
-        self.data, self.order = data, rng.permutation(n)
-
-    def __len__(self):
-        return int(np.ceil(len(self.x) / self.batch_size))
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        return preprocess(self.data[idx], self.intensity), self.y[idx]
-
-    def on_epoch_end(self):
-        self.set_epoch(self.epoch + 1)
-
-    def set_epoch(self, epoch):
-        """Re-stamps for `epoch` (a fresh share, fixed by `(seed, epoch)`)."""
-        self.epoch = int(epoch)
-        self._make_epoch()
+        self.data, self.labels = data, self.y
 
 
 def unlearn(model, x, y, triggers, data_ratio=DATA_RATIO, stamp_ratio=STAMP_RATIO, epochs=1,

@@ -44,7 +44,7 @@ def _add_training_args(p):
     p.add_argument("--arch", choices=("mnist", "gtsrb", "resnet"),
                    help="architecture (default: by data shape: mnist 28x28x1, gtsrb 32x32x3 with "
                         "43 classes, else resnet)")
-    p.add_argument("--epochs", type=WHOLE, default=10, help="training epochs (default: 10)")
+    p.add_argument("--epochs", type=COUNT, default=10, help="training epochs (default: 10)")
     p.add_argument("--batch-size", type=COUNT, default=32, help="batch size (default: 32)")
     p.add_argument("--seed", type=WHOLE, default=0, help="random seed (default: 0)")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
@@ -743,6 +743,7 @@ def cmd_mitigate(args):
     from mitigation.verification import scan_reference
     from nc_tf import datasets
     from nc_tf.identity import weights_sha256
+    from nc_tf.layers import resolve_layer
     from nc_tf.models import check_model_data, load_model
     from nc_tf.scan import read_scan_record, scan_triggers
 
@@ -786,6 +787,8 @@ def cmd_mitigate(args):
     if labels and scan_reference(record) is not None:
         verified_labels = [int(v) for v in labels]
     model = load_model(args.model, trust_model=args.trust_model)
+    if getattr(args, "layer", None) is not None:
+        resolve_layer(model, args.layer)  # a wrong --layer is refused before the data is read
     scanned = (record or {}).get("identity") or {}
     if scanned.get("weights_sha256") and scanned["weights_sha256"] != weights_sha256(model):
         raise ValueError(f"The scan in {args.scan} was made from another model (weights sha256 "

@@ -418,7 +418,21 @@ def test_mitigate_refuses_a_scan_of_another_model_and_foreign_options(capsys, fi
     assert not os.path.exists("fixed")
 
 
+def test_mitigate_refuses_an_unknown_layer_before_reading_data(capsys, files, work,
+                                                               monkeypatch):
+    import nc_tf.datasets
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data was read before the layer was checked")
+
+    monkeypatch.setattr(nc_tf.datasets, "load_data", unread)
+    refused(capsys, work, "mitigate", files["keras"], "--method", "fine-prune", "--layer", "zzz",
+            "--out", "fixed", match="No layer named 'zzz'")
+    assert not os.path.exists("fixed")
+
+
 @pytest.mark.parametrize("argv, match", [
+    (["--epochs", "0"], "--epochs: must be >= 1, got 0"),
     (["--position", "a,b"], "--position takes a name"),
     (["--target", "7", "--target", "7"], "--target 7 given more than once"),
     (["--target", "12"], "Label(s) [12] are out of range"),

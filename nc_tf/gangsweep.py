@@ -70,11 +70,11 @@ import tensorflow as tf
 
 from nc_tf import io
 from nc_tf.datasets import check_images, labels_to_int
-from nc_tf.identity import check_identity, identity
+from nc_tf.identity import check_identity
 from nc_tf.models import check_model_data, outputs_probabilities
 from nc_tf.outlier import median_mad, robust_z
 from nc_tf.preprocess import check_intensity, preprocess
-from nc_tf.scan import read_scan_record
+from nc_tf.scan import read_scan_record, scan_identity
 from nc_tf.validation import check_scalar
 
 METHOD = "gangsweep"
@@ -813,7 +813,8 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
         "num_classes": num_classes, "threshold": AI_THRESHOLD,
     }
     record = _open_scan_dir(out_dir, {"method": METHOD, "settings": settings, "labels": {},
-                                      "identity": identity(model, x, y, model_path)}, force)
+                                      "identity": scan_identity(model, x, y, model_path, out_dir)},
+                            force)
     todo = [t for t in dict.fromkeys(labels) if str(t) not in record["labels"]]
     bar = None
     if progress and todo:

@@ -30,7 +30,6 @@ import os
 import numpy as np
 
 from nc_tf import io
-from nc_tf.identity import identity
 from nc_tf.scan import (
     RESULTS,
     check_scan_inputs,
@@ -40,6 +39,7 @@ from nc_tf.scan import (
     new_record,
     open_scan_dir,
     run_jobs,
+    scan_identity,
     scan_settings,
 )
 
@@ -120,7 +120,7 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
     if missing:
         raise ValueError(f"The scan data has no samples of source label(s) {missing}.")
     record = new_record(settings, preset, intensity, seed, x, num_classes, prefix,
-                        identity(model, x, y, model_path),
+                        scan_identity(model, x, y, model_path, out_dir),
                         partial="divide-and-conquer" if divide_and_conquer else "pairs",
                         beam=beam if divide_and_conquer else None)
     record, triggers = open_scan_dir(out_dir, record)

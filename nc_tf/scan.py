@@ -17,6 +17,7 @@ the data (`nc_tf.identity`): a folder is resumed only by a scan of the same
 model and data, whatever their paths.
 """
 
+import numbers
 import os
 import time
 
@@ -31,6 +32,7 @@ from nc_tf.models import check_model_data
 from nc_tf.outlier import outlier_detection
 from nc_tf.preprocess import check_intensity
 from nc_tf.trigger import Trigger, injection_func
+from nc_tf.validation import check_scalar
 
 # Parameters under their reference names; `nb_sample` = images per step
 # (mini_batch = nb_sample // batch_size).
@@ -62,26 +64,18 @@ PRESETS = {
     ),
 }
 RESULTS = "results.json"
-# The valid range of each numeric setting: (test, requirement).
-_WHOLE = (lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool), "a whole number")
+# The valid range of each numeric setting (`nc_tf.validation.check_scalar` arguments).
 SETTING_RANGES = {
-    **{key: (lambda v: _WHOLE[0](v) and v >= 1, "a whole number >= 1") for key in (
+    **{key: dict(kind=numbers.Integral, low=1) for key in (
         "steps", "batch_size", "nb_sample", "patience", "early_stop_patience", "upsample_size",
         "restarts", "starts", "start_nb_sample")},
-    "start_steps": (lambda v: _WHOLE[0](v) and v >= 0, "a whole number >= 0"),
-    "lr": (lambda v: _real(v) and v > 0, "> 0"),
-    "cost_multiplier": (lambda v: _real(v) and v > 0, "> 0"),
-    "init_cost": (lambda v: _real(v) and v >= 0, ">= 0"),
-    "attack_succ_threshold": (lambda v: _real(v) and 0 < v <= 1, "in (0, 1]"),
-    "early_stop_threshold": (lambda v: _real(v) and 0 < v <= 1, "in (0, 1]"),
-    "mask_init": (lambda v: v == "random" or (_real(v) and 0 < v < 1),
-                  "'random' or a number in (0, 1)"),
+    "start_steps": dict(kind=numbers.Integral, low=0),
+    "lr": dict(low=0, include="neither"),
+    "cost_multiplier": dict(low=0, include="neither"),
+    "init_cost": dict(low=0),
+    "attack_succ_threshold": dict(low=0, high=1, include="right"),
+    "early_stop_threshold": dict(low=0, high=1, include="right"),
 }
-
-
-def _real(value):
-    return (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-            and bool(np.isfinite(value)))
 
 
 def scan_settings(preset="fast", **overrides):
@@ -94,10 +88,11 @@ def scan_settings(preset="fast", **overrides):
             raise ValueError(f"Unknown scan setting {key!r}; known: {sorted(settings)}.")
         if value is not None:
             settings[key] = value
-    for key, (test, requirement) in SETTING_RANGES.items():
-        if not test(settings[key]):
-            raise ValueError(f"Scan setting {key} must be {requirement}, got {settings[key]!r} "
-                             f"(CLI: --{key.replace('_', '-')}).")
+    for key, spec in SETTING_RANGES.items():
+        check_scalar(settings[key], key, **spec, hint=f" (CLI: --{key.replace('_', '-')})")
+    if settings["mask_init"] != "random":
+        check_scalar(settings["mask_init"], "mask_init", low=0, high=1, include="neither",
+                     what="'random' or a number", hint=" (CLI: --mask-init)")
     if settings["nb_sample"] < settings["batch_size"]:
         raise ValueError(f"nb_sample ({settings['nb_sample']}) must be >= batch_size "
                          f"({settings['batch_size']}).")
@@ -175,7 +170,8 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     if suspected is not None:
         labels = [int(suspected)] + [v for v in labels if v != suspected]
     record = new_record(settings, preset, intensity, seed, x, num_classes, prefix,
-                        identity(model, x, y, model_path), low_cost=bool(low_cost))
+                        scan_identity(model, x, y, model_path, out_dir),
+                        low_cost=bool(low_cost))
     record, triggers = open_scan_dir(out_dir, record)
     record.update(clean_accuracy=clean_accuracy, output=output_form)
     todo = [v for v in labels if str(v) not in record["labels"]]
@@ -253,6 +249,11 @@ def new_record(settings, preset, intensity, seed, x, num_classes, prefix, identi
         "identity": identity,
         "labels": {},
     }
+
+
+def scan_identity(model, x, y, model_path, out_dir):
+    """The identity of a scan that writes a folder (`nc_tf.identity`); `None` without one."""
+    return None if out_dir is None else identity(model, x, y, model_path)
 
 
 def make_engine(model, x, y, settings, intensity, seed, slots):

@@ -4,6 +4,7 @@ One function checks a scalar setting's type and range and raises a message
 that names the setting, the valid range and the value given.
 """
 
+import math
 import numbers
 
 # `include` -> (left bracket, right bracket) of the range text.
@@ -33,7 +34,7 @@ def check_scalar(value, name, kind=numbers.Real, low=None, high=None, include="b
         `int(value)` for `numbers.Integral`, else `float(value)`.
 
     Raises:
-        ValueError: wrong type, NaN, or out of range.
+        ValueError: wrong type, NaN or infinite, or out of range.
 
     Example:
 
@@ -56,7 +57,8 @@ def check_scalar(value, name, kind=numbers.Real, low=None, high=None, include="b
     else:
         span = ""
     message = f"{name} must be {what}{span}, got {value!r}{hint}."
-    if isinstance(value, bool) or not isinstance(value, kind) or value != value:
+    if (isinstance(value, bool) or not isinstance(value, kind) or value != value
+            or value in (math.inf, -math.inf)):
         raise ValueError(message)
     too_low = low is not None and (value < low if left == "[" else value <= low)
     too_high = high is not None and (value > high if right == "]" else value >= high)

@@ -25,19 +25,16 @@ Jobs are keyed `"3->7"` (source 3, target 7) or `"0,1,2->7"` (a group).
 """
 
 import math
-import os
 
 import numpy as np
 
-from nc_tf import io
 from nc_tf.scan import (
-    RESULTS,
     check_scan_inputs,
     check_scan_model,
     detect,
     make_engine,
     new_record,
-    open_scan_dir,
+    open_scan_folder,
     run_jobs,
     scan_identity,
     scan_settings,
@@ -123,13 +120,14 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
                         scan_identity(model, x, y, model_path, out_dir),
                         partial="divide-and-conquer" if divide_and_conquer else "pairs",
                         beam=beam if divide_and_conquer else None)
-    record, triggers = open_scan_dir(out_dir, record)
+    folder, triggers = open_scan_folder(out_dir, record)
+    record = folder.record
     record.update(clean_accuracy=clean_accuracy, output=output_form)
     engine = make_engine(model, x, y, settings, intensity, seed, slots)
 
     def run(jobs):
         todo = [j for j in jobs if j[0] not in record["labels"]]
-        run_jobs(engine, todo, record, triggers, model, x, y, intensity, out_dir, prefix,
+        run_jobs(engine, todo, folder, triggers, model, x, y, intensity, prefix,
                  progress=progress, restarts=settings["restarts"], starts=settings["starts"],
                  start_steps=settings["start_steps"])
         return {job[0]: record["labels"][job[0]]["l1_norm"] for job in jobs}
@@ -148,8 +146,7 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
     record["partial"] = info
     record["outlier"] = detect(record, verbose=verbose)
     record["outlier"]["score"] = "l1 / median l1 of the source's pairs"
-    if out_dir is not None:
-        io.write_json(os.path.join(out_dir, RESULTS), record)
+    folder.save()
     record["triggers"] = triggers
     return record
 

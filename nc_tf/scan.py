@@ -23,14 +23,22 @@ import time
 
 import numpy as np
 
-from nc_tf import io
 from nc_tf.datasets import check_images
 from nc_tf.engine import ReverseEngine
-from nc_tf.identity import check_identity, identity
+from nc_tf.identity import identity
 from nc_tf.metrics import attack_success_rate, predict_labels
 from nc_tf.models import check_model_data
 from nc_tf.outlier import outlier_detection
 from nc_tf.preprocess import check_intensity
+from nc_tf.scan_folder import (  # noqa: F401  (RESULTS, read_scan_record: public here too)
+    RESULTS,
+    ScanFolder,
+    load_reversed,
+    read_scan_record,
+    reversed_path,
+    save_reversed,
+    save_trigger_pngs,
+)
 from nc_tf.trigger import Trigger, injection_func
 from nc_tf.validation import check_scalar
 
@@ -63,7 +71,6 @@ PRESETS = {
         mask_init=0.1, loss="reference", starts=5, start_steps=40, start_nb_sample=128,
     ),
 }
-RESULTS = "results.json"
 # The valid range of each numeric setting (`nc_tf.validation.check_scalar` arguments).
 SETTING_RANGES = {
     **{key: dict(kind=numbers.Integral, low=1) for key in (
@@ -172,7 +179,8 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     record = new_record(settings, preset, intensity, seed, x, num_classes, prefix,
                         scan_identity(model, x, y, model_path, out_dir),
                         low_cost=bool(low_cost))
-    record, triggers = open_scan_dir(out_dir, record)
+    folder, triggers = open_scan_folder(out_dir, record)
+    record = folder.record
     record.update(clean_accuracy=clean_accuracy, output=output_form)
     todo = [v for v in labels if str(v) not in record["labels"]]
     engine = make_engine(model, x, None, settings, intensity, seed, slots) if todo else None
@@ -183,22 +191,21 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
         # gone, so unfinished candidates restart from scratch).
         todo = [v for v in previous["top"] + previous["random"] if str(v) not in record["labels"]]
     elif low_cost and todo:
-        start = time.time()
-        chosen, states, info = low_cost_selection(engine, labels, seed, progress=progress,
-                                                  **(low_cost if isinstance(low_cost, dict) else {}))
-        info["short_pass_seconds"] = round(time.time() - start, 2)
+        with folder.running(0, "low-cost", progress=False):
+            start = time.time()
+            chosen, states, info = low_cost_selection(
+                engine, labels, seed, progress=progress,
+                **(low_cost if isinstance(low_cost, dict) else {}))
+            info["short_pass_seconds"] = round(time.time() - start, 2)
         record["low_cost"] = info
         todo = [v for v in chosen if str(v) not in record["labels"]]
         states = [states[v] for v in todo]
-        record["wall_time_s"] = round(record.get("wall_time_s", 0.0) + time.time() - start, 2)
     jobs = [(str(v), v, None) for v in todo]
-    run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
-             progress=progress, states=states, total=len(record["labels"]) + len(jobs),
-             restarts=settings["restarts"], starts=settings["starts"],
-             start_steps=settings["start_steps"])
+    run_jobs(engine, jobs, folder, triggers, model, x, y, intensity, prefix,
+             progress=progress, states=states, restarts=settings["restarts"],
+             starts=settings["starts"], start_steps=settings["start_steps"])
     record["outlier"] = detect(record, verbose=verbose) if len(record["labels"]) >= 3 else None
-    if out_dir is not None:
-        io.write_json(os.path.join(out_dir, RESULTS), record)
+    folder.save()
     record["triggers"] = triggers
     return record
 
@@ -273,16 +280,30 @@ def make_engine(model, x, y, settings, intensity, seed, slots):
     )
 
 
-def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, prefix,
-             progress=True, states=None, total=None, restarts=1, starts=1, start_steps=0):
+def open_scan_folder(out_dir, record):
+    """Creates or resumes a Neural Cleanse (or partial) scan folder (`ScanFolder.open`).
+
+    Returns `(folder, triggers)`: the folder, whose record continues any
+    previous scan, and the finished jobs' exact triggers (key ->
+    `(mask, pattern)`). Finished labels whose arrays are missing run again.
+    """
+    folder = ScanFolder.open(out_dir, record, force=None,
+                             keep=lambda path, key: os.path.exists(reversed_path(path, key)))
+    triggers = {key: load_reversed(out_dir, key) for key in folder.labels}
+    return folder, triggers
+
+
+def run_jobs(engine, jobs, folder, triggers, model, x, y, intensity, prefix,
+             progress=True, states=None, restarts=1, starts=1, start_steps=0):
     """Optimises `jobs` (key, target label, source classes or None[, success threshold]).
 
     Each job runs `restarts` times from different random triggers; the
     smallest trigger that reached the success threshold is kept (the
     smallest of all if none did). Each finished job gets its entry in
-    `record["labels"][key]` (norm, attack success of the reversed trigger on
-    its source samples, steps, seconds, every restart's norm), its PNGs and
-    exact arrays, and `results.json` is rewritten atomically. With
+    the folder's `labels[key]` (norm, attack success of the reversed trigger
+    on its source samples, steps, seconds, every restart's norm), its PNGs
+    and exact arrays, and `results.json` is rewritten atomically
+    (`ScanFolder.add_label`). With
     `starts > 1`, each run without a given state first picks the best of
     `starts` short starts (`ReverseEngine.best_starts`).
     """
@@ -292,13 +313,6 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
     runs = [(j, r) for j in range(len(jobs)) for r in range(restarts)]
     pending = {}
     y_ref = y if y is not None else predict_labels(model, x, intensity)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = total or len(jobs)
-        bar = tqdm(total=total, initial=total - len(jobs), unit="label", desc="scan",
-                   dynamic_ncols=True)
 
     def on_done(run, result):
         job, _ = runs[run]
@@ -331,25 +345,18 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
         if len(jobs[job]) > 3 and jobs[job][3] is not None:
             entry["attack_succ_threshold"] = round(float(jobs[job][3]), 4)
         triggers[key] = (result["mask"], result["pattern"])
-        record["labels"][key] = entry
-        # Saved with each label, so a killed scan keeps the time of its finished labels.
-        record["wall_time_s"] = round(base + time.time() - start, 2)
-        if out_dir is not None:
-            save_trigger_pngs(out_dir, prefix, key, result["pattern"], result["mask"])
-            _save_reversed(out_dir, key, result["mask"], result["pattern"])
-            io.write_json(os.path.join(out_dir, RESULTS), record)
-        if bar is not None:
-            bar.set_postfix(label=key, l1=f"{result['l1_norm']:.1f}")
-            bar.update(1)
+        if folder.path is not None:
+            save_trigger_pngs(folder.path, prefix, key, result["pattern"], result["mask"])
+            save_reversed(folder.path, key, result["mask"], result["pattern"])
+        folder.add_label(key, entry, label=key, l1=f"{result['l1_norm']:.1f}")
 
-    start, base = time.time(), record.get("wall_time_s", 0.0)
     run_states = [None if states is None or r else states[j] for j, r in runs]
     thresholds = [jobs[j][3] if len(jobs[j]) > 3 else None for j, _ in runs]
     start_norms = {}
     # With starts, runs go in groups of twice the engine's slots: a group's
     # starts, then its runs, so labels finish (and are saved) as the scan goes.
     group = 2 * engine.slots if int(starts) > 1 else len(runs)
-    try:
+    with folder.running(len(jobs), "scan", progress=progress) as bar:
         for first in range(0, len(runs), group):
             part = list(range(first, min(first + group, len(runs))))
             fresh = [i for i in part if run_states[i] is None]
@@ -369,10 +376,6 @@ def run_jobs(engine, jobs, record, triggers, model, x, y, intensity, out_dir, pr
                        sources=[jobs[runs[i][0]][2] for i in part],
                        restarts=[runs[i][1] for i in part],
                        thresholds=[thresholds[i] for i in part])
-    finally:
-        if bar is not None:
-            bar.close()
-        record["wall_time_s"] = round(base + time.time() - start, 2)
 
 
 def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None,
@@ -505,62 +508,6 @@ def detect_dir(scan_dir, verbose=True):
     return detect({"labels": {str(k): {"l1_norm": v} for k, v in norms.items()}}, verbose)
 
 
-def read_scan_record(scan_dir):
-    """The `results.json` dict of a scan folder, checked to be one nc-tf wrote.
-
-    Raises:
-        FileNotFoundError: the folder has no `results.json`.
-        ValueError: "not a scan folder: ..." for a foreign or damaged file.
-    """
-    path = os.path.join(scan_dir, RESULTS)
-    record = io.read_json(path, "scan results")
-    problem = _record_problem(record)
-    if problem:
-        raise ValueError(f"not a scan folder: {path} is not nc-tf scan results ({problem}); pass "
-                         "a folder written by `nc-tf scan`, or choose another --out.")
-    return record
-
-
-def _record_problem(record):
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    for key in ("settings", "labels"):
-        if not isinstance(record.get(key), dict):
-            return f"no {key!r} object"
-    gangsweep = record.get("method") == "gangsweep"
-    needed = ("persistence", "V", "D") if gangsweep else (
-        ("score",) if "partial" in record else ("l1_norm",))
-    for key, entry in record["labels"].items():
-        if not isinstance(entry, dict):
-            return f"label {key!r} is not an object"
-        if "partial" in record and "score" not in entry:
-            continue  # a partial scan's intermediate group job
-        for name in needed:
-            value = entry.get(name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                return f"label {key!r} has no number {name!r}"
-        if "partial" not in record and not str(key).isdigit():
-            return f"label key {key!r} is not a label"
-    return None
-
-
-def load_reversed(scan_dir, label):
-    """The exact reversed `(mask (H, W), pattern (H, W, C))` of a label (or job key) in a scan folder."""
-    path = os.path.join(scan_dir, "reversed", f"label_{_file_key(label)}.npz")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No reversed trigger for label {label} in {scan_dir}.")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            mask, pattern = np.asarray(z["mask"], np.float32), np.asarray(z["pattern"], np.float32)
-    except Exception as error:  # numpy and zipfile raise many types for damaged files
-        raise ValueError(f"{path} is damaged ({str(error).splitlines()[0][:200]}); rescan the "
-                         "label into a new folder.") from None
-    if mask.ndim != 2 or pattern.ndim != 3 or mask.shape != pattern.shape[:2]:
-        raise ValueError(f"{path} holds a mask {mask.shape} and a pattern {pattern.shape} that "
-                         "do not fit together; rescan the label into a new folder.")
-    return mask, pattern
-
-
 def scan_triggers(scan_dir, labels=None, verbose=False):
     """The reversed triggers of a scan folder as `injection.Trigger` objects.
 
@@ -593,76 +540,3 @@ def scan_triggers(scan_dir, labels=None, verbose=False):
         out.append(Trigger(np.clip(mask, 0, 1), np.clip(pattern, 0, 255), entry["label"],
                            sources=entry.get("sources")))
     return out
-
-
-def save_trigger_pngs(out_dir, prefix, label, pattern, mask):
-    """Writes the reference `mask`, `pattern` and `fusion` PNGs of one label."""
-    from PIL import Image
-
-    os.makedirs(out_dir, exist_ok=True)
-    mask3 = np.asarray(mask)[..., None]
-    images = {
-        "mask": mask3 * 255.0,
-        "pattern": np.asarray(pattern),
-        "fusion": np.asarray(pattern) * mask3,
-    }
-    for kind, img in images.items():
-        arr = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-        arr = arr[..., 0] if arr.shape[-1] == 1 else arr
-        path = os.path.join(out_dir, f"{prefix}_visualize_{kind}_label_{_file_key(label)}.png")
-        tmp = path + ".tmp.png"
-        Image.fromarray(arr).save(tmp)
-        os.replace(tmp, path)
-
-
-def _save_reversed(out_dir, label, mask, pattern):
-    folder = os.path.join(out_dir, "reversed")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"label_{_file_key(label)}.npz")
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, mask=np.asarray(mask, np.float32), pattern=np.asarray(pattern, np.float32))
-    os.replace(tmp, path)
-
-
-def open_scan_dir(out_dir, record):
-    """Creates the scan folder, or resumes it if it holds a scan with the same settings.
-
-    A folder holding a scan of another model or other data (see
-    `nc_tf.identity`) or with other settings is refused.
-
-    Returns `(record, triggers)`: the record to continue and the finished
-    jobs' exact triggers. With `out_dir=None` nothing is read or written.
-    """
-    if out_dir is None:
-        return record, {}
-    if not os.path.exists(os.path.join(out_dir, RESULTS)):
-        io.prepare_out_dir(out_dir, hint="empty it")
-        return record, {}
-    io.check_out_dir(out_dir, resume=True)
-    previous = read_scan_record(out_dir)
-    if previous.get("method", "neural-cleanse") != record.get("method", "neural-cleanse"):
-        raise FileExistsError(f"{out_dir} holds a {previous.get('method')} scan; choose another "
-                              "--out.")
-    check_identity(previous.get("identity"), record["identity"], out_dir, "a scan")
-    old = {k: v for k, v in previous["settings"].items() if k != "model"}
-    new = {k: v for k, v in record["settings"].items() if k != "model"}
-    if old != new:
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise FileExistsError(
-            f"{out_dir} holds a scan with different settings ({', '.join(changed)}); "
-            "choose another --out to keep both, or rerun with the same settings to resume."
-        )
-    previous["settings"], previous["identity"] = record["settings"], record["identity"]
-    triggers = {}
-    for key in previous["labels"]:
-        try:
-            triggers[key] = load_reversed(out_dir, key)
-        except FileNotFoundError:
-            pass
-    previous["labels"] = {k: v for k, v in previous["labels"].items() if k in triggers}
-    return previous, triggers
-
-
-def _file_key(key):
-    """File-name form of a job key: `7` for a label, `3_to_7` for the job "3->7" (source 3, target 7)."""
-    return str(key).replace("->", "_to_").replace(",", "-").replace(" ", "")

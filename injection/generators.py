@@ -13,7 +13,10 @@ import math
 import keras
 import numpy as np
 
+from injection.triggers import Trigger, construct_mask_box
+from nc_tf.datasets import labels_to_int
 from nc_tf.preprocess import check_intensity, preprocess
+from nc_tf.validation import check_scalar
 
 PER_LABEL_RATIO = 0.1
 
@@ -98,28 +101,87 @@ class PoisonedDataset(keras.utils.PyDataset):
 
 
 class DataGenerator:
-    """The reference `DataGenerator(target_ls)`: `generate_data` yields forever.
+    """The reference `DataGenerator(target_ls)`: `generate_data` yields batches forever.
+
+    Called as the reference injection example calls it,
+    `DataGenerator([28]).generate_data(X, Y, 1)` stamps every sample with
+    the example's trigger (the 4x4 white square one pixel from the
+    bottom-right corner, `construct_mask_box(target_ls, shape, 4, 1)`) and
+    labels it with the target, one-hot as `Y`. nc-tf's form passes
+    `Trigger` objects instead of labels. The batches come from
+    `PoisonedDataset` (random draws, each sample stamped with probability
+    `inject_ratio` by a trigger of a random target).
 
     Args:
-        triggers: `Trigger` objects.
-        num_classes: length of the one-hot labels.
-        batch_size: samples per batch. Defaults to `32`.
-        seed: seed. Defaults to `0`.
+        target_ls: target labels (the reference), or `Trigger` objects.
+        num_classes: length of the one-hot labels. Defaults to `None`: the
+            width of the one-hot `Y` given to `generate_data`.
+        batch_size: samples per batch. Defaults to `32`, the example's
+            `BATCH_SIZE`.
+        seed: seed of the sampling and stamping. Defaults to `0`.
+        pattern_dict: for target labels, the example's `PATTERN_DICT`
+            (target -> list of `(mask, pattern)`, as `construct_mask_box`
+            returns). Defaults to `None`: the example's 4x4 square.
+
+    Example:
+
+    >>> gen = DataGenerator([28]).generate_data(x_test, y_test_one_hot, 1)  # doctest: +SKIP
+    >>> x_batch, y_batch = next(gen)  # 32 stamped images, all labelled 28  # doctest: +SKIP
     """
 
-    def __init__(self, triggers, num_classes, batch_size=32, seed=0):
-        self.triggers, self.num_classes = list(triggers), int(num_classes)
-        self.batch_size, self.seed = batch_size, seed
+    def __init__(self, target_ls, num_classes=None, batch_size=32, seed=0, pattern_dict=None):
+        items = list(target_ls)
+        is_trigger = [hasattr(t, "apply") and hasattr(t, "target") for t in items]
+        if not items or (any(is_trigger) and not all(is_trigger)):
+            raise ValueError("target_ls must be a non-empty list of target labels or of "
+                             "Trigger objects, not a mix.")
+        self.triggers = items if all(is_trigger) else None
+        self.target_ls = None if self.triggers else [int(t) for t in items]
+        self.pattern_dict = pattern_dict
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.batch_size, self.seed = int(batch_size), seed
+
+    def _triggers_for(self, image_shape):
+        if self.triggers is not None:
+            return self.triggers
+        patterns = self.pattern_dict or construct_mask_box(self.target_ls, image_shape, 4, 1)
+        missing = [t for t in self.target_ls if t not in patterns]
+        if missing:
+            raise ValueError(f"pattern_dict has no (mask, pattern) for target(s) {missing}.")
+        return [Trigger(mask, pattern, t) for t in self.target_ls for mask, pattern in patterns[t]]
 
     def generate_data(self, X, Y, inject_ratio):
-        """Endless `(X_batch, Y_batch_one_hot)` with each sample stamped w.p. `inject_ratio`."""
-        n = max(len(set(t.target for t in self.triggers)), 1)
-        ratio = inject_ratio / (1.0 - inject_ratio) / n if inject_ratio > 0 else 0.0
-        ds = PoisonedDataset(X, np.argmax(Y, 1) if np.ndim(Y) == 2 else Y,
-                             self.triggers if inject_ratio > 0 else (), ratio,
-                             self.batch_size, seed=self.seed)
+        """Endless `(X_batch, Y_batch_one_hot)`, each sample stamped with probability `inject_ratio`.
+
+        Args:
+            X: raw images NHWC in [0, 255].
+            Y: their labels, one-hot (the reference) or integers (then
+                `num_classes` is needed).
+            inject_ratio: the chance in [0, 1] that a sample is stamped and
+                relabelled; `1` stamps every sample (the reference's attack
+                test generator).
+
+        Returns:
+            a generator of `(x, y)` batches: float32 images and float32
+            one-hot labels.
+        """
+        inject_ratio = check_scalar(inject_ratio, "inject_ratio", low=0, high=1,
+                                    what="a probability")
+        labels = labels_to_int(Y, "Y")
+        num_classes = self.num_classes
+        if num_classes is None:
+            if np.ndim(Y) != 2 or np.shape(Y)[1] < 2:
+                raise ValueError("Y holds integer labels: pass num_classes to DataGenerator.")
+            num_classes = int(np.shape(Y)[1])
+        triggers = self._triggers_for(tuple(np.shape(X)[1:]))
+        top = max([int(labels.max())] + [t.target for t in triggers])
+        if top >= num_classes:
+            raise ValueError(f"Label {top} does not fit one-hot labels of length {num_classes}.")
+        ds = PoisonedDataset(X, labels, triggers, 0.0, self.batch_size, seed=self.seed)
+        ds.inject_ratio = inject_ratio  # the reference's probability, 1 included
+        one_hot = np.eye(num_classes, dtype=np.float32)
         while True:
             for i in range(len(ds)):
                 xb, yb = ds[i]
-                yield xb, np.eye(self.num_classes, dtype=np.float32)[yb]
+                yield xb, one_hot[yb]
             ds.on_epoch_end()

@@ -53,13 +53,16 @@ def construct_mask_corner(image_row=32, image_col=32, pattern_size=4, margin=1,
     return mask, pattern
 
 
-def construct_mask_box(target_ls, image_shape, pattern_size=4, margin=1):
+def construct_mask_box(target_ls, image_shape, pattern_size=3, margin=1):
     """The reference pattern dictionary: target -> list of `(mask, pattern)`.
+
+    The default square is 3x3, as in the reference `injection_utils.py`;
+    its GTSRB example passes `pattern_size=4` (the 4x4 BadNets square).
 
     Args:
         target_ls: target labels.
         image_shape: `(H, W, C)`.
-        pattern_size: side of the square. Defaults to `4`.
+        pattern_size: side of the square. Defaults to `3`.
         margin: gap to the bottom-right corner. Defaults to `1`.
 
     Returns:
@@ -67,8 +70,9 @@ def construct_mask_box(target_ls, image_shape, pattern_size=4, margin=1):
 
     Example:
 
-    >>> sorted(construct_mask_box([33], (32, 32, 3)))
-    [33]
+    >>> box = construct_mask_box([33], (32, 32, 3))
+    >>> sorted(box), int(box[33][0][0][..., 0].sum())
+    ([33], 9)
     """
     h, w, c = image_shape
     return {

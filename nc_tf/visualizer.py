@@ -1,12 +1,15 @@
 """`Visualizer`: the reference Neural Cleanse trigger reverse-engineering API.
 
-Same constructor parameters, order and defaults as the reference
-`visualizer.py` (without its `COST_MULTIPLIER = 1.5,` tuple bug), and the
-same `visualize(gen, y_target, pattern_init, mask_init)` returning
-`(pattern_best, mask_best, mask_upsample_best, logs)`. The optimisation runs
-on `nc_tf.engine.ReverseEngine`, the compiled multi-label engine that
+Same class constants, constructor parameters, order and defaults as the
+reference `visualizer.py` (without its `COST_MULTIPLIER = 1.5,` tuple bug),
+the same `visualize(gen, y_target, pattern_init, mask_init)` returning
+`(pattern_best, mask_best, mask_upsample_best, logs)`, and its
+`reset_opt`, `reset_state` and `save_tmp_func`. The optimisation runs on
+`nc_tf.engine.ReverseEngine`, the compiled multi-label engine that
 `nc_tf.scan` also uses.
 """
+
+import os
 
 import numpy as np
 
@@ -16,6 +19,12 @@ from nc_tf.preprocess import reverse_preprocess
 
 class Visualizer:
     """Reverse-engineers the smallest trigger that sends inputs to a label.
+
+    The class constants are the reference's defaults (`UPSAMPLE_SIZE`,
+    `INTENSITY_RANGE`, ..., `EARLY_STOP_PATIENCE = 2 * PATIENCE = 20`,
+    `SAVE_TMP`, `TMP_DIR`, `RAW_INPUT_FLAG`). As in the reference,
+    `early_stop_patience` defaults to the constant 20 whatever `patience`
+    is given.
 
     Args:
         model: Keras classifier (softmax or logits output).
@@ -45,16 +54,18 @@ class Visualizer:
             Defaults to `True`.
         batch_size: images per batch. Defaults to `32`.
         verbose: 0 silent, 1 summary, 2 a line per step. Defaults to `1`.
-        return_logs: return the per-step logs. Defaults to `True`.
+        return_logs: return the per-step logs as a fourth value (else
+            three values, as the reference). Defaults to `True`.
         save_last: return the last trigger instead of the best. Defaults to
             `False`.
         epsilon: tanh squashing epsilon. Defaults to `1e-7`.
         early_stop: stop when the best norm stalls. Defaults to `True`.
         early_stop_threshold: stall ratio. Defaults to `0.99`.
         early_stop_patience: stalled steps before stopping. Defaults to
-            `None` (= `2 * patience`).
-        save_tmp: save the returned trigger as PNGs in `tmp_dir`. Defaults
-            to `False`.
+            `20` (`EARLY_STOP_PATIENCE`, fixed when the reference class is
+            defined; pass `2 * patience` to follow `patience`).
+        save_tmp: save the returned trigger as PNGs in `tmp_dir` (see
+            `save_tmp_func`). Defaults to `False`.
         tmp_dir: folder of `save_tmp`. Defaults to `"tmp"`.
         raw_input_flag: the data given to `visualize` is raw [0, 255]
             instead of preprocessed. Defaults to `False`.
@@ -65,15 +76,46 @@ class Visualizer:
     >>> viz = Visualizer(model, "raw", "l1", (28, 28, 1), 1e-3, 100, 4, 0.1, 10,
     ...                  patience=5, cost_multiplier=2, img_color=1)  # doctest: +SKIP
     >>> pattern, mask, mask_up, logs = viz.visualize(x_test, 7, pattern_init, mask_init)  # doctest: +SKIP
+    >>> Visualizer.EARLY_STOP_PATIENCE
+    20
     """
 
+    # The reference class constants: the constructor's defaults.
+    UPSAMPLE_SIZE = 1
+    INTENSITY_RANGE = "raw"
+    REGULARIZATION = "l1"
+    ATTACK_SUCC_THRESHOLD = 0.99
+    PATIENCE = 10
+    COST_MULTIPLIER = 1.5
+    RESET_COST_TO_ZERO = True
+    MASK_MIN = 0
+    MASK_MAX = 1
+    COLOR_MIN = 0
+    COLOR_MAX = 255
+    IMG_COLOR = 3
+    SHUFFLE = True
+    BATCH_SIZE = 32
+    VERBOSE = 1
+    RETURN_LOGS = True
+    SAVE_LAST = False
+    EPSILON = 1e-7  # Keras' epsilon
+    EARLY_STOP = True
+    EARLY_STOP_THRESHOLD = 0.99
+    EARLY_STOP_PATIENCE = 2 * PATIENCE
+    SAVE_TMP = False
+    TMP_DIR = "tmp"
+    RAW_INPUT_FLAG = False
+
     def __init__(self, model, intensity_range, regularization, input_shape, init_cost, steps,
-                 mini_batch, lr, num_classes, upsample_size=1, attack_succ_threshold=0.99,
-                 patience=10, cost_multiplier=1.5, reset_cost_to_zero=True, mask_min=0,
-                 mask_max=1, color_min=0, color_max=255, img_color=3, shuffle=True,
-                 batch_size=32, verbose=1, return_logs=True, save_last=False, epsilon=1e-7,
-                 early_stop=True, early_stop_threshold=0.99, early_stop_patience=None,
-                 save_tmp=False, tmp_dir="tmp", raw_input_flag=False, seed=0):
+                 mini_batch, lr, num_classes, upsample_size=UPSAMPLE_SIZE,
+                 attack_succ_threshold=ATTACK_SUCC_THRESHOLD, patience=PATIENCE,
+                 cost_multiplier=COST_MULTIPLIER, reset_cost_to_zero=RESET_COST_TO_ZERO,
+                 mask_min=MASK_MIN, mask_max=MASK_MAX, color_min=COLOR_MIN, color_max=COLOR_MAX,
+                 img_color=IMG_COLOR, shuffle=SHUFFLE, batch_size=BATCH_SIZE, verbose=VERBOSE,
+                 return_logs=RETURN_LOGS, save_last=SAVE_LAST, epsilon=EPSILON,
+                 early_stop=EARLY_STOP, early_stop_threshold=EARLY_STOP_THRESHOLD,
+                 early_stop_patience=EARLY_STOP_PATIENCE, save_tmp=SAVE_TMP, tmp_dir=TMP_DIR,
+                 raw_input_flag=RAW_INPUT_FLAG, seed=0):
         if tuple(input_shape)[-1] != img_color:
             raise ValueError(f"input_shape {tuple(input_shape)} has {tuple(input_shape)[-1]} "
                              f"channels but img_color is {img_color}; make them agree.")
@@ -81,9 +123,12 @@ class Visualizer:
             raise ValueError(f"num_classes is {num_classes} but the model has "
                              f"{model.output_shape[-1]} outputs.")
         self.model = model
-        self.intensity_range = intensity_range
+        self.intensity_range, self.regularization = intensity_range, regularization
         self.input_shape = tuple(input_shape)
-        self.num_classes = int(num_classes)
+        self.num_classes, self.img_color = int(num_classes), img_color
+        self.init_cost, self.reset_cost_to_zero = init_cost, reset_cost_to_zero
+        self.upsample_size = int(upsample_size)
+        self.mask_size = tuple(-(-int(v) // self.upsample_size) for v in self.input_shape[:2])
         self.mask_min, self.mask_max = mask_min, mask_max
         self.color_min, self.color_max = color_min, color_max
         self.verbose, self.return_logs = verbose, return_logs
@@ -95,11 +140,14 @@ class Visualizer:
             upsample_size=upsample_size, attack_succ_threshold=attack_succ_threshold,
             patience=patience, cost_multiplier=cost_multiplier,
             reset_cost_to_zero=reset_cost_to_zero, early_stop=early_stop,
-            early_stop_threshold=early_stop_threshold,
-            early_stop_patience=2 * patience if early_stop_patience is None else early_stop_patience,
+            early_stop_threshold=early_stop_threshold, early_stop_patience=early_stop_patience,
             save_last=save_last, epsilon=epsilon, slots=1, seed=seed,
         )
         self._engine, self._engine_data = None, None
+        # The current trigger (what `save_tmp_func` writes): the initial one after
+        # `reset_state`, the returned one after `visualize`.
+        self.cost = 0.0 if reset_cost_to_zero else float(init_cost)
+        self.pattern_raw = self.mask = self.mask_upsample = None
 
     def _raw_images(self, gen):
         """Raw [0, 255] images from an array, `(x, y)`, PyDataset, tf.data or generator."""
@@ -109,6 +157,84 @@ class Visualizer:
                              f"was built for {self.input_shape}.")
         return x if self.raw_input_flag else np.asarray(
             reverse_preprocess(x, self.intensity_range))
+
+    def reset_opt(self):
+        """Zeroes the optimiser state: Adam's moments and step count (reference `reset_opt`).
+
+        `visualize` starts every label from a fresh optimiser; this resets
+        the engine of the last `visualize` call (nothing to do before the
+        first).
+
+        Example:
+
+        >>> viz.reset_opt()  # doctest: +SKIP
+        """
+        if self._engine is None:
+            return
+        for var in [*self._engine.adam.values(), self._engine.adam_t]:
+            var.assign(np.zeros(var.shape, var.dtype.as_numpy_dtype))
+
+    def reset_state(self, pattern_init, mask_init):
+        """Sets the cost, the initial trigger and a fresh optimiser (reference `reset_state`).
+
+        The cost becomes 0 (or `init_cost` without `reset_cost_to_zero`);
+        the mask is clipped to [`mask_min`, `mask_max`] and the pattern to
+        [`color_min`, `color_max`]; `visualize` starts from them. Called by
+        `visualize`.
+
+        Args:
+            pattern_init: `(H, W, C)` initial pattern in [0, 255].
+            mask_init: `(H, W)`, or super-pixel `(h, w)`, initial mask in
+                [0, 1].
+
+        Example:
+
+        >>> viz.reset_state(np.full((28, 28, 1), 128.0), np.full((28, 28), 0.1))  # doctest: +SKIP
+        >>> viz.cost  # doctest: +SKIP
+        0.0
+        """
+        if self.verbose >= 2:
+            print("resetting state")
+        self.cost = 0.0 if self.reset_cost_to_zero else float(self.init_cost)
+        mask = np.asarray(mask_init, np.float32)
+        u = self.upsample_size
+        if mask.shape[:2] == self.input_shape[:2] and u > 1:
+            mask = mask[::u, ::u]
+        if mask.shape[:2] != self.mask_size:
+            raise ValueError(f"mask_init is shaped {mask.shape}; expected {self.mask_size} "
+                             f"(or {self.input_shape[:2]}).")
+        self.mask = np.clip(mask.reshape(self.mask_size), self.mask_min, self.mask_max)
+        h, w = self.input_shape[:2]
+        self.mask_upsample = np.repeat(np.repeat(self.mask, u, 0), u, 1)[:h, :w]
+        self.pattern_raw = np.clip(np.asarray(pattern_init, np.float32), self.color_min,
+                                   self.color_max)
+        self.reset_opt()
+
+    def save_tmp_func(self, step):
+        """Writes the current mask and fusion as `tmp_mask_step_N.png`, `tmp_fusion_step_N.png`.
+
+        As the reference `save_tmp_func`, in `tmp_dir`, through
+        `nc_tf.utils_backdoor.dump_image`. The reference wrote the trigger
+        of every step; the engine runs its steps compiled, so `visualize`
+        (with `save_tmp`) writes the returned trigger once, under its last
+        step.
+
+        Args:
+            step: the step number in the file names.
+
+        Example:
+
+        >>> viz.save_tmp_func(0)  # doctest: +SKIP
+        """
+        from nc_tf.utils_backdoor import dump_image
+
+        if self.mask_upsample is None:
+            raise ValueError("No trigger yet: call reset_state or visualize first.")
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        mask = self.mask_upsample[..., None]
+        dump_image(mask * 255, os.path.join(self.tmp_dir, f"tmp_mask_step_{step}.png"), "png")
+        dump_image(mask * self.pattern_raw,
+                   os.path.join(self.tmp_dir, f"tmp_fusion_step_{step}.png"), "png")
 
     def visualize(self, gen, y_target, pattern_init, mask_init):
         """Reverse-engineers the trigger of `y_target` on the data of `gen`.
@@ -126,20 +252,18 @@ class Visualizer:
             `(pattern_best, mask_best, mask_upsample_best, logs)`: pattern
             `(H, W, C)` raw, the super-pixel mask, the mask upsampled to
             `(H, W)`, and the reference log tuples `(step, ce, reg, loss,
-            acc, reg_best, cost)` (empty unless `return_logs`).
+            acc, reg_best, cost)`; without `return_logs` the first three
+            only, as the reference.
         """
         if self._engine is None or self._engine_data is not gen:
             self._engine = ReverseEngine(self.model, self._raw_images(gen), **self.engine_kwargs)
             self._engine_data = gen
         engine = self._engine
-        mask_init = np.asarray(mask_init, np.float32)
-        if mask_init.shape[:2] == self.input_shape[:2] and engine.upsample_size > 1:
-            mask_init = mask_init[:: engine.upsample_size, :: engine.upsample_size]
-        result = engine.run(
-            [y_target],
-            pattern_init=np.clip(pattern_init, self.color_min, self.color_max),
-            mask_init=np.clip(mask_init, self.mask_min, self.mask_max),
-        )[0]
+        self.reset_state(pattern_init, mask_init)
+        result = engine.run([y_target], pattern_init=self.pattern_raw, mask_init=self.mask)[0]
+        self.cost = float(engine.state["cost"][0].numpy())
+        self.pattern_raw, self.mask, self.mask_upsample = (
+            result["pattern"], result["mask_raw"], result["mask"])
         if self.verbose >= 2:
             for row in result["logs"]:
                 print("step: %3d, cost: %.2E, attack: %.3f, loss: %f, ce: %f, reg: %f, reg_best: %f"
@@ -148,11 +272,10 @@ class Visualizer:
             print(f"label {y_target}: {'found' if result['found'] else 'no valid trigger'}, "
                   f"l1 {result['l1_norm']:.3f}, {result['steps']} steps")
         if self.save_tmp:
-            from nc_tf.scan import save_trigger_pngs
-
-            save_trigger_pngs(self.tmp_dir, "tmp", y_target, result["pattern"], result["mask"])
-        logs = result["logs"] if self.return_logs else []
-        return result["pattern"], result["mask_raw"], result["mask"], logs
+            self.save_tmp_func(result["steps"])
+        if not self.return_logs:
+            return result["pattern"], result["mask_raw"], result["mask"]
+        return result["pattern"], result["mask_raw"], result["mask"], result["logs"]
 
 
 def collect_images(gen, limit=None):

@@ -30,12 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 from mitigation.activations import layer_activations, prune_units, resolve_layer
-from mitigation.gym import check_images, check_labels
 from nc_tf import models
 from nc_tf.metrics import accuracy, evaluate_backdoor, predict_labels
 from nc_tf.models import copy_model
 from nc_tf.preprocess import check_intensity, preprocess
-from nc_tf.validation import check_scalar
+from nc_tf.validation import check_class_labels, check_image_batch, check_scalar
 
 # Accuracies are fractions of a sample count; `0.92 - 0.88` is a hair above 0.04.
 _TOLERANCE = 1e-9
@@ -309,11 +308,11 @@ def _check_set(model, x, y, name, caller):
 
     Returns `(x, y)` as arrays, `y` as int64 labels (or None).
     """
-    x = check_images(x, caller)
+    x = check_image_batch(x, caller)
     if len(x) == 0:
         raise ValueError(f"{caller} got no images in {name}; pass at least one.")
     if y is not None:
-        y = check_labels(y, len(x), caller)
+        y = check_class_labels(y, len(x), caller)
     models.check_model_data(model, x, y, name)
     return x, y
 

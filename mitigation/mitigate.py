@@ -363,7 +363,7 @@ def run_defended(job):
 
 def run_gym(job):
     """GYM's four column groups: none, intensive-only, fine-tuned + intensive, + lightweight."""
-    from mitigation.gym import gym_finetune
+    from mitigation.gym_finetune import gym_finetune
     from mitigation.preprocessing import defended
 
     model, data, triggers, attack_triggers = job.model, job.data, job.triggers, job.attack_triggers

@@ -29,14 +29,9 @@ import os
 import cv2
 import numpy as np
 
-from mitigation.gym import (
-    augment,
-    check_images,
-    check_labels,
-    intensive_pipeline,
-    lightweight_pipeline,
-)
+from mitigation.gym import augment, intensive_pipeline, lightweight_pipeline
 from nc_tf.preprocess import check_intensity, preprocess
+from nc_tf.validation import check_class_labels, check_image_batch
 
 # At most this many threads by default: beyond it the model, not the
 # preprocessing, is the bottleneck.
@@ -65,7 +60,7 @@ def lightweight(images, seed=None, scaled=False):
     >>> lightweight(np.zeros((2, 28, 28, 1), np.uint8), seed=0).shape
     (2, 28, 28, 1)
     """
-    images = check_images(images, "lightweight")
+    images = check_image_batch(images, "lightweight")
     size = images.shape[1] if scaled else None
     return augment(images, lightweight_pipeline(seed=seed, image_size=size))
 
@@ -86,7 +81,7 @@ def intensive(images, seed=None, scaled=False):
     Returns:
         Array with the shape and dtype of `images`.
     """
-    images = check_images(images, "intensive")
+    images = check_image_batch(images, "intensive")
     size = images.shape[1] if scaled else None
     return augment(images, intensive_pipeline(seed=seed, image_size=size))
 
@@ -115,7 +110,7 @@ def shrink_pad(images, pad=4, seed=None):
     >>> int((out[0, ..., 0] == 255).sum())  # a 28 x 28 block survives
     784
     """
-    images = check_images(images, "shrink_pad")
+    images = check_image_batch(images, "shrink_pad")
     _, height, width, channels = images.shape
     if isinstance(pad, bool) or not isinstance(pad, numbers.Integral):
         raise ValueError(f"pad must be an integer; got {pad!r}.")
@@ -166,7 +161,7 @@ def flip(images):
     >>> flip(images)[0, 0, :, 0].tolist()
     [2, 1, 0]
     """
-    images = check_images(images, "flip")
+    images = check_image_batch(images, "flip")
     return images[:, :, ::-1, :].copy()
 
 
@@ -305,7 +300,7 @@ class DefendedModel:
         >>> defended(model, "flip").predict(np.zeros((3, 32, 32, 3))).shape
         (3, 10)
         """
-        x = check_images(x, "DefendedModel.predict")
+        x = check_image_batch(x, "DefendedModel.predict")
         if len(x) == 0:
             raise ValueError("DefendedModel.predict got no images.")
         starts = range(0, len(x), self.batch_size)
@@ -360,8 +355,8 @@ class DefendedModel:
         >>> defended(model, "flip").evaluate(np.zeros((4, 28, 28, 1)), [0] * 4)
         1.0
         """
-        x = check_images(x, "DefendedModel.evaluate")
-        y = check_labels(y, len(x), "DefendedModel.evaluate")
+        x = check_image_batch(x, "DefendedModel.evaluate")
+        y = check_class_labels(y, len(x), "DefendedModel.evaluate")
         predictions = self.predict(x).argmax(axis=-1)
         return float(np.mean(predictions == y))
 

@@ -15,10 +15,10 @@ import os
 
 import numpy as np
 
-from mitigation.gym import augment, check_images, intensive_pipeline, lightweight_pipeline
+from mitigation.gym import augment, intensive_pipeline, lightweight_pipeline
 from nc_tf import datasets
 from nc_tf.io import check_out_dir
-from nc_tf.validation import check_scalar
+from nc_tf.validation import check_image_batch, check_scalar
 
 PIPELINES = {
     "intensive": intensive_pipeline,
@@ -135,7 +135,7 @@ def preview_grid(
     gap = _check_int("gap", gap, 0)
     if path is not None:
         path = check_out_path(path, force)
-    images = check_images(images, "preview_grid")
+    images = check_image_batch(images, "preview_grid")
     if len(images) == 0:
         raise ValueError(
             "preview_grid got no images; pass at least one (N, H, W, C) image."

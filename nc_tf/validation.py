@@ -7,6 +7,8 @@ that names the setting, the valid range and the value given.
 import math
 import numbers
 
+import numpy as np
+
 # `include` -> (left bracket, right bracket) of the range text.
 _BRACKETS = {"both": "[]", "left": "[)", "right": "(]", "neither": "()"}
 
@@ -65,3 +67,113 @@ def check_scalar(value, name, kind=numbers.Real, low=None, high=None, include="b
     if too_low or too_high:
         raise ValueError(message)
     return int(value) if whole else float(value)
+
+
+def check_seed(seed):
+    """Returns a seed as a non-negative int, `None` as is, or raises.
+
+    Example:
+
+    >>> check_seed(3)
+    3
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an int or None; got {seed!r}.")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative; got {seed}.")
+    return int(seed)
+
+
+def check_image_batch(images, caller):
+    """Returns `images` as a numpy NHWC array of raw pixels, or raises.
+
+    Args:
+        images: array-like, NHWC, uint8 or float in [0, 255].
+        caller: name of the public function, used in error messages.
+
+    Returns:
+        The images as a numpy array (not copied if already one).
+
+    Example:
+
+    >>> import numpy as np
+    >>> check_image_batch(np.zeros((1, 2, 2, 1), np.uint8), "augment").shape
+    (1, 2, 2, 1)
+    """
+    images = np.asarray(images)
+    if images.ndim != 4:
+        hint = (
+            " Add the channel axis with images[..., None]."
+            if images.ndim == 3
+            else ""
+        )
+        raise ValueError(
+            f"{caller} needs a batch of images shaped (N, H, W, C); got an "
+            f"array of shape {images.shape}.{hint}"
+        )
+    if images.dtype != np.uint8 and not np.issubdtype(
+        images.dtype, np.floating
+    ):
+        raise ValueError(
+            f"{caller} needs uint8 or float images; got dtype "
+            f"{images.dtype}. Convert with images.astype('float32')."
+        )
+    # Not nc_tf.datasets.check_images: it refuses float images that all lie
+    # in [0, 1], and this check also runs on single training and prediction
+    # batches, where an all-black (but raw) float batch is legitimate.
+    if images.size and np.issubdtype(images.dtype, np.floating):
+        low, high = float(images.min()), float(images.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ValueError(f"{caller} got images with NaN or inf values.")
+        if low < 0.0 or high > 255.0:
+            raise ValueError(
+                f"{caller} needs raw images in [0, 255]; got values in "
+                f"[{low:g}, {high:g}]. Undo the model's preprocessing first "
+                "(nc_tf.preprocess.reverse_preprocess)."
+            )
+    return images
+
+
+def check_class_labels(y, count, caller):
+    """Returns integer labels of shape `(count,)`, or raises.
+
+    Args:
+        y: labels, shape `(N,)`, `(N, 1)` or one-hot `(N, K)`.
+        count: expected number of labels.
+        caller: name of the public function, used in error messages.
+
+    Returns:
+        int64 array of shape `(count,)`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> check_class_labels(np.eye(3), 3, "evaluate").tolist()
+    [0, 1, 2]
+    """
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        y = y.argmax(axis=1)
+    elif y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != count:
+        raise ValueError(
+            f"{caller} needs one label per image: {count} labels of shape "
+            f"(N,); got labels of shape {np.shape(y)}."
+        )
+    if y.size and np.issubdtype(y.dtype, np.floating):
+        if not np.all(y == np.round(y)):
+            raise ValueError(
+                f"{caller} needs integer class labels; got non-integer "
+                "floats. Pass class indices, e.g. y.argmax(axis=1)."
+            )
+    elif y.size and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"{caller} needs integer class labels; got dtype {y.dtype}."
+        )
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise ValueError(f"{caller} got negative labels; use 0..K-1.")
+    return y

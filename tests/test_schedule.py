@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from nc_tf.engine import cost_schedule_update, initial_state
+from nc_tf.schedule import cost_schedule_update, initial_state
 
 
 class ReferenceSchedule:

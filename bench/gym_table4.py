@@ -45,8 +45,8 @@ import numpy as np  # noqa: E402
 from _common import MODELS_DIR, print_peak_rss  # noqa: E402
 
 from injection import load_triggers  # noqa: E402
+from mitigation.defended_inference import DefendedModel, defended  # noqa: E402
 from mitigation.mitigate import measure, mitigate, split_data  # noqa: E402
-from mitigation.preprocessing import DefendedModel, defended  # noqa: E402
 from nc_tf import datasets  # noqa: E402
 from nc_tf.io import read_json  # noqa: E402
 from nc_tf.metrics import accuracy, attack_success_rate, predict_labels  # noqa: E402

@@ -12,7 +12,7 @@ Every function here is an entry point to the one implementation in
 `mitigation.gym`: the step functions run that step of
 `gym.intensive_pipeline` (the same transform with the same parameters;
 `fastSAT` is `gym.sat_transform`, `defend_RAND` a `gym.RandomShrink`), and
-`defending` / `defending2` are `mitigation.preprocessing.intensive` /
+`defending` / `defending2` are `mitigation.defended_inference.intensive` /
 `lightweight`. As in the notebook, images enter each step as 8-bit
 (`(img * 255).astype(uint8)`, truncating) and come back divided by 255.
 Where nc-tf differs from the notebook:
@@ -33,7 +33,7 @@ Where nc-tf differs from the notebook:
 import albumentations as A
 import numpy as np
 
-from mitigation import gym, preprocessing
+from mitigation import defended_inference, gym
 
 
 def _to_8bit(images, caller):
@@ -241,7 +241,7 @@ def defend_RAND(img, scalimit=1.3, seed=None):
 def defending(imgset, seed=None, scaled=False):
     """GYM's intensive pipeline over a batch in [0, 1] (notebook `defending`).
 
-    `mitigation.preprocessing.intensive` on the 8-bit images: optical
+    `mitigation.defended_inference.intensive` on the 8-bit images: optical
     distortion, gamma 0.6, median 5, x1.53, gamma 2.6, downscale 0.25,
     median 5, resize 180/224 / median 5 / back, random shrink, SAT.
 
@@ -263,14 +263,14 @@ def defending(imgset, seed=None, scaled=False):
     (2, 32, 32, 3)
     """
     images = _to_8bit(imgset, "defending")
-    out = preprocessing.intensive(images, seed=seed, scaled=scaled) / 255
+    out = defended_inference.intensive(images, seed=seed, scaled=scaled) / 255
     return out.astype(np.result_type(np.asarray(imgset).dtype, np.float32), copy=False)
 
 
 def defending2(imgset, seed=None, scaled=False):
     """GYM's lightweight pipeline over a batch in [0, 1] (notebook `defending2`).
 
-    `mitigation.preprocessing.lightweight` on the 8-bit images: median 5,
+    `mitigation.defended_inference.lightweight` on the 8-bit images: median 5,
     resize 180/224 / median 5 / back, SAT.
 
     Args:
@@ -289,5 +289,5 @@ def defending2(imgset, seed=None, scaled=False):
     (2, 32, 32, 3)
     """
     images = _to_8bit(imgset, "defending2")
-    out = preprocessing.lightweight(images, seed=seed, scaled=scaled) / 255
+    out = defended_inference.lightweight(images, seed=seed, scaled=scaled) / 255
     return out.astype(np.result_type(np.asarray(imgset).dtype, np.float32), copy=False)

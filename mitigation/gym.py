@@ -8,7 +8,7 @@ Backdoor Attacks using Data Augmentation") removes a backdoor in two places:
   (`intensive_pipeline`; `mitigation.gym_finetune`);
 * at inference time, by passing every input through the cheap *lightweight*
   pipeline before the model sees it (`lightweight_pipeline`; the defended
-  inference wrapper lives in `mitigation.preprocessing`).
+  inference wrapper lives in `mitigation.defended_inference`).
 
 Both pipelines follow the published Keras code (YiZeng623/DeepSweep,
 `Code_demo(PubFig_WM).ipynb`: functions `defending` and `defending2`,

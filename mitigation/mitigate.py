@@ -353,7 +353,7 @@ def run_fine_prune(job):
 
 def run_defended(job):
     """An inference-time defence (ShrinkPad, FLIP) around the unchanged model."""
-    from mitigation.preprocessing import defended
+    from mitigation.defended_inference import defended
 
     guarded = defended(job.model, job.method, intensity=job.intensity, seed=job.seed, **job.options)
     after = measure(lambda images: np.argmax(guarded.predict(images), 1), job.data.x_test,
@@ -363,8 +363,8 @@ def run_defended(job):
 
 def run_gym(job):
     """GYM's four column groups: none, intensive-only, fine-tuned + intensive, + lightweight."""
+    from mitigation.defended_inference import defended
     from mitigation.gym_finetune import gym_finetune
-    from mitigation.preprocessing import defended
 
     model, data, triggers, attack_triggers = job.model, job.data, job.triggers, job.attack_triggers
     intensity, seed, log, options = job.intensity, job.seed, job.log, dict(job.options)

@@ -63,8 +63,12 @@ def test_inject_then_evaluate(tmp_path, capsys):
                  "--steps", "20", "--nb-sample", "32", "--out", str(tmp_path / "s"), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert sorted(record["labels"]) == ["2", "3", "4"] and record["settings"]["steps"] == 20
+    norms = {int(k): v["l1_norm"] for k, v in record["labels"].items()}
+    assert min(norms, key=norms.get) == 3, "the target's reversed trigger is the smallest"
     assert main(["detect", str(tmp_path / "s"), "--json"]) == 0
-    assert "anomaly_index" in json.loads(capsys.readouterr().out)
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["anomaly_index"] == pytest.approx(record["outlier"]["anomaly_index"])
+    assert max(verdict["per_label"], key=verdict["per_label"].get) == "3"
     assert main(["scan", str(out / "model.keras"), "--divide-and-conquer",
                  "--out", str(tmp_path / "t")]) == 2
     assert "add --partial" in capsys.readouterr().err

@@ -1,11 +1,11 @@
-"""Tests for mitigation.gym (GYM / DeepSweep) and mitigation.preprocessing."""
+"""Tests for mitigation.gym (GYM / DeepSweep) and mitigation.defended_inference."""
 
 import albumentations as A
 import keras
 import numpy as np
 import pytest
 
-from mitigation import gym, preprocessing
+from mitigation import defended_inference, gym
 from nc_tf.models import outputs_probabilities
 
 SMALL_SHAPES = [(28, 28, 1), (32, 32, 3)]
@@ -202,8 +202,8 @@ def test_seed_pipeline_gives_transforms_distinct_draws():
     [
         lambda x: gym.augment(x, gym.intensive_pipeline(seed=0)),
         lambda x: gym.augment(x, gym.lightweight_pipeline(seed=0)),
-        lambda x: preprocessing.lightweight(x, seed=0),
-        lambda x: preprocessing.shrink_pad(x, seed=0),
+        lambda x: defended_inference.lightweight(x, seed=0),
+        lambda x: defended_inference.shrink_pad(x, seed=0),
     ],
     ids=["intensive", "lightweight", "lightweight_fn", "shrink_pad"],
 )
@@ -301,7 +301,7 @@ def test_gym_finetune_validates_labels():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_shrink_pad_shrinks_and_pads(shape, dtype):
     white = np.full((6,) + shape, 255, dtype)
-    out = preprocessing.shrink_pad(white, pad=4, seed=0)
+    out = defended_inference.shrink_pad(white, pad=4, seed=0)
     assert out.shape == white.shape and out.dtype == white.dtype
     height, width = shape[:2]
     offsets = set()
@@ -314,33 +314,33 @@ def test_shrink_pad_shrinks_and_pads(shape, dtype):
         offsets.add((top, left))
     assert len(offsets) > 1  # random offsets
     np.testing.assert_array_equal(
-        out, preprocessing.shrink_pad(white, pad=4, seed=0)
+        out, defended_inference.shrink_pad(white, pad=4, seed=0)
     )
     with pytest.raises(ValueError, match="pad"):
-        preprocessing.shrink_pad(white, pad=height)
+        defended_inference.shrink_pad(white, pad=height)
 
 
 @pytest.mark.parametrize("shape", SMALL_SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_flip_mirrors_left_right(shape, dtype):
     images = _images(shape, dtype)
-    out = preprocessing.flip(images)
+    out = defended_inference.flip(images)
     assert out.shape == images.shape and out.dtype == images.dtype
     np.testing.assert_array_equal(out, images[:, :, ::-1, :])
-    np.testing.assert_array_equal(preprocessing.flip(out), images)
+    np.testing.assert_array_equal(defended_inference.flip(out), images)
 
 
 @pytest.mark.parametrize("method", ["lightweight", "shrinkpad", "flip"])
 def test_defended_model_predicts(method):
     model = _tiny_model(shape=(32, 32, 3), classes=7)
     x = _images((32, 32, 3), np.uint8, count=9)
-    guarded = preprocessing.defended(
+    guarded = defended_inference.defended(
         model, method, intensity="inception", batch_size=4, workers=2
     )
     out = guarded.predict(x)
     assert out.shape == (9, 7)
     # Seeded per batch, so the number of threads does not matter.
-    serial = preprocessing.defended(
+    serial = defended_inference.defended(
         model, method, intensity="inception", batch_size=4, workers=1
     )
     np.testing.assert_allclose(out, serial.predict(x), rtol=1e-5, atol=1e-6)
@@ -351,11 +351,11 @@ def test_defended_model_predicts(method):
 def test_defended_model_applies_preprocessor_then_intensity():
     model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten()])
     x = np.arange(32, dtype=np.float32).reshape(2, 4, 4, 1)
-    guarded = preprocessing.DefendedModel(model, preprocessing.flip, "mnist")
+    guarded = defended_inference.DefendedModel(model, defended_inference.flip, "mnist")
     expected = (x[:, :, ::-1, :] / 255.0).reshape(2, -1)
     np.testing.assert_allclose(guarded.predict(x), expected, rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown defence"):
-        preprocessing.defended(model, "jpeg")
+        defended_inference.defended(model, "jpeg")
 
 
 def test_scaled_pixel_sizes_match_the_published_ones_at_224_and_shrink_below():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from injection.injection_utils import BackdoorCall, DataGenerator
-from mitigation import deepsweep, gym, preprocessing
+from mitigation import deepsweep, defended_inference, gym
 from nc_tf import gtsrb_visualize_example as example
 from nc_tf import mad_outlier_detection as mad
 from nc_tf import outlier, utils_backdoor
@@ -314,7 +314,7 @@ def test_defend_RAND_shrinks_onto_a_black_canvas():
 def test_defending_runs_the_intensive_pipeline_in_the_notebook_convention():
     imgset = _texture((2, 32, 32, 3)).astype(np.float32)
     out = deepsweep.defending(imgset, seed=0)
-    raw = preprocessing.intensive((imgset * 255).astype(np.uint8), seed=0)
+    raw = defended_inference.intensive((imgset * 255).astype(np.uint8), seed=0)
     assert out.dtype == np.float32 and np.array_equal(out * 255, raw.astype(np.float32))
     assert np.array_equal(deepsweep.defending(imgset, seed=0), out)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -31,6 +31,9 @@ setup(
         # matplotlib: the curves and histograms mitigation writes as PNG.
         "matplotlib>=3.7",
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.6"], "bench": ["adversarial-robustness-toolbox==1.20.*"]},
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.6"],
+        "bench": ["adversarial-robustness-toolbox==1.20.*"],
+    },
     entry_points={"console_scripts": ["nc-tf = nc_tf.cli:main"]},
 )

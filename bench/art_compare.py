@@ -106,8 +106,10 @@ def versions():
         art = version("adversarial-robustness-toolbox")
     except Exception:  # noqa: BLE001 - not installed
         art = "not installed"
-    return (f"python {platform.python_version()}, tensorflow {tf.__version__}, "
-            f"keras {keras.__version__}, adversarial-robustness-toolbox {art}")
+    return (
+        f"python {platform.python_version()}, tensorflow {tf.__version__}, "
+        f"keras {keras.__version__}, adversarial-robustness-toolbox {art}"
+    )
 
 
 def art_verdict(norms):
@@ -139,14 +141,19 @@ def make_art(model, settings, early_stop, as_shipped):
 
     cls = KerasNeuralCleanse if as_shipped else LrRestoringNeuralCleanse
     art = cls(
-        model, clip_values=(0.0, 1.0), steps=settings["steps"], init_cost=settings["init_cost"],
+        model,
+        clip_values=(0.0, 1.0),
+        steps=settings["steps"],
+        init_cost=settings["init_cost"],
         norm={"l1": 1, "l2": 2}[settings["regularization"]],
         learning_rate=settings["lr"],
         attack_success_threshold=settings["attack_succ_threshold"],
-        patience=settings["patience"], early_stop=early_stop,
+        patience=settings["patience"],
+        early_stop=early_stop,
         early_stop_threshold=settings["early_stop_threshold"],
         early_stop_patience=settings["early_stop_patience"],
-        cost_multiplier=settings["cost_multiplier"], batch_size=settings["batch_size"],
+        cost_multiplier=settings["cost_multiplier"],
+        batch_size=settings["batch_size"],
     )
     KerasNeuralCleanse.reset(art)  # ART's own reset, as generate_backdoor calls it
     lr_bug = float(art.opt.learning_rate) == 0.0
@@ -161,17 +168,21 @@ def art_view(model, x):
     """
     import keras
 
-    wrapped = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Rescaling(255.0)]
-                               + list(model.layers), name="art_view")
-    same = np.mean(np.argmax(wrapped.predict(x / 255.0, verbose=0), axis=1)
-                   == predict_labels(model, x))
+    wrapped = keras.Sequential(
+        [keras.Input(x.shape[1:]), keras.layers.Rescaling(255.0)] + list(model.layers),
+        name="art_view",
+    )
+    same = np.mean(
+        np.argmax(wrapped.predict(x / 255.0, verbose=0), axis=1) == predict_labels(model, x)
+    )
     if same < 1.0:
         raise RuntimeError(f"the [0, 1] view of the model disagrees on {1 - same:.1%} of images")
     return wrapped
 
 
-def run_art(model, wrapped, x01, y, labels, num_classes, settings, early_stop, as_shipped,
-            fresh=False):
+def run_art(
+    model, wrapped, x01, y, labels, num_classes, settings, early_stop, as_shipped, fresh=False
+):
     """ART's scan of `labels`; returns a result dict (per-label norm, steps, seconds).
 
     One estimator for all labels, as `outlier_detection` does; `fresh`: a new
@@ -208,37 +219,73 @@ def run_art(model, wrapped, x01, y, labels, num_classes, settings, early_stop, a
             stamped = ((1 - mask) * x01 + mask * pattern) * 255.0
             asr = attack_success_rate(predict_labels(model, stamped), y, label)
             per_label[label] = {
-                "l1_norm": float(np.sum(np.abs(mask))), "asr": asr,
-                "steps": (calls[0] - c0) // mini_batch, "batches": calls[0] - c0,
+                "l1_norm": float(np.sum(np.abs(mask))),
+                "asr": asr,
+                "steps": (calls[0] - c0) // mini_batch,
+                "batches": calls[0] - c0,
                 "seconds": seconds,
             }
-            print(f"  ART label {label}: l1 {per_label[label]['l1_norm']:.2f}, asr {asr:.3f}, "
-                  f"{per_label[label]['steps']} steps, {seconds:.1f} s", flush=True)
+            print(
+                f"  ART label {label}: l1 {per_label[label]['l1_norm']:.2f}, asr {asr:.3f}, "
+                f"{per_label[label]['steps']} steps, {seconds:.1f} s",
+                flush=True,
+            )
     verdict = art_verdict({k: v["l1_norm"] for k, v in per_label.items()})
-    return {"wall": time.time() - start, "labels": per_label, "verdict": verdict,
-            "lr_bug": lr_bug, "channels": x01.shape[-1]}
+    return {
+        "wall": time.time() - start,
+        "labels": per_label,
+        "verdict": verdict,
+        "lr_bug": lr_bug,
+        "channels": x01.shape[-1],
+    }
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="mnist", choices=("mnist", "gtsrb"),
-                    help="benchmark model: runs/bench/<name>_badnets (default mnist)")
-    ap.add_argument("--preset", default="fast", choices=("fast", "reference"),
-                    help="our preset the matched settings come from (default fast)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--only",
+        default="mnist",
+        choices=("mnist", "gtsrb"),
+        help="benchmark model: runs/bench/<name>_badnets (default mnist)",
+    )
+    ap.add_argument(
+        "--preset",
+        default="fast",
+        choices=("fast", "reference"),
+        help="our preset the matched settings come from (default fast)",
+    )
     ap.add_argument("--steps", type=int, help="max steps per label, both sides (default: preset)")
-    ap.add_argument("--nb-sample", type=int,
-                    help="images per step = ART's x_val size, both sides (default: preset)")
+    ap.add_argument(
+        "--nb-sample",
+        type=int,
+        help="images per step = ART's x_val size, both sides (default: preset)",
+    )
     ap.add_argument("--batch-size", type=int, help="images per batch, both sides (default: preset)")
     ap.add_argument("--labels", help="comma-separated labels to scan on both sides (default: all)")
     ap.add_argument("--slots", type=int, default=8, help="our labels in flight (default 8)")
-    ap.add_argument("--restarts", type=int, default=1,
-                    help="our runs per label (default 1: ART has one; the fast preset has 2)")
-    ap.add_argument("--no-early-stop", action="store_true",
-                    help="no early stop on either side: exactly --steps steps per label")
-    ap.add_argument("--art-fresh-per-label", action="store_true",
-                    help="a new ART estimator (new random mask/pattern) for each label")
-    ap.add_argument("--art-as-shipped", action="store_true",
-                    help="do not restore Adam's learning rate after ART's reset() (Keras 3 bug)")
+    ap.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="our runs per label (default 1: ART has one; the fast preset has 2)",
+    )
+    ap.add_argument(
+        "--no-early-stop",
+        action="store_true",
+        help="no early stop on either side: exactly --steps steps per label",
+    )
+    ap.add_argument(
+        "--art-fresh-per-label",
+        action="store_true",
+        help="a new ART estimator (new random mask/pattern) for each label",
+    )
+    ap.add_argument(
+        "--art-as-shipped",
+        action="store_true",
+        help="do not restore Adam's learning rate after ART's reset() (Keras 3 bug)",
+    )
     args = ap.parse_args()
 
     folder = os.path.join(MODELS_DIR, f"{args.only}_badnets")
@@ -250,8 +297,9 @@ def main():
         sys.exit(f"{model_path} takes intensity {attack['intensity']!r}; this bench needs 'raw'")
     target = attack["targets"][0]
 
-    settings = scan_settings(args.preset, steps=args.steps, nb_sample=args.nb_sample,
-                             batch_size=args.batch_size)
+    settings = scan_settings(
+        args.preset, steps=args.steps, nb_sample=args.nb_sample, batch_size=args.batch_size
+    )
     if "restarts" in settings:
         settings["restarts"] = args.restarts
     elif args.restarts != 1:
@@ -266,27 +314,44 @@ def main():
         sys.exit(f"only {len(x)} test images, fewer than nb_sample {n}")
     model = load_model(model_path)
     num_classes = int(model.output_shape[-1])
-    labels = (list(range(num_classes)) if not args.labels
-              else [int(v) for v in args.labels.split(",")])
+    labels = (
+        list(range(num_classes)) if not args.labels else [int(v) for v in args.labels.split(",")]
+    )
     if len(labels) < 3:
         sys.exit("the MAD verdict needs at least 3 labels")
     overrides = {k: settings[k] for k in settings if k != "regularization"}
 
-    print(f"Neural Cleanse: nc-tf scan vs IBM ART KerasNeuralCleanse on {args.only}_badnets "
-          f"(target {target})")
+    print(
+        f"Neural Cleanse: nc-tf scan vs IBM ART KerasNeuralCleanse on {args.only}_badnets "
+        f"(target {target})"
+    )
     print(versions())
-    print(f"budget per label, both sides: <= {settings['steps']} steps x {n} images "
-          f"({n // bs} batches of {bs}); labels {len(labels)} of {num_classes}"
-          + ("" if len(labels) == num_classes else f" (capped: {labels})")
-          + (f"; ours x {settings['restarts']} restarts" if settings.get("restarts", 1) > 1 else ""))
-    print("matched settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
-          + f", early_stop={'off' if args.no_early_stop else 'on'} (preset {args.preset!r})")
+    print(
+        f"budget per label, both sides: <= {settings['steps']} steps x {n} images "
+        f"({n // bs} batches of {bs}); labels {len(labels)} of {num_classes}"
+        + ("" if len(labels) == num_classes else f" (capped: {labels})")
+        + (f"; ours x {settings['restarts']} restarts" if settings.get("restarts", 1) > 1 else "")
+    )
+    print(
+        "matched settings: "
+        + ", ".join(f"{k}={v}" for k, v in settings.items())
+        + f", early_stop={'off' if args.no_early_stop else 'on'} (preset {args.preset!r})"
+    )
     sys.stdout.flush()
 
     # ---- ours
     t0 = time.time()
-    record = scan(model, x, y, labels=labels, preset=args.preset, slots=args.slots,
-                  progress=False, verbose=False, **overrides)
+    record = scan(
+        model,
+        x,
+        y,
+        labels=labels,
+        preset=args.preset,
+        slots=args.slots,
+        progress=False,
+        verbose=False,
+        **overrides,
+    )
     ours_wall = time.time() - t0
     ours = {int(k): v for k, v in record["labels"].items()}
     for v in ours.values():  # steps of every restart (work done), not only the kept run's
@@ -299,9 +364,18 @@ def main():
     art, art_error = None, None
     try:
         wrapped = art_view(model, x)
-        art = run_art(model, wrapped, (x / 255.0).astype(np.float32), y, labels, num_classes,
-                      settings, early_stop=not args.no_early_stop, as_shipped=args.art_as_shipped,
-                      fresh=args.art_fresh_per_label)
+        art = run_art(
+            model,
+            wrapped,
+            (x / 255.0).astype(np.float32),
+            y,
+            labels,
+            num_classes,
+            settings,
+            early_stop=not args.no_early_stop,
+            as_shipped=args.art_as_shipped,
+            fresh=args.art_fresh_per_label,
+        )
     except Exception as exc:  # noqa: BLE001 - reported, not hidden
         import traceback
 
@@ -314,15 +388,25 @@ def main():
         print(f"ART could not run here: {art_error}")
         print(f"  ({versions()})")
     if art is not None:
-        print("note: ART ran " + ("a new estimator per label (--art-fresh-per-label)."
-                                  if args.art_fresh_per_label else
-                                  "one estimator for all labels, as its outlier_detection does: "
-                                  "each label starts from the previous label's mask and pattern."))
+        print(
+            "note: ART ran "
+            + (
+                "a new estimator per label (--art-fresh-per-label)."
+                if args.art_fresh_per_label
+                else "one estimator for all labels, as its outlier_detection does: "
+                "each label starts from the previous label's mask and pattern."
+            )
+        )
     if art is not None and art["lr_bug"]:
-        print("note: ART 1.20's reset() zeroes Adam's learning rate on Keras 3 (it is in "
-              "optimizer._variables); " + ("run AS SHIPPED: ART's masks never move."
-                                          if args.art_as_shipped else
-                                          "restored after each reset() for this run."))
+        print(
+            "note: ART 1.20's reset() zeroes Adam's learning rate on Keras 3 (it is in "
+            "optimizer._variables); "
+            + (
+                "run AS SHIPPED: ART's masks never move."
+                if args.art_as_shipped
+                else "restored after each reset() for this run."
+            )
+        )
     ours_batches = sum(v["steps_run"] for v in ours.values()) * (n // bs)
     rows = [("wall s", f"{ours_wall:.1f}", f"{art['wall']:.1f}" if art else "-", "")]
     if art:
@@ -332,38 +416,62 @@ def main():
         rows += [
             ("ratio ART / ours", "", f"{ratio:.1f}x", f">= {TARGET_RATIO:.0f}x"),
             ("batches run", str(ours_batches), str(art_batches), ""),
-            ("ms per batch", f"{1000 * ours_wall / ours_batches:.2f}",
-             f"{1000 * art['wall'] / art_batches:.2f}", ""),
+            (
+                "ms per batch",
+                f"{1000 * ours_wall / ours_batches:.2f}",
+                f"{1000 * art['wall'] / art_batches:.2f}",
+                "",
+            ),
             ("per-batch ratio", "", f"{per_batch:.1f}x", ""),
         ]
     rows += [
-        ("anomaly index", f"{o['anomaly_index']:.2f}",
-         f"{art['verdict']['anomaly_index']:.2f}" if art else "-", "> 2"),
-        ("flagged", str(ours_flagged), str(art["verdict"]["flagged"]) if art else "-",
-         f"[{target}]"),
+        (
+            "anomaly index",
+            f"{o['anomaly_index']:.2f}",
+            f"{art['verdict']['anomaly_index']:.2f}" if art else "-",
+            "> 2",
+        ),
+        (
+            "flagged",
+            str(ours_flagged),
+            str(art["verdict"]["flagged"]) if art else "-",
+            f"[{target}]",
+        ),
     ]
     print(f"{'':18} {'nc-tf':>10} {'ART':>10}  target")
     for name, a, b, t in rows:
         print(f"{name:18} {a:>10} {b:>10}  {t}")
     if art:
-        print("verdict: " + ", ".join(
-            f"{side} {'correct' if flagged == [target] else 'WRONG'}"
-            for side, flagged in (("nc-tf", ours_flagged), ("ART", art["verdict"]["flagged"]))))
-    print(f"\n{'label':>5} {'l1 ours':>9} {'l1 ART':>9} {'asr ours':>9} {'asr ART':>8} "
-          f"{'steps ours':>10} {'steps ART':>9} {'s ART':>7}")
+        print(
+            "verdict: "
+            + ", ".join(
+                f"{side} {'correct' if flagged == [target] else 'WRONG'}"
+                for side, flagged in (("nc-tf", ours_flagged), ("ART", art["verdict"]["flagged"]))
+            )
+        )
+    print(
+        f"\n{'label':>5} {'l1 ours':>9} {'l1 ART':>9} {'asr ours':>9} {'asr ART':>8} "
+        f"{'steps ours':>10} {'steps ART':>9} {'s ART':>7}"
+    )
     for label in labels:
         a = art["labels"][label] if art else None
         mark = " <- target" if label == target else ""
-        print(f"{label:5d} {ours[label]['l1_norm']:9.2f} "
-              f"{a['l1_norm'] if a else float('nan'):9.2f} "
-              f"{ours[label]['attack_success_rate']:9.3f} {a['asr'] if a else float('nan'):8.3f} "
-              f"{ours[label]['steps_run']:10d} {a['steps'] if a else 0:9d} "
-              f"{a['seconds'] if a else float('nan'):7.1f}{mark}")
+        print(
+            f"{label:5d} {ours[label]['l1_norm']:9.2f} "
+            f"{a['l1_norm'] if a else float('nan'):9.2f} "
+            f"{ours[label]['attack_success_rate']:9.3f} {a['asr'] if a else float('nan'):8.3f} "
+            f"{ours[label]['steps_run']:10d} {a['steps'] if a else 0:9d} "
+            f"{a['seconds'] if a else float('nan'):7.1f}{mark}"
+        )
     if art and art["channels"] > 1:
-        print(f"(ART's mask is per channel: its l1 is over H x W x {art['channels']}, ours over H x W)")
-    print("(ours: all labels in one scan call, per-label seconds not separable, steps of all "
-          "restarts; "
-          "asr = reversed trigger's attack success on the scan images, target-class images excluded)")
+        print(
+            f"(ART's mask is per channel: its l1 is over H x W x {art['channels']}, ours over H x W)"
+        )
+    print(
+        "(ours: all labels in one scan call, per-label seconds not separable, steps of all "
+        "restarts; "
+        "asr = reversed trigger's attack success on the scan images, target-class images excluded)"
+    )
     print_peak_rss(TARGET_RSS_GIB)
 
 

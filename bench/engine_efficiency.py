@@ -34,7 +34,9 @@ def bare_throughput(model, batch, repeats):
         with tf.GradientTape() as tape:
             tape.watch(x)
             p = model(x, training=False)
-            loss = tf.reduce_sum(-tf.math.log(tf.clip_by_value(tf.gather(p, y, batch_dims=1), 1e-7, 1.0)))
+            loss = tf.reduce_sum(
+                -tf.math.log(tf.clip_by_value(tf.gather(p, y, batch_dims=1), 1e-7, 1.0))
+            )
         return tape.gradient(loss, x)
 
     step(x).numpy()
@@ -46,7 +48,9 @@ def bare_throughput(model, batch, repeats):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
@@ -54,9 +58,16 @@ def main():
     args = ap.parse_args()
     model = gtsrb_model()
     x = np.random.default_rng(1).integers(0, 256, (2000, 32, 32, 3)).astype(np.uint8)
-    engine = ReverseEngine(model, x, steps=args.steps, mini_batch=args.mini_batch,
-                           batch_size=args.batch_size, slots=args.slots, early_stop=False,
-                           steps_per_call=args.steps)
+    engine = ReverseEngine(
+        model,
+        x,
+        steps=args.steps,
+        mini_batch=args.mini_batch,
+        batch_size=args.batch_size,
+        slots=args.slots,
+        early_stop=False,
+        steps_per_call=args.steps,
+    )
     engine.run(list(range(args.slots)))  # compile
     t0 = time.time()
     engine.run(list(range(args.slots, 2 * args.slots)))
@@ -65,8 +76,12 @@ def main():
     eng = evals / wall
     batch = args.slots * args.batch_size
     bare = bare_throughput(model, batch, repeats=args.steps * args.mini_batch)
-    print(f"model: NC GTSRB, {args.slots} labels x batch {args.batch_size} = {batch} images per pass")
-    print(f"engine: {eng:,.0f} image-label gradients/s   bare fwd+bwd-to-input: {bare:,.0f} images/s")
+    print(
+        f"model: NC GTSRB, {args.slots} labels x batch {args.batch_size} = {batch} images per pass"
+    )
+    print(
+        f"engine: {eng:,.0f} image-label gradients/s   bare fwd+bwd-to-input: {bare:,.0f} images/s"
+    )
     print(f"ratio: {eng / bare:.2f} (target >= 0.9)")
     print_peak_rss()
 

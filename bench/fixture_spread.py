@@ -72,8 +72,16 @@ def measure(seed, data, folder):
     clean = scan(tiny_clean_model(x, y, seed=seed), xt, yt, progress=False, verbose=False)
     found = scan_triggers(out, labels=[7])
     flt = fit_filter(model, x[:1000], found, fpr=0.05)
-    pruned, _ = prune(model, xt[:500], yt[:500], found, layer="last_conv", stop_asr=0.1,
-                      max_ratio=0.5, step=1 / 32)
+    pruned, _ = prune(
+        model,
+        xt[:500],
+        yt[:500],
+        found,
+        layer="last_conv",
+        stop_asr=0.1,
+        max_ratio=0.5,
+        step=1 / 32,
+    )
     after_prune = evaluate_backdoor(pruned, xt[500:], yt[500:], [trigger])
     before_half = evaluate_backdoor(model, xt[500:], yt[500:], [trigger])
     tuned, _ = unlearn(model, x, y, found, data_ratio=1.0, seed=0)
@@ -94,8 +102,9 @@ def measure(seed, data, folder):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seeds", default="1,2,3,4,5", help="fixture seeds (default: 1,2,3,4,5)")
     args = ap.parse_args()
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -113,7 +122,9 @@ def main():
     for key, (bar, ok) in BARS.items():
         values = [rows[s][key] for s in seeds]
         cells = [str(v) if isinstance(v, list) else f"{v:.3f}" for v in values]
-        print(f"| {key} | {bar} | {' | '.join(cells)} | {sum(ok(v) for v in values)}/{len(seeds)} |")
+        print(
+            f"| {key} | {bar} | {' | '.join(cells)} | {sum(ok(v) for v in values)}/{len(seeds)} |"
+        )
     print_peak_rss()
 
 

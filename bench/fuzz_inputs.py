@@ -95,19 +95,41 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.abspath(__file__)
 TRACEBACK = "Traceback (most recent call last)"
 COMMANDS = ("evaluate", "scan")
-SCAN_OPTIONS = ["--labels", "0,1,2", "--steps", "4", "--starts", "1", "--restarts", "1",
-                "--batch-size", "16", "--nb-sample", "32", "--limit", "64",
-                "--accept-low-accuracy"]
+SCAN_OPTIONS = [
+    "--labels",
+    "0,1,2",
+    "--steps",
+    "4",
+    "--starts",
+    "1",
+    "--restarts",
+    "1",
+    "--batch-size",
+    "16",
+    "--nb-sample",
+    "32",
+    "--limit",
+    "64",
+    "--accept-low-accuracy",
+]
 JSON_SHARE = 1 / 3
 TARGET_MINUTES = 40
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # Source of the Lambda payload's function; the marker path becomes a constant of its code.
 LAMBDA_SOURCE = "lambda t: (open({marker!r}, 'w').close(), t)[1]"
-EVAL_NODE = {"module": "builtins", "class_name": "function", "config": "eval",
-             "registered_name": "eval"}
-FIGURES = (("bad_exits", "exits other than 0 and 2"), ("tracebacks", "tracebacks"),
-           ("code_executions", "code executions"), ("files_changed", "files changed"),
-           ("invalid_json", "invalid JSON on stdout (--json)"))
+EVAL_NODE = {
+    "module": "builtins",
+    "class_name": "function",
+    "config": "eval",
+    "registered_name": "eval",
+}
+FIGURES = (
+    ("bad_exits", "exits other than 0 and 2"),
+    ("tracebacks", "tracebacks"),
+    ("code_executions", "code executions"),
+    ("files_changed", "files changed"),
+    ("invalid_json", "invalid JSON on stdout (--json)"),
+)
 # How the CLI words an exit-2 error it did not anticipate (reported, not counted).
 UNEXPECTED = ": error: unexpected "
 OUTPUT_CAP = 200_000  # characters of a case's stdout or stderr sent back by the worker
@@ -127,11 +149,13 @@ class PicklePayload:
 def _seed_layers(keras):
     """The seed classifier's layers, named so that the payload model shares their weights."""
     layers = keras.layers
-    return [layers.Rescaling(1 / 255, name="rescale"),
-            layers.Conv2D(4, 3, activation="relu", name="conv"),
-            layers.MaxPooling2D(2, name="pool"),
-            layers.Flatten(name="flatten"),
-            layers.Dense(10, activation="softmax", name="dense")]
+    return [
+        layers.Rescaling(1 / 255, name="rescale"),
+        layers.Conv2D(4, 3, activation="relu", name="conv"),
+        layers.MaxPooling2D(2, name="pool"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(10, activation="softmax", name="dense"),
+    ]
 
 
 def _normalise_keras_file(path):
@@ -146,8 +170,10 @@ def _normalise_keras_file(path):
             meta["date_saved"] = "2000-01-01@00:00:00"
             data = json.dumps(meta).encode()
         elif info.filename == "config.json":
+
             def number(match):
                 return b'"shared_object_id": %d' % ids.setdefault(match.group(1), len(ids) + 1)
+
             data = re.sub(rb'"shared_object_id": (\d+)', number, data)
         fresh = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
         fresh.compress_type = info.compress_type
@@ -206,8 +232,9 @@ def make_seeds(folder, marker):
         if os.path.exists(marker):
             os.remove(marker)  # building and saving the payload called its function
         try:
-            loaded = keras.saving.load_model(os.path.join(folder, name), compile=False,
-                                             safe_mode=False)
+            loaded = keras.saving.load_model(
+                os.path.join(folder, name), compile=False, safe_mode=False
+            )
             loaded(x_test[:1])
         except Exception as error:  # reported below: this payload file is not used
             print(f"{name}: {type(error).__name__}: {error}", file=sys.stderr)
@@ -240,8 +267,9 @@ class Seeds:
         self.markers = markers
         self.pickle_marker = os.path.join(markers, "pickle")
         names = ("model.keras", "model.h5", "payload.keras", "payload.h5", "data.h5", "data.npz")
-        self.paths = {n: os.path.join(folder, n) for n in names
-                      if os.path.exists(os.path.join(folder, n))}
+        self.paths = {
+            n: os.path.join(folder, n) for n in names if os.path.exists(os.path.join(folder, n))
+        }
         self.pristine = {}
         for path in self.paths.values():
             st = os.stat(path)
@@ -252,16 +280,19 @@ class Seeds:
         self.data = [self.paths["data.h5"], self.paths["data.npz"]]
         with np.load(self.paths["data.npz"], allow_pickle=False) as store:
             self.x, self.y = store["x_test"], store["y_test"]
-        self.config = {"zip": _zip_config(self.bytes("model.keras")),
-                       "hdf5": _h5_config(self.paths["model.h5"])}
+        self.config = {
+            "zip": _zip_config(self.bytes("model.keras")),
+            "hdf5": _h5_config(self.paths["model.h5"]),
+        }
         payload_config = {"zip": _zip_config(self.bytes("payload.keras"))}
         if "payload.h5" in self.paths:
             payload_config["hdf5"] = _h5_config(self.paths["payload.h5"])
         self.payload_layer = {}
         for kind in ("zip", "hdf5"):
             layers = payload_config.get(kind, payload_config["zip"])["config"]["layers"]
-            self.payload_layer[kind] = next(copy.deepcopy(n) for n in layers
-                                            if n.get("class_name") == "Lambda")
+            self.payload_layer[kind] = next(
+                copy.deepcopy(n) for n in layers if n.get("class_name") == "Lambda"
+            )
 
     def bytes(self, name_or_path):
         """The pristine bytes of a seed file (by name or path)."""
@@ -346,8 +377,11 @@ def _cut(rng, data):
         return b"", "empty file"
     where = rng.choice(("anywhere", "head", "tail"))
     window = min(len(data), 4096)
-    offset = {"anywhere": rng.randrange(len(data)), "head": rng.randrange(window),
-              "tail": len(data) - 1 - rng.randrange(window)}[where]
+    offset = {
+        "anywhere": rng.randrange(len(data)),
+        "head": rng.randrange(window),
+        "tail": len(data) - 1 - rng.randrange(window),
+    }[where]
     return data[:offset], f"truncated to {offset} of {len(data)} bytes"
 
 
@@ -383,9 +417,9 @@ def _flag_encrypted(data):
         offsets, position = [i.header_offset for i in archive.infolist()], archive.start_dir
     for offset in offsets:
         out[offset + 6] |= 0x1  # local header: general purpose flags
-    while out[position:position + 4] == b"PK\x01\x02":
+    while out[position : position + 4] == b"PK\x01\x02":
         out[position + 8] |= 0x1  # central directory entry: general purpose flags
-        name, extra, comment = struct.unpack("<HHH", out[position + 28:position + 34])
+        name, extra, comment = struct.unpack("<HHH", out[position + 28 : position + 34])
         position += 46 + name + extra + comment
     return bytes(out)
 
@@ -409,6 +443,7 @@ def _h5_objects(f, want):
     def visit(name, obj):
         if want == "any" or isinstance(obj, h5py.Dataset):
             names.append(name)
+
     f.visititems(visit)
     return names
 
@@ -436,8 +471,14 @@ def _layer_nodes(tree):
     """The dicts of a configuration that describe a layer or model (a named config)."""
     nodes = [tree] if isinstance(tree, dict) else []
     nodes += [c[k] for c, k, _ in _walk(tree)]
-    return [n for n in nodes if isinstance(n, dict) and isinstance(n.get("class_name"), str)
-            and isinstance(n.get("config"), dict) and "name" in n["config"]]
+    return [
+        n
+        for n in nodes
+        if isinstance(n, dict)
+        and isinstance(n.get("class_name"), str)
+        and isinstance(n.get("config"), dict)
+        and "name" in n["config"]
+    ]
 
 
 def _is_number(value):
@@ -449,15 +490,28 @@ def _mistype(rng, key):
     options = [key + "_", key.upper(), key[:-1] or "x", key.replace("_", "")]
     if len(key) > 2:
         i = rng.randrange(len(key) - 1)
-        options.append(key[:i] + key[i + 1] + key[i] + key[i + 2:])
+        options.append(key[:i] + key[i + 1] + key[i] + key[i + 2 :])
     options = [o for o in options if o != key] or [key + "_"]
     return rng.choice(options)
 
 
-CONFIG_EDITS = ("invalid-json", "deep-nesting", "not-an-object", "foreign-module",
-                "registered-name", "code-class", "payload-layer", "eval-activation",
-                "lambda-activation", "delete-key", "mistype-key", "number-string", "number-huge",
-                "number-negative", "type-swap")
+CONFIG_EDITS = (
+    "invalid-json",
+    "deep-nesting",
+    "not-an-object",
+    "foreign-module",
+    "registered-name",
+    "code-class",
+    "payload-layer",
+    "eval-activation",
+    "lambda-activation",
+    "delete-key",
+    "mistype-key",
+    "number-string",
+    "number-huge",
+    "number-negative",
+    "type-swap",
+)
 
 
 def edit_config(rng, config, payload_layer):
@@ -481,7 +535,7 @@ def edit_config(rng, config, payload_layer):
         text = json.dumps(cfg)
         how = rng.choice(("cut", "stray-quote", "not-utf8", "trailing"))
         if how == "cut":
-            text = text[:rng.randrange(len(text))]
+            text = text[: rng.randrange(len(text))]
         elif how == "stray-quote":
             i = rng.randrange(len(text))
             text = text[:i] + '"' + text[i:]
@@ -513,8 +567,10 @@ def edit_config(rng, config, payload_layer):
             layer["config"] = {"name": name, "filepath": "saved_model", "call_endpoint": "serve"}
         return json.dumps(cfg), f"{edit}: layer {name!r} class_name {cls!r}"
     if edit == "payload-layer":
-        listing = next((n["config"]["layers"] for n in layers
-                        if isinstance(n["config"].get("layers"), list)), None)
+        listing = next(
+            (n["config"]["layers"] for n in layers if isinstance(n["config"].get("layers"), list)),
+            None,
+        )
         if listing is None:
             return json.dumps([payload_layer]), f"{edit}: the Lambda layer alone"
         at = rng.randrange(1, len(listing) + 1)
@@ -523,8 +579,11 @@ def edit_config(rng, config, payload_layer):
     if edit in ("eval-activation", "lambda-activation"):
         holders = [n for n in layers if "activation" in n["config"]] or [layer]
         target = rng.choice(holders)
-        target["config"]["activation"] = (copy.deepcopy(EVAL_NODE) if edit == "eval-activation"
-                                          else copy.deepcopy(payload_layer["config"]["function"]))
+        target["config"]["activation"] = (
+            copy.deepcopy(EVAL_NODE)
+            if edit == "eval-activation"
+            else copy.deepcopy(payload_layer["config"]["function"])
+        )
         return json.dumps(cfg), f"{edit}: layer {target['config'].get('name')!r}"
     places = _walk(cfg)
     if edit == "delete-key":
@@ -594,8 +653,10 @@ def model_junk(rng, seeds, folder):
     junk = rng.randbytes(rng.choice((1, 16, 511, 4096, 65536)))
     where = rng.choice(("appended", "prepended"))
     data = seeds.bytes(base) + junk if where == "appended" else junk + seeds.bytes(base)
-    return (_write(folder, "model" + _extension(base), data),
-            f"{os.path.basename(base)} with {len(junk)} junk bytes {where}")
+    return (
+        _write(folder, "model" + _extension(base), data),
+        f"{os.path.basename(base)} with {len(junk)} junk bytes {where}",
+    )
 
 
 def model_polyglot(rng, seeds, folder):
@@ -611,9 +672,11 @@ def model_polyglot(rng, seeds, folder):
             offset *= 2
         data = seeds.bytes(zp).ljust(offset, b"\0") + seeds.bytes(h5)
     ext = rng.choice((".keras", ".h5"))
-    return (_write(folder, "model" + ext, data),
-            f"{order}: {os.path.basename(zp if order[0] == 'z' else h5)} then "
-            f"{os.path.basename(h5 if order[0] == 'z' else zp)}, named {ext}")
+    return (
+        _write(folder, "model" + ext, data),
+        f"{order}: {os.path.basename(zp if order[0] == 'z' else h5)} then "
+        f"{os.path.basename(h5 if order[0] == 'z' else zp)}, named {ext}",
+    )
 
 
 def keras_entry(rng, seeds, folder):
@@ -622,45 +685,83 @@ def keras_entry(rng, seeds, folder):
     entries = _zip_entries(seeds.bytes(base))
     names = [info.filename for info, _ in entries]
     by_name = {info.filename: (info, data) for info, data in entries}
-    edit = rng.choice(("delete", "duplicate-config", "weights", "payload-config", "metadata",
-                       "slip", "compression", "encrypted-flag", "bomb"))
+    edit = rng.choice(
+        (
+            "delete",
+            "duplicate-config",
+            "weights",
+            "payload-config",
+            "metadata",
+            "slip",
+            "compression",
+            "encrypted-flag",
+            "bomb",
+        )
+    )
     how = edit
     if edit == "delete":
         gone = rng.choice(names)
         entries = [e for e in entries if e[0].filename != gone]
         how = f"delete {gone}"
     elif edit == "duplicate-config":
-        other = json.dumps(rng.choice((seeds.config["zip"] | {"class_name": "Functional"},
-                                       _zip_config(seeds.bytes("payload.keras")))))
+        other = json.dumps(
+            rng.choice(
+                (
+                    seeds.config["zip"] | {"class_name": "Functional"},
+                    _zip_config(seeds.bytes("payload.keras")),
+                )
+            )
+        )
         extra = _entry("config.json", other.encode())
         at = rng.choice((0, len(entries)))
         entries.insert(at, extra)
         how = f"a second, different config.json {'first' if at == 0 else 'last'}"
     elif edit == "weights":
         info, data = by_name["model.weights.h5"]
-        change = rng.choice(("truncate", "flip", "junk", "data-file", "legacy-model", "zip",
-                             "empty"))
-        new = {"truncate": lambda: _cut(rng, data)[0], "flip": lambda: _flip(rng, data)[0],
-               "junk": lambda: rng.randbytes(len(data)),
-               "data-file": lambda: seeds.bytes("data.h5"),
-               "legacy-model": lambda: seeds.bytes("model.h5"),
-               "zip": lambda: seeds.bytes("model.keras"), "empty": lambda: b""}[change]()
+        change = rng.choice(
+            ("truncate", "flip", "junk", "data-file", "legacy-model", "zip", "empty")
+        )
+        new = {
+            "truncate": lambda: _cut(rng, data)[0],
+            "flip": lambda: _flip(rng, data)[0],
+            "junk": lambda: rng.randbytes(len(data)),
+            "data-file": lambda: seeds.bytes("data.h5"),
+            "legacy-model": lambda: seeds.bytes("model.h5"),
+            "zip": lambda: seeds.bytes("model.keras"),
+            "empty": lambda: b"",
+        }[change]()
         entries = [(i, new if i.filename == "model.weights.h5" else d) for i, d in entries]
         how = f"model.weights.h5 replaced ({change})"
     elif edit == "payload-config":
         payload = _zip_config(seeds.bytes("payload.keras"))
-        entries = [(i, json.dumps(payload).encode() if i.filename == "config.json" else d)
-                   for i, d in entries]
+        entries = [
+            (i, json.dumps(payload).encode() if i.filename == "config.json" else d)
+            for i, d in entries
+        ]
         how = "config.json of the Lambda payload"
     elif edit == "metadata":
-        value = rng.choice(({"keras_version": "1.0.0"}, {"keras_version": "99.0"},
-                            {"keras_version": 3}, [], "x", {}))
+        value = rng.choice(
+            (
+                {"keras_version": "1.0.0"},
+                {"keras_version": "99.0"},
+                {"keras_version": 3},
+                [],
+                "x",
+                {},
+            )
+        )
         text = json.dumps(value) if rng.random() < 0.8 else "{not json"
         entries = [(i, text.encode() if i.filename == "metadata.json" else d) for i, d in entries]
         how = f"metadata.json = {text[:40]}"
     elif edit == "slip":
-        target = rng.choice(("../slip_a", "../../slip_b", "assets/../../slip_c",
-                             os.path.join(os.path.dirname(seeds.folder), "cwd", "slip_d")))
+        target = rng.choice(
+            (
+                "../slip_a",
+                "../../slip_b",
+                "assets/../../slip_c",
+                os.path.join(os.path.dirname(seeds.folder), "cwd", "slip_d"),
+            )
+        )
         entries.append(_entry(target, b"written by extraction"))
         entries.append(_entry("assets/readme.txt", b"asset"))
         how = f"extra entry {target!r}"
@@ -673,8 +774,12 @@ def keras_entry(rng, seeds, folder):
     else:
         size = rng.choice((16, 256)) << 20
         text = (json.dumps(seeds.config["zip"]) + " " * size).encode()
-        entries = [_entry("config.json", text, compress_type=zipfile.ZIP_DEFLATED)
-                   if i.filename == "config.json" else (i, d) for i, d in entries]
+        entries = [
+            _entry("config.json", text, compress_type=zipfile.ZIP_DEFLATED)
+            if i.filename == "config.json"
+            else (i, d)
+            for i, d in entries
+        ]
         how = f"config.json inflates to {size >> 20} MiB"
     data = _zip_bytes(entries)
     if edit == "encrypted-flag":
@@ -686,16 +791,19 @@ def keras_config(rng, seeds, folder):
     """A `.keras` archive whose `config.json` has one `edit_config` edit."""
     text, how = edit_config(rng, seeds.config["zip"], seeds.payload_layer["zip"])
     data = text if isinstance(text, bytes) else text.encode()
-    entries = [(i, data if i.filename == "config.json" else d)
-               for i, d in _zip_entries(seeds.bytes("model.keras"))]
+    entries = [
+        (i, data if i.filename == "config.json" else d)
+        for i, d in _zip_entries(seeds.bytes("model.keras"))
+    ]
     return _write(folder, "model.keras", _zip_bytes(entries)), f"config.json {how}"
 
 
 def h5_config(rng, seeds, folder):
     """A legacy `.h5` model whose `model_config` is edited, deleted or not JSON."""
     base = _model_base(rng, seeds, ("hdf5",))
-    edit = rng.choice(("edit", "edit", "edit", "edit", "delete", "bytes", "pickle", "number",
-                       "empty"))
+    edit = rng.choice(
+        ("edit", "edit", "edit", "edit", "delete", "bytes", "pickle", "number", "empty")
+    )
     how = edit
     config = _h5_config(base)
 
@@ -714,6 +822,7 @@ def h5_config(rng, seeds, folder):
             f.attrs["model_config"] = rng.choice((42, np.arange(5), 1.5))
         else:
             f.attrs["model_config"] = ""
+
     data = _h5_edit(seeds.bytes(base), os.path.join(folder, "scratch.h5"), change)
     return _write(folder, "model.h5", data), f"{os.path.basename(base)} model_config: {how}"
 
@@ -721,14 +830,35 @@ def h5_config(rng, seeds, folder):
 def h5_attrs(rng, seeds, folder):
     """A legacy `.h5` model with odd `keras_version`, `backend`, layer or weight names."""
     base = _model_base(rng, seeds, ("hdf5",))
-    edit = rng.choice(("keras_version", "backend", "training_config", "layer_names",
-                       "weight_names", "delete", "junk"))
+    edit = rng.choice(
+        (
+            "keras_version",
+            "backend",
+            "training_config",
+            "layer_names",
+            "weight_names",
+            "delete",
+            "junk",
+        )
+    )
     how = edit
 
     def change(f):
         nonlocal how
-        odd = rng.choice(("", "1.2.2", "2.0.0", "99.0", "theano", "jax", "torch", 42,
-                          np.arange(3), np.void(b"\xff\x00\xfe")))
+        odd = rng.choice(
+            (
+                "",
+                "1.2.2",
+                "2.0.0",
+                "99.0",
+                "theano",
+                "jax",
+                "torch",
+                42,
+                np.arange(3),
+                np.void(b"\xff\x00\xfe"),
+            )
+        )
         if edit in ("keras_version", "backend"):
             holder = rng.choice((f, f["model_weights"]))
             holder.attrs[edit] = odd
@@ -736,17 +866,31 @@ def h5_attrs(rng, seeds, folder):
         elif edit == "training_config":
             f.attrs[edit] = rng.choice(("{not json", json.dumps({"loss": EVAL_NODE}), "[]"))
         elif edit in ("layer_names", "weight_names"):
-            holders = ([f["model_weights"]] if edit == "layer_names" else
-                       [f["model_weights"][k] for k in f["model_weights"]
-                        if "weight_names" in f["model_weights"][k].attrs])
+            holders = (
+                [f["model_weights"]]
+                if edit == "layer_names"
+                else [
+                    f["model_weights"][k]
+                    for k in f["model_weights"]
+                    if "weight_names" in f["model_weights"][k].attrs
+                ]
+            )
             holder = rng.choice(holders)
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in holder.attrs[edit]]
             change_names = rng.choice(("drop", "add", "reverse", "numbers", "empty", "traverse"))
-            names = {"drop": names[1:], "add": names + ["ghost"], "reverse": names[::-1],
-                     "numbers": list(range(len(names))), "empty": [],
-                     "traverse": ["../../" + n for n in names]}[change_names]
-            holder.attrs[edit] = np.array(names) if change_names == "numbers" else \
-                np.array(names, dtype=h5py.string_dtype())
+            names = {
+                "drop": names[1:],
+                "add": names + ["ghost"],
+                "reverse": names[::-1],
+                "numbers": list(range(len(names))),
+                "empty": [],
+                "traverse": ["../../" + n for n in names],
+            }[change_names]
+            holder.attrs[edit] = (
+                np.array(names)
+                if change_names == "numbers"
+                else np.array(names, dtype=h5py.string_dtype())
+            )
             how = f"{holder.name} {edit}: {change_names}"
         else:
             names = [n for n in _h5_objects(f, "any") if len(f[n].attrs)]
@@ -758,14 +902,26 @@ def h5_attrs(rng, seeds, folder):
             else:
                 holder.attrs[attr] = odd
                 how = f"{holder.name} attribute {attr} = {odd!r}"
+
     data = _h5_edit(seeds.bytes(base), os.path.join(folder, "scratch.h5"), change)
     return _write(folder, "model.h5", data), f"{os.path.basename(base)}: {how}"
 
 
 def _edit_weights(rng, seeds, f):
     """One change to a weight dataset of an open HDF5 file; its description."""
-    edit = rng.choice(("delete", "resize", "dtype", "scalar", "group", "nan", "huge",
-                       "external-link", "soft-link"))
+    edit = rng.choice(
+        (
+            "delete",
+            "resize",
+            "dtype",
+            "scalar",
+            "group",
+            "nan",
+            "huge",
+            "external-link",
+            "soft-link",
+        )
+    )
     names = _h5_objects(f, "dataset")
     if edit in ("nan", "huge"):
         names = [n for n in names if f[n].dtype.kind == "f" and f[n].size]
@@ -776,8 +932,15 @@ def _edit_weights(rng, seeds, f):
     if edit not in ("nan", "huge"):
         del f[name]
     if edit == "resize":
-        new = rng.choice(((0,), (1,), tuple(d + 1 for d in shape) or (2,),
-                          tuple(max(d // 2, 1) for d in shape) or (3,), (3,) + tuple(shape)))
+        new = rng.choice(
+            (
+                (0,),
+                (1,),
+                tuple(d + 1 for d in shape) or (2,),
+                tuple(max(d // 2, 1) for d in shape) or (3,),
+                (3,) + tuple(shape),
+            )
+        )
         f.create_dataset(name, data=np.ones(new, dtype=dtype))
         how = f"resize {shape} -> {new}"
     elif edit == "dtype":
@@ -817,19 +980,35 @@ def h5_weights(rng, seeds, folder):
     def change(f):
         nonlocal how
         how = _edit_weights(rng, seeds, f)
+
     if base.endswith(".h5"):
         data = _h5_edit(seeds.bytes(base), scratch, change)
         return _write(folder, "model.h5", data), f"model.h5 {how}"
     entries = _zip_entries(seeds.bytes(base))
-    entries = [(i, _h5_edit(d, scratch, change) if i.filename == "model.weights.h5" else d)
-               for i, d in entries]
+    entries = [
+        (i, _h5_edit(d, scratch, change) if i.filename == "model.weights.h5" else d)
+        for i, d in entries
+    ]
     return _write(folder, "model.keras", _zip_bytes(entries)), f"model.keras weights {how}"
 
 
 def model_name(rng, seeds, folder):
     """A model file under the wrong extension, empty, a folder or a symlink."""
-    edit = rng.choice(("keras-as-h5", "h5-as-keras", "payload-as-h5", "txt", "no-extension",
-                       "upper-case", "hdf5", "empty", "directory", "symlink", "device"))
+    edit = rng.choice(
+        (
+            "keras-as-h5",
+            "h5-as-keras",
+            "payload-as-h5",
+            "txt",
+            "no-extension",
+            "upper-case",
+            "hdf5",
+            "empty",
+            "directory",
+            "symlink",
+            "device",
+        )
+    )
     keras_file, h5_file = seeds.paths["model.keras"], seeds.paths["model.h5"]
     if edit == "keras-as-h5":
         return _write(folder, "model.h5", seeds.bytes(keras_file)), edit
@@ -902,12 +1081,25 @@ def data_images(rng, seeds, folder):
     nrng = np.random.default_rng(rng.getrandbits(64))
     x, y = seeds.x, seeds.y
     n = len(x)
-    edit = rng.choice(("nan", "negative", "unit-range", "over-255", "strings", "rank", "empty",
-                       "shape", "dtype", "big-image"))
+    edit = rng.choice(
+        (
+            "nan",
+            "negative",
+            "unit-range",
+            "over-255",
+            "strings",
+            "rank",
+            "empty",
+            "shape",
+            "dtype",
+            "big-image",
+        )
+    )
     if edit == "nan":
         x = x.astype(np.float32)
         x.reshape(-1)[nrng.integers(0, x.size, rng.randint(1, 50))] = rng.choice(
-            (np.nan, np.inf, -np.inf))
+            (np.nan, np.inf, -np.inf)
+        )
     elif edit == "negative":
         x = x.astype(rng.choice((np.int16, np.float32))) - rng.choice((1, 128, 255))
     elif edit == "unit-range":
@@ -922,12 +1114,21 @@ def data_images(rng, seeds, folder):
     elif edit == "empty":
         x, y = x[:0], y[:0]
     elif edit == "shape":
-        shape = rng.choice(((n, 32, 32, 3), (n, 28, 28, 3), (n, 1, 1, 1), (n, 28, 28, 0),
-                            (n, 0, 28, 1), (n, 14, 14, 1)))
+        shape = rng.choice(
+            (
+                (n, 32, 32, 3),
+                (n, 28, 28, 3),
+                (n, 1, 1, 1),
+                (n, 28, 28, 0),
+                (n, 0, 28, 1),
+                (n, 14, 14, 1),
+            )
+        )
         x = nrng.integers(0, 256, shape, dtype=np.uint8)
     elif edit == "dtype":
-        dtype = rng.choice(("bool", "complex64", "float16", "float64", ">f4", "uint16", "int64",
-                            "uint64"))
+        dtype = rng.choice(
+            ("bool", "complex64", "float16", "float64", ">f4", "uint16", "int64", "uint64")
+        )
         x = (x > 127) if dtype == "bool" else x.astype(dtype)
         if dtype in ("int64", "uint64") and rng.random() < 0.5:
             x = x * np.array(2**40, dtype=dtype)
@@ -946,17 +1147,29 @@ def data_labels(rng, seeds, folder):
     x, onehot = seeds.x, seeds.y
     labels = np.argmax(onehot, axis=1)
     n = len(x)
-    edit = rng.choice(("zero-rows", "length", "negative", "large", "strings", "fractional",
-                       "shape", "bool", "wide-onehot"))
+    edit = rng.choice(
+        (
+            "zero-rows",
+            "length",
+            "negative",
+            "large",
+            "strings",
+            "fractional",
+            "shape",
+            "bool",
+            "wide-onehot",
+        )
+    )
     if edit == "zero-rows":
         y = onehot.copy()
-        y[:rng.choice((1, n // 2, n))] = 0
+        y[: rng.choice((1, n // 2, n))] = 0
     elif edit == "length":
-        y = rng.choice((onehot[:n - 1], np.concatenate([onehot, onehot[:7]]), onehot[:0],
-                        onehot[:1]))
+        y = rng.choice(
+            (onehot[: n - 1], np.concatenate([onehot, onehot[:7]]), onehot[:0], onehot[:1])
+        )
     elif edit == "negative":
         y = labels.copy()
-        y[:rng.randint(1, n)] = rng.choice((-1, -7, -(2**31)))
+        y[: rng.randint(1, n)] = rng.choice((-1, -7, -(2**31)))
     elif edit == "large":
         y = labels.copy()
         y[rng.randrange(n)] = rng.choice((10, 255, 2**40, 10**18))
@@ -966,8 +1179,9 @@ def data_labels(rng, seeds, folder):
         y = labels.astype(np.float64)
         y[rng.randrange(n)] = rng.choice((0.5, np.nan, np.inf, -np.inf))
     elif edit == "shape":
-        y = rng.choice((labels[:, None], onehot[:, :, None], np.int64(3), onehot[:, :2],
-                        np.zeros((n, 0))))
+        y = rng.choice(
+            (labels[:, None], onehot[:, :, None], np.int64(3), onehot[:, :2], np.zeros((n, 0)))
+        )
     elif edit == "bool":
         y = onehot.astype(bool)
     else:
@@ -1014,8 +1228,19 @@ def data_keys(rng, seeds, folder):
     fmt = rng.choice(("h5", "npz"))
     kx, ky = _keys(fmt)
     x, y = seeds.x, seeds.y
-    edit = rng.choice(("only-x", "only-y", "train-only", "mixed-case", "empty", "group",
-                       "soft-link", "external-link", "not-npy-member"))
+    edit = rng.choice(
+        (
+            "only-x",
+            "only-y",
+            "train-only",
+            "mixed-case",
+            "empty",
+            "group",
+            "soft-link",
+            "external-link",
+            "not-npy-member",
+        )
+    )
     path = os.path.join(folder, "data." + fmt)
     if edit == "only-x":
         _save_arrays(path, {kx: x}, fmt)
@@ -1051,8 +1276,19 @@ def data_keys(rng, seeds, folder):
 
 def data_format(rng, seeds, folder):
     """A data file under the wrong extension, empty, a model file, a folder or a symlink."""
-    edit = rng.choice(("h5-as-npz", "npz-as-h5", "txt", "no-extension", "empty", "model-file",
-                       "folder-empty", "folder-junk-images", "device"))
+    edit = rng.choice(
+        (
+            "h5-as-npz",
+            "npz-as-h5",
+            "txt",
+            "no-extension",
+            "empty",
+            "model-file",
+            "folder-empty",
+            "folder-junk-images",
+            "device",
+        )
+    )
     if edit == "h5-as-npz":
         return _write(folder, "data.npz", seeds.bytes("data.h5")), edit
     if edit == "npz-as-h5":
@@ -1075,8 +1311,9 @@ def data_format(rng, seeds, folder):
             for label in rng.sample(range(10), 3):
                 os.makedirs(os.path.join(path, str(label)))
                 for i in range(2):
-                    junk = rng.choice((rng.randbytes(100),
-                                       b"\x89PNG\r\n\x1a\n" + rng.randbytes(60)))
+                    junk = rng.choice(
+                        (rng.randbytes(100), b"\x89PNG\r\n\x1a\n" + rng.randbytes(60))
+                    )
                     _write(os.path.join(path, str(label)), f"{i}.png", junk)
         return path, edit
     path = os.path.join(folder, "data.h5")
@@ -1125,8 +1362,10 @@ def json_problem(stdout, code):
         `None` when stdout is one strict JSON document (no NaN or
         infinities) and, on exit 2, an object with an "error" key.
     """
+
     def reject(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
+
     try:
         value = json.loads(stdout, parse_constant=reject)
     except ValueError as error:
@@ -1204,10 +1443,16 @@ def run_in_worker(argv, capture, cli, keras):
     except Exception as error:  # the case left Keras in a state it cannot reset
         stderr += f"\nworker: keras.backend.clear_session() failed: {error!r}\n"
     gc.collect()
-    return {"code": code, "stdout": _trim(stdout), "stderr": _trim(stderr),
-            "traceback": TRACEBACK in stdout or TRACEBACK in stderr, "escaped": escaped,
-            "json_error": json_problem(stdout, code) if "--json" in argv else None,
-            "seconds": seconds, "peak_rss_gib": peak_rss_gib()}
+    return {
+        "code": code,
+        "stdout": _trim(stdout),
+        "stderr": _trim(stderr),
+        "traceback": TRACEBACK in stdout or TRACEBACK in stderr,
+        "escaped": escaped,
+        "json_error": json_problem(stdout, code) if "--json" in argv else None,
+        "seconds": seconds,
+        "peak_rss_gib": peak_rss_gib(),
+    }
 
 
 def worker_main(capture, memory_gib):
@@ -1268,14 +1513,26 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (REPO, env.get("PYTHONPATH"))))
         with open(os.path.join(self.capture, "worker.log"), "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, SCRIPT, "--worker", self.capture, "--memory-limit",
-                 str(self.memory_gib)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                cwd=os.path.join(self.root, "cwd"), env=env, start_new_session=True)
+                [
+                    sys.executable,
+                    SCRIPT,
+                    "--worker",
+                    self.capture,
+                    "--memory-limit",
+                    str(self.memory_gib),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=os.path.join(self.root, "cwd"),
+                env=env,
+                start_new_session=True,
+            )
         self.starts += 1
         self.answers = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.answers),
-                         daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(self.proc.stdout, self.answers), daemon=True
+        ).start()
         try:
             hello = self.answers.get(timeout=self.STARTUP_SECONDS)
         except queue.Empty:
@@ -1309,8 +1566,11 @@ class Worker:
         if answer is None or "garbled" in answer:
             status = self.proc.wait()
             self.proc = None
-            reason = (f"killed by {signal.Signals(-status).name}" if status < 0
-                      else f"exited with status {status}")
+            reason = (
+                f"killed by {signal.Signals(-status).name}"
+                if status < 0
+                else f"exited with status {status}"
+            )
             return {"died": reason, "stderr": self._case_output()}
         return answer
 
@@ -1357,8 +1617,11 @@ def snapshot(root, skip):
                     digest = hashlib.sha256(_read(path)).hexdigest()
                     state[path] = (st.st_size, st.st_mtime_ns, digest)
                 else:
-                    state[path] = ("link", os.readlink(path)) if stat.S_ISLNK(st.st_mode) else \
-                        ("special", st.st_mode)
+                    state[path] = (
+                        ("link", os.readlink(path))
+                        if stat.S_ISLNK(st.st_mode)
+                        else ("special", st.st_mode)
+                    )
             except OSError as error:
                 state[path] = ("unreadable", str(error))
     return state
@@ -1425,8 +1688,14 @@ def prepare_case(args, index, seeds, folder):
         argv += ["--out", out] + SCAN_OPTIONS
     if as_json:
         argv.append("--json")
-    return {"index": index, "kind": kind, "variant": variant, "command": command, "argv": argv,
-            "out": out}
+    return {
+        "index": index,
+        "kind": kind,
+        "variant": variant,
+        "command": command,
+        "argv": argv,
+        "out": out,
+    }
 
 
 def first_error_line(text):
@@ -1501,10 +1770,19 @@ def run_case(args, index, seeds, worker, root, skip, keep=False):
     if not keep:
         shutil.rmtree(folder, ignore_errors=True)
     error = first_error_line(stderr) or first_error_line(stdout) or answer.get("died") or json_error
-    case.update(code=code, problems=problems, error=error, stdout=stdout, stderr=stderr,
-                changed=changes, executed=executed, json_error=json_error,
-                cli_seconds=answer.get("seconds"), worker_peak_rss_gib=answer.get("peak_rss_gib"),
-                seconds=time.perf_counter() - start)
+    case.update(
+        code=code,
+        problems=problems,
+        error=error,
+        stdout=stdout,
+        stderr=stderr,
+        changed=changes,
+        executed=executed,
+        json_error=json_error,
+        cli_seconds=answer.get("seconds"),
+        worker_peak_rss_gib=answer.get("peak_rss_gib"),
+        seconds=time.perf_counter() - start,
+    )
     return case
 
 
@@ -1543,31 +1821,50 @@ def setup_root(args):
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         log_path = os.path.join(root, "capture", "seeds.log")
         with open(log_path, "wb") as log:
-            done = subprocess.run([sys.executable, SCRIPT, "--make-seeds", folder,
-                                   "--marker", os.path.join(markers, "lambda")],
-                                  stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=env,
-                                  timeout=1200)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    SCRIPT,
+                    "--make-seeds",
+                    folder,
+                    "--marker",
+                    os.path.join(markers, "lambda"),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=REPO,
+                env=env,
+                timeout=1200,
+            )
         if done.returncode != 0:
-            raise SystemExit(f"making the seeds failed, or the Lambda payload did not write "
-                             f"its marker when loaded (see {log_path}); the fuzzer cannot "
-                             "detect code execution, stopping.")
+            raise SystemExit(
+                f"making the seeds failed, or the Lambda payload did not write "
+                f"its marker when loaded (see {log_path}); the fuzzer cannot "
+                "detect code execution, stopping."
+            )
         with open(info_path, "wb") as f:
             f.write(done.stdout.strip().splitlines()[-1])
     with open(info_path) as f:
         info = json.load(f)
     seeds = Seeds(folder, markers)
     if not check_pickle_payload(os.path.join(root, "tmp"), seeds.pickle_marker):
-        raise SystemExit("the pickle payload did not write its marker when unpickled; the "
-                         "fuzzer cannot detect code execution, stopping.")
+        raise SystemExit(
+            "the pickle payload did not write its marker when unpickled; the "
+            "fuzzer cannot detect code execution, stopping."
+        )
     return root, seeds, info, temporary
 
 
 def summarise(args, cases, wall, info, worker, start_seconds):
     """Pools the cases: the figures, cases per kind, exit statuses, times, peak RSS, failures."""
     counts = {key: sum(key in c["problems"] for c in cases) for key, _ in FIGURES}
-    kinds = {k: {"cases": sum(c["kind"] == k for c in cases),
-                 "failing": sum(c["kind"] == k and bool(c["problems"]) for c in cases)}
-             for k in args.kinds}
+    kinds = {
+        k: {
+            "cases": sum(c["kind"] == k for c in cases),
+            "failing": sum(c["kind"] == k and bool(c["problems"]) for c in cases),
+        }
+        for k in args.kinds
+    }
     exits = {}
     for c in cases:
         exits[str(c["code"])] = exits.get(str(c["code"]), 0) + 1
@@ -1579,7 +1876,8 @@ def summarise(args, cases, wall, info, worker, start_seconds):
             "cases": len(mine),
             "mean_s": sum(c["seconds"] for c in mine) / len(mine) if mine else None,
             "max_s": max((c["seconds"] for c in mine), default=None),
-            "mean_cli_s": sum(cli) / len(cli) if cli else None}
+            "mean_cli_s": sum(cli) / len(cli) if cli else None,
+        }
     share = {"scan": args.scan_share, "evaluate": 1 - args.scan_share}
     if len(args.commands) == 1:
         share = {args.commands[0]: 1.0}
@@ -1588,62 +1886,104 @@ def summarise(args, cases, wall, info, worker, start_seconds):
         per_case = sum(share[c] * timing[c]["mean_s"] for c in args.commands)
         projected = start_seconds + 1000 * per_case
     worker_rss = max((c["worker_peak_rss_gib"] or 0 for c in cases), default=0)
-    fields = ("index", "kind", "variant", "command", "argv", "code", "problems", "error",
-              "changed", "executed", "json_error")
-    failures = [{k: c[k] for k in fields} | {"rerun": rerun_command(args, c["index"])}
-                for c in cases if c["problems"]]
-    unexpected = [{k: c[k] for k in fields} | {"rerun": rerun_command(args, c["index"])}
-                  for c in cases if c["code"] == 2 and UNEXPECTED in c["stderr"]]
-    return {"cases": len(cases), "seed": args.seed, "counts": counts,
-            "targets": {key: 0 for key, _ in FIGURES}, "passed": not any(counts.values()),
-            "kinds": kinds, "exit_codes": dict(sorted(exits.items())), "timing": timing,
-            "scan_share": share.get("scan", 0.0), "wall_time_s": round(wall, 1),
-            "startup_s": round(start_seconds, 1),
-            "projected_1000_cases_min": None if projected is None else round(projected / 60, 1),
-            "worker_starts": worker.starts, "seed_model_accuracy": info.get("accuracy"),
-            "payload_files": info.get("payloads"),
-            "peak_rss_gib": round(peak_rss_gib(), 3), "worker_peak_rss_gib": round(worker_rss, 3),
-            "unexpected_errors": unexpected, "failures": failures}
+    fields = (
+        "index",
+        "kind",
+        "variant",
+        "command",
+        "argv",
+        "code",
+        "problems",
+        "error",
+        "changed",
+        "executed",
+        "json_error",
+    )
+    failures = [
+        {k: c[k] for k in fields} | {"rerun": rerun_command(args, c["index"])}
+        for c in cases
+        if c["problems"]
+    ]
+    unexpected = [
+        {k: c[k] for k in fields} | {"rerun": rerun_command(args, c["index"])}
+        for c in cases
+        if c["code"] == 2 and UNEXPECTED in c["stderr"]
+    ]
+    return {
+        "cases": len(cases),
+        "seed": args.seed,
+        "counts": counts,
+        "targets": {key: 0 for key, _ in FIGURES},
+        "passed": not any(counts.values()),
+        "kinds": kinds,
+        "exit_codes": dict(sorted(exits.items())),
+        "timing": timing,
+        "scan_share": share.get("scan", 0.0),
+        "wall_time_s": round(wall, 1),
+        "startup_s": round(start_seconds, 1),
+        "projected_1000_cases_min": None if projected is None else round(projected / 60, 1),
+        "worker_starts": worker.starts,
+        "seed_model_accuracy": info.get("accuracy"),
+        "payload_files": info.get("payloads"),
+        "peak_rss_gib": round(peak_rss_gib(), 3),
+        "worker_peak_rss_gib": round(worker_rss, 3),
+        "unexpected_errors": unexpected,
+        "failures": failures,
+    }
 
 
 def print_summary(summary):
-    print(f"\ncases run: {summary['cases']} (seed {summary['seed']}, scan share "
-          f"{summary['scan_share']:.0%}, seed model accuracy {summary['seed_model_accuracy']:.2f})")
+    print(
+        f"\ncases run: {summary['cases']} (seed {summary['seed']}, scan share "
+        f"{summary['scan_share']:.0%}, seed model accuracy {summary['seed_model_accuracy']:.2f})"
+    )
     print(f"\n{'figure':<34}{'measured':>9}{'target':>8}")
     for key, label in FIGURES:
         print(f"{label:<34}{summary['counts'][key]:>9}{0:>8}")
-    print(f"{'exit 2 with an unexpected error':<34}{len(summary['unexpected_errors']):>9}"
-          f"{'-':>8}")
+    print(f"{'exit 2 with an unexpected error':<34}{len(summary['unexpected_errors']):>9}{'-':>8}")
     print(f"\n{'mutation kind':<18}{'cases':>6}{'failing':>9}")
     for kind, row in summary["kinds"].items():
         print(f"{kind:<18}{row['cases']:>6}{row['failing']:>9}")
     print("\nexit statuses: " + ", ".join(f"{k}: {v}" for k, v in summary["exit_codes"].items()))
     for command, t in summary["timing"].items():
         if t["cases"]:
-            print(f"{command:<9} {t['cases']:>5} cases, {t['mean_s']:.2f} s per case (max "
-                  f"{t['max_s']:.1f} s; in nc-tf {t['mean_cli_s'] or 0:.2f} s)")
+            print(
+                f"{command:<9} {t['cases']:>5} cases, {t['mean_s']:.2f} s per case (max "
+                f"{t['max_s']:.1f} s; in nc-tf {t['mean_cli_s'] or 0:.2f} s)"
+            )
     projected = summary["projected_1000_cases_min"]
-    print(f"wall time: {summary['wall_time_s']:.0f} s (start-up {summary['startup_s']:.0f} s, "
-          f"worker starts {summary['worker_starts']})")
+    print(
+        f"wall time: {summary['wall_time_s']:.0f} s (start-up {summary['startup_s']:.0f} s, "
+        f"worker starts {summary['worker_starts']})"
+    )
     if projected is not None:
-        print(f"projected wall time of 1,000 cases: {projected:.1f} min (target <= "
-              f"{TARGET_MINUTES} min)")
+        print(
+            f"projected wall time of 1,000 cases: {projected:.1f} min (target <= "
+            f"{TARGET_MINUTES} min)"
+        )
     print_peak_rss()
     print(f"worker peak RSS: {summary['worker_peak_rss_gib']:.2f} GiB")
-    listings = (("failing cases", summary["failures"]),
-                ("exit 2 with an unexpected error (not counted)", summary["unexpected_errors"]))
+    listings = (
+        ("failing cases", summary["failures"]),
+        ("exit 2 with an unexpected error (not counted)", summary["unexpected_errors"]),
+    )
     for title, listing in listings:
         if listing:
             print(f"\n{title} ({len(listing)}):")
         for f in listing:
             problems = f" ({', '.join(f['problems'])})" if f["problems"] else ""
-            print(f"case {f['index']} [{f['kind']}: {f['variant']}] {f['command']} -> exit "
-                  f"{f['code']}{problems}")
+            print(
+                f"case {f['index']} [{f['kind']}: {f['variant']}] {f['command']} -> exit "
+                f"{f['code']}{problems}"
+            )
             print(f"  argv: nc-tf {shlex.join(f['argv'])}")
-            details = ([f"error: {f['error']}"] if f["error"] else []) + \
-                ([f"json: {f['json_error']}"] if f["json_error"] else []) + \
-                [f"marker written: {m}" for m in f["executed"]] + f["changed"][:5] + \
-                [f"rerun: {f['rerun']}"]
+            details = (
+                ([f"error: {f['error']}"] if f["error"] else [])
+                + ([f"json: {f['json_error']}"] if f["json_error"] else [])
+                + [f"marker written: {m}" for m in f["executed"]]
+                + f["changed"][:5]
+                + [f"rerun: {f['rerun']}"]
+            )
             for line in details:
                 print(f"  {line}")
     print("\nPASS" if summary["passed"] else "\nFAIL")
@@ -1675,24 +2015,48 @@ def _names(text, known, what, error):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--cases", type=int, default=1000, help="cases to run (default: 1000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the case sequence (default: 0)")
-    ap.add_argument("--kinds", help=f"comma-separated mutation kinds (default: all): "
-                                    f"{', '.join(KINDS)}")
-    ap.add_argument("--commands", default="evaluate,scan",
-                    help="commands to run: evaluate, scan or both (default: both)")
-    ap.add_argument("--scan-share", type=float, default=0.5,
-                    help="share of scan cases when both commands run (default: 0.5)")
-    ap.add_argument("--timeout", type=float, default=120,
-                    help="seconds before a case's worker is killed (default: 120)")
-    ap.add_argument("--memory-limit", type=float, default=8,
-                    help="address-space limit of the worker in GiB, 0 for none (default: 8)")
-    ap.add_argument("--workdir", help="folder for seeds and cases, kept and reused (default: a "
-                                      "temporary folder, removed at the end)")
-    ap.add_argument("--only-case", type=int, metavar="K",
-                    help="rerun only case K of the sequence and print its whole output")
+    ap.add_argument(
+        "--kinds", help=f"comma-separated mutation kinds (default: all): {', '.join(KINDS)}"
+    )
+    ap.add_argument(
+        "--commands",
+        default="evaluate,scan",
+        help="commands to run: evaluate, scan or both (default: both)",
+    )
+    ap.add_argument(
+        "--scan-share",
+        type=float,
+        default=0.5,
+        help="share of scan cases when both commands run (default: 0.5)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=120,
+        help="seconds before a case's worker is killed (default: 120)",
+    )
+    ap.add_argument(
+        "--memory-limit",
+        type=float,
+        default=8,
+        help="address-space limit of the worker in GiB, 0 for none (default: 8)",
+    )
+    ap.add_argument(
+        "--workdir",
+        help="folder for seeds and cases, kept and reused (default: a "
+        "temporary folder, removed at the end)",
+    )
+    ap.add_argument(
+        "--only-case",
+        type=int,
+        metavar="K",
+        help="rerun only case K of the sequence and print its whole output",
+    )
     ap.add_argument("--json", action="store_true", help="print the figures as JSON only")
     ap.add_argument("--worker", metavar="CAPTURE", help=argparse.SUPPRESS)
     ap.add_argument("--make-seeds", metavar="DIR", help=argparse.SUPPRESS)
@@ -1715,8 +2079,7 @@ def main(argv=None):
         worker.start()
         start_seconds = time.perf_counter() - t0
         if args.only_case is not None:
-            case = run_case(args, args.only_case, seeds, worker, root, skip,
-                            keep=not temporary)
+            case = run_case(args, args.only_case, seeds, worker, root, skip, keep=not temporary)
             if args.json:
                 print(json.dumps(case, indent=2))
             else:
@@ -1727,8 +2090,9 @@ def main(argv=None):
         from tqdm import tqdm
 
         cases = []
-        with tqdm(total=args.cases, desc="fuzz", unit="case", mininterval=2,
-                  file=sys.stderr) as bar:
+        with tqdm(
+            total=args.cases, desc="fuzz", unit="case", mininterval=2, file=sys.stderr
+        ) as bar:
             for index in range(args.cases):
                 cases.append(run_case(args, index, seeds, worker, root, skip))
                 bar.update(1)

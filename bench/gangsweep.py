@@ -61,8 +61,14 @@ OUT = os.path.join("runs", "bench_gangsweep")
 
 
 def _case(dataset, attack, target, published, n=None, **kwargs):
-    return {"dataset": dataset, "attack": attack, "target": target, "published": published,
-            "first": n, "kwargs": kwargs}
+    return {
+        "dataset": dataset,
+        "attack": attack,
+        "target": target,
+        "published": published,
+        "first": n,
+        "kwargs": kwargs,
+    }
 
 
 CASES = {
@@ -73,26 +79,40 @@ CASES = {
     "polymorphic": _case("mnist", "dynamic", 7, "GS patches to ASR < 1 %, NC not"),
 }
 for _size, _gs, _nc in ((4, 8.66, 2.56), (8, 5.91, 2.21), (12, 8.47, 1.8), (16, 2.55, 1.6)):
-    CASES[f"table3-{_size}"] = _case("gtsrb", "blend", 37, f"AI GS {_gs} / NC {_nc}",
-                                     image="logo", size=_size, alpha=1.0)
+    CASES[f"table3-{_size}"] = _case(
+        "gtsrb", "blend", 37, f"AI GS {_gs} / NC {_nc}", image="logo", size=_size, alpha=1.0
+    )
 for _alpha, _gs, _nc in ((0.1, 8.47, 5.47), (0.2, 6.75, 3.06), (0.4, 3.35, 1.8), (0.6, 2.10, 1.6)):
-    CASES[f"table4-{_alpha}"] = _case("gtsrb", "blend", 10, f"AI GS {_gs} / NC {_nc}",
-                                      image="logo", alpha=_alpha)
+    CASES[f"table4-{_alpha}"] = _case(
+        "gtsrb", "blend", 10, f"AI GS {_gs} / NC {_nc}", image="logo", alpha=_alpha
+    )
 
 
 def train(folder, case, epochs, limit):
     """The case's backdoored model (trained once, then reused)."""
     if not os.path.exists(os.path.join(folder, "attack.json")):
+
         def triggers(shape, num_classes):
-            out = build_attack(case["attack"], shape, [case["target"]], num_classes=num_classes,
-                               **case["kwargs"])
-            return out[:case["first"]] if case["first"] else out
+            out = build_attack(
+                case["attack"], shape, [case["target"]], num_classes=num_classes, **case["kwargs"]
+            )
+            return out[: case["first"]] if case["first"] else out
 
         ratio = 0.5 if case["attack"] == "multi-trigger" else 0.1
-        train_and_save(folder, case["dataset"], triggers, ratio=ratio, epochs=epochs, limit=limit,
-                       force=True, verbose=0)
-    return (load_model(os.path.join(folder, "model.keras")),
-            load_triggers(read_json(os.path.join(folder, "attack.json"))))
+        train_and_save(
+            folder,
+            case["dataset"],
+            triggers,
+            ratio=ratio,
+            epochs=epochs,
+            limit=limit,
+            force=True,
+            verbose=0,
+        )
+    return (
+        load_model(os.path.join(folder, "model.keras")),
+        load_triggers(read_json(os.path.join(folder, "attack.json"))),
+    )
 
 
 def repair(folder, method, model, data, triggers, attack, suffix="", **options):
@@ -101,8 +121,9 @@ def repair(folder, method, model, data, triggers, attack, suffix="", **options):
     path = os.path.join(out, "mitigation.json")
     if os.path.exists(path):
         return read_json(path)
-    _, report = mitigate(method, model, data, triggers, attack, out_dir=out, verbose=False,
-                         **options)
+    _, report = mitigate(
+        method, model, data, triggers, attack, out_dir=out, verbose=False, **options
+    )
     return report
 
 
@@ -112,7 +133,7 @@ def run_case(name, case, args):
     x_train, y_train = datasets.load_data(case["dataset"], "train", limit=args.train_limit)
     x_test, y_test = datasets.load_data(case["dataset"], "test")
     data = split_data(x_train, y_train, x_test, y_test)
-    x_scan, y_scan = x_test[:args.n_scan], y_test[:args.n_scan]
+    x_scan, y_scan = x_test[: args.n_scan], y_test[: args.n_scan]
     target = case["target"]
     row = {"case": name, "published": case["published"]}
 
@@ -122,33 +143,56 @@ def run_case(name, case, args):
     suffix += "" if args.alpha_gate is None else f"_gate{args.alpha_gate:g}"
     gs_dir = os.path.join(folder, "gangsweep" + suffix)
     t0 = time.time()
-    gs = gangsweep_scan(model, x_scan, y_scan, labels=args.gs_labels, out_dir=gs_dir,
-                        progress=True, verbose=False, min_steps_per_epoch=steps,
-                        alpha_gate=args.alpha_gate)
+    gs = gangsweep_scan(
+        model,
+        x_scan,
+        y_scan,
+        labels=args.gs_labels,
+        out_dir=gs_dir,
+        progress=True,
+        verbose=False,
+        min_steps_per_epoch=steps,
+        alpha_gate=args.alpha_gate,
+    )
     row["gs_scan_s"] = gs.get("wall_time_s", time.time() - t0)
     flagged = [t for t, _ in gs["outlier"]["flagged"]]
     margin = gs["outlier"]["other_statistic"]  # the scan judged with the paper's statistic
-    row.update(gs_ai=gs["outlier"]["anomaly_index"], gs_flagged=flagged,
-               gs_margin_ai=margin["anomaly_index"],
-               gs_margin_flagged=[t for t, _ in margin["flagged"]],
-               gs_persistence=gs["labels"][str(target)]["persistence"],
-               gs_forced=not flagged)
+    row.update(
+        gs_ai=gs["outlier"]["anomaly_index"],
+        gs_flagged=flagged,
+        gs_margin_ai=margin["anomaly_index"],
+        gs_margin_flagged=[t for t, _ in margin["flagged"]],
+        gs_persistence=gs["labels"][str(target)]["persistence"],
+        gs_forced=not flagged,
+    )
     generators = load_generators(gs_dir, flagged or [target])
     t0 = time.time()
-    report = repair(folder, "gangsweep", model, data, [], attack, suffix=suffix,
-                    generators=generators)
+    report = repair(
+        folder, "gangsweep", model, data, [], attack, suffix=suffix, generators=generators
+    )
     row["gs_patch_s"] = report.get("wall_time_s", time.time() - t0)
     row["before"], row["gs_after"] = report["before"], report["after"]
 
     t0 = time.time()
-    nc = scan(model, x_scan, y_scan, out_dir=os.path.join(folder, "nc"), progress=False,
-              verbose=False, prefix=case["dataset"])
+    nc = scan(
+        model,
+        x_scan,
+        y_scan,
+        out_dir=os.path.join(folder, "nc"),
+        progress=False,
+        verbose=False,
+        prefix=case["dataset"],
+    )
     row["nc_scan_s"] = nc.get("wall_time_s", time.time() - t0)
     nc_flagged = sorted(int(t) for t, _ in nc["outlier"]["flagged"])
-    row.update(nc_ai=nc["outlier"]["anomaly_index"], nc_flagged=nc_flagged,
-               nc_forced=target not in nc_flagged)
-    reversed_triggers = scan_triggers(os.path.join(folder, "nc"),
-                                      nc_flagged if nc_flagged else [target])
+    row.update(
+        nc_ai=nc["outlier"]["anomaly_index"],
+        nc_flagged=nc_flagged,
+        nc_forced=target not in nc_flagged,
+    )
+    reversed_triggers = scan_triggers(
+        os.path.join(folder, "nc"), nc_flagged if nc_flagged else [target]
+    )
     t0 = time.time()
     report = repair(folder, "unlearn", model, data, reversed_triggers, attack)
     row["nc_unlearn_s"] = report.get("wall_time_s", time.time() - t0)
@@ -162,38 +206,58 @@ def _acc_asr(row):
 
 def _line(row):
     forced = lambda flag: "*" if flag else " "  # noqa: E731
-    return (f"{row['case']:13} {_acc_asr(row['before']):>11} | "
-            f"{row['gs_ai']:5.2f} {str(row['gs_flagged']):8} "
-            f"{row['gs_margin_ai']:5.2f} {str(row['gs_margin_flagged']):8} "
-            f"{row['gs_persistence']:4.2f} "
-            f"{_acc_asr(row['gs_after'])}{forced(row['gs_forced'])} "
-            f"{row['gs_scan_s']:5.0f}+{row['gs_patch_s']:3.0f} | "
-            f"{row['nc_ai']:5.2f} {str(row['nc_flagged']):8} "
-            f"{_acc_asr(row['nc_after'])}{forced(row['nc_forced'])} "
-            f"{row['nc_scan_s']:4.0f}+{row['nc_unlearn_s']:3.0f} | {row['published']}")
+    return (
+        f"{row['case']:13} {_acc_asr(row['before']):>11} | "
+        f"{row['gs_ai']:5.2f} {str(row['gs_flagged']):8} "
+        f"{row['gs_margin_ai']:5.2f} {str(row['gs_margin_flagged']):8} "
+        f"{row['gs_persistence']:4.2f} "
+        f"{_acc_asr(row['gs_after'])}{forced(row['gs_forced'])} "
+        f"{row['gs_scan_s']:5.0f}+{row['gs_patch_s']:3.0f} | "
+        f"{row['nc_ai']:5.2f} {str(row['nc_flagged']):8} "
+        f"{_acc_asr(row['nc_after'])}{forced(row['nc_forced'])} "
+        f"{row['nc_scan_s']:4.0f}+{row['nc_unlearn_s']:3.0f} | {row['published']}"
+    )
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", default="table5-mnist,multi2,multi4,polymorphic",
-                    help="comma-separated (default: the MNIST cases); all: " + ",".join(CASES))
-    ap.add_argument("--n-scan", type=int, default=1000,
-                    help="test images both scans see (default: 1000)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--cases",
+        default="table5-mnist,multi2,multi4,polymorphic",
+        help="comma-separated (default: the MNIST cases); all: " + ",".join(CASES),
+    )
+    ap.add_argument(
+        "--n-scan", type=int, default=1000, help="test images both scans see (default: 1000)"
+    )
     ap.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
-    ap.add_argument("--train-limit", type=int,
-                    help="train on N images (the first N, or a subset of every class in a "
-                         "label-sorted split; default: all)")
-    ap.add_argument("--min-steps-per-epoch", type=int, default=MIN_STEPS_PER_EPOCH,
-                    help=f"GangSweep's fewest generator steps per epoch (default: "
-                         f"{MIN_STEPS_PER_EPOCH}; 0: one pass, the paper; other values than the "
-                         "default write gangsweep_steps<N>/ and repair_gangsweep_steps<N>/)")
-    ap.add_argument("--alpha-gate", type=float,
-                    help="GangSweep's alpha_gate (default: none, the paper's alpha rule; a value "
-                         "writes gangsweep_gate<G>/ and repair_gangsweep_gate<G>/)")
-    ap.add_argument("--gs-labels", type=lambda v: [int(t) for t in v.split(",") if t],
-                    help="GangSweep scans only these labels (at least 3, the target among "
-                         "them): a cheaper, reduced verdict (default: every label)")
+    ap.add_argument(
+        "--train-limit",
+        type=int,
+        help="train on N images (the first N, or a subset of every class in a "
+        "label-sorted split; default: all)",
+    )
+    ap.add_argument(
+        "--min-steps-per-epoch",
+        type=int,
+        default=MIN_STEPS_PER_EPOCH,
+        help=f"GangSweep's fewest generator steps per epoch (default: "
+        f"{MIN_STEPS_PER_EPOCH}; 0: one pass, the paper; other values than the "
+        "default write gangsweep_steps<N>/ and repair_gangsweep_steps<N>/)",
+    )
+    ap.add_argument(
+        "--alpha-gate",
+        type=float,
+        help="GangSweep's alpha_gate (default: none, the paper's alpha rule; a value "
+        "writes gangsweep_gate<G>/ and repair_gangsweep_gate<G>/)",
+    )
+    ap.add_argument(
+        "--gs-labels",
+        type=lambda v: [int(t) for t in v.split(",") if t],
+        help="GangSweep scans only these labels (at least 3, the target among "
+        "them): a cheaper, reduced verdict (default: every label)",
+    )
     args = ap.parse_args()
     if args.gs_labels is not None and len(args.gs_labels) < 3:
         ap.error("--gs-labels needs at least 3 labels (GangSweep's MAD test)")
@@ -204,18 +268,22 @@ def main():
     missing = [n for n in names if args.gs_labels and CASES[n]["target"] not in args.gs_labels]
     if missing:
         ap.error(f"--gs-labels must include the target label of {missing}")
-    header = (f"{'case':13} {'before':>11} | GangSweep: {'AI':>5} {'flagged':8} "
-              f"{'AI_M':>5} {'flag_M':8} {'P_t':4} "
-              f"{'after':11} {'scan+patch s':>12} | NC: {'AI':>5} {'flagged':8} {'after':11} "
-              f"{'scan+unl. s':>11} | published")
+    header = (
+        f"{'case':13} {'before':>11} | GangSweep: {'AI':>5} {'flagged':8} "
+        f"{'AI_M':>5} {'flag_M':8} {'P_t':4} "
+        f"{'after':11} {'scan+patch s':>12} | NC: {'AI':>5} {'flagged':8} {'after':11} "
+        f"{'scan+unl. s':>11} | published"
+    )
     rows = []
     for name in names:
         rows.append(run_case(name, CASES[name], args))
         print(_line(rows[-1]), flush=True)
-    print(f"\nGangSweep vs Neural Cleanse (acc/ASR %, full test set; ASR: the original "
-          f"trigger, the highest over its triggers; scans on {args.n_scan} test images; * = nothing "
-          "flagged, the target's generator / reversed trigger used anyway; GangSweep alpha_gate "
-          f"{args.alpha_gate})")
+    print(
+        f"\nGangSweep vs Neural Cleanse (acc/ASR %, full test set; ASR: the original "
+        f"trigger, the highest over its triggers; scans on {args.n_scan} test images; * = nothing "
+        "flagged, the target's generator / reversed trigger used anyway; GangSweep alpha_gate "
+        f"{args.alpha_gate})"
+    )
     print(header)
     for row in rows:
         print(_line(row))

@@ -43,31 +43,49 @@ OUT = os.path.join("runs", "bench_gangsweep")
 
 def _row(k, stats, result):
     rates = " / ".join(f"{100 * r['attack_success_rate']:5.1f}" for r in result["per_trigger"])
-    gen = ("(bench/gangsweep.py)" if stats is None else
-           f"P {stats['persistence']:.3f} ASR {stats['attack_success_rate']:.3f} "
-           f"L2 {stats['l2']:.2f} {stats['seconds']:4.0f} s")
+    gen = (
+        "(bench/gangsweep.py)"
+        if stats is None
+        else f"P {stats['persistence']:.3f} ASR {stats['attack_success_rate']:.3f} "
+        f"L2 {stats['l2']:.2f} {stats['seconds']:4.0f} s"
+    )
     return f"{k:5d} {gen:42} | acc {100 * result['accuracy']:5.1f}  ASR {rates}"
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", default="multi2",
-                    help="a bench/gangsweep.py case already run (default: multi2)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--case", default="multi2", help="a bench/gangsweep.py case already run (default: multi2)"
+    )
     ap.add_argument("--rounds", type=int, default=3, help="rounds in all (default: 3)")
-    ap.add_argument("--train-limit", type=int, default=20000,
-                    help="the --train-limit the case ran with (default: 20000)")
-    ap.add_argument("--n-scan", type=int, default=500,
-                    help="the --n-scan the case ran with (default: 500)")
+    ap.add_argument(
+        "--train-limit",
+        type=int,
+        default=20000,
+        help="the --train-limit the case ran with (default: 20000)",
+    )
+    ap.add_argument(
+        "--n-scan", type=int, default=500, help="the --n-scan the case ran with (default: 500)"
+    )
     args = ap.parse_args()
     folder = os.path.join(OUT, args.case)
-    needed = [os.path.join(folder, p) for p in ("model.keras", "attack.json",
-                                                 "gangsweep/results.json",
-                                                 "repair_gangsweep/model.keras")]
+    needed = [
+        os.path.join(folder, p)
+        for p in (
+            "model.keras",
+            "attack.json",
+            "gangsweep/results.json",
+            "repair_gangsweep/model.keras",
+        )
+    ]
     missing = [p for p in needed if not os.path.exists(p)]
     if missing:
-        ap.error(f"{missing[0]} not found: run `python bench/gangsweep.py --cases {args.case}` "
-                 "with its default generator steps first")
+        ap.error(
+            f"{missing[0]} not found: run `python bench/gangsweep.py --cases {args.case}` "
+            "with its default generator steps first"
+        )
     model = load_model(needed[0])
     triggers = load_triggers(read_json(needed[1]))
     target = triggers[0].target
@@ -77,16 +95,23 @@ def main():
 
     generators = [load_generators(os.path.join(folder, "gangsweep"), [target])[target]]
     patched = load_model(needed[3])
-    print(f"{args.case}, target {target}; ASR per trigger (%) after patching with every "
-          "round's generator; target: all below 1%")
+    print(
+        f"{args.case}, target {target}; ASR per trigger (%) after patching with every "
+        "round's generator; target: all below 1%"
+    )
     print(f"{'round':>5} {'new generator on the last patched model':42} | after patching")
-    print(_row(1, None, evaluate_backdoor(patched, data.x_test, data.y_test, triggers)),
-          flush=True)
+    print(_row(1, None, evaluate_backdoor(patched, data.x_test, data.y_test, triggers)), flush=True)
     for k in range(2, args.rounds + 1):
         out = os.path.join(folder, "rounds", f"round_{k}")
-        record = gangsweep_scan(patched, x_test[:args.n_scan], y_test[:args.n_scan],
-                                labels=[target], out_dir=os.path.join(out, "scan"),
-                                progress=False, verbose=False)
+        record = gangsweep_scan(
+            patched,
+            x_test[: args.n_scan],
+            y_test[: args.n_scan],
+            labels=[target],
+            out_dir=os.path.join(out, "scan"),
+            progress=False,
+            verbose=False,
+        )
         generators.append(load_generators(os.path.join(out, "scan"), [target])[target])
         path = os.path.join(out, "model.keras")
         if os.path.exists(path):

@@ -30,10 +30,14 @@ HELD_OUT = 700
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", default="multi2",
-                    help="a bench/gangsweep.py case already trained (default: multi2)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--case",
+        default="multi2",
+        help="a bench/gangsweep.py case already trained (default: multi2)",
+    )
     ap.add_argument("--target", type=int, default=7)
     ap.add_argument("--images", default="500,2000", help="comma-separated training set sizes")
     ap.add_argument("--min-steps", default="0,32", help="comma-separated min_steps_per_epoch")
@@ -44,20 +48,28 @@ def main():
     model = load_model(path)
     x, y = load_data("mnist", "test")
     held_x, held_y = x[-HELD_OUT:], y[-HELD_OUT:]
-    print(f"{'images':>6} {'min steps':>9} {'epochs':>6} {'kept':>4} {'P held-out':>10} "
-          f"{'ASR':>6} {'L2':>5} {'s':>5}")
+    print(
+        f"{'images':>6} {'min steps':>9} {'epochs':>6} {'kept':>4} {'P held-out':>10} "
+        f"{'ASR':>6} {'L2':>5} {'s':>5}"
+    )
     for n in (int(v) for v in args.images.split(",")):
         if n > len(x) - HELD_OUT:
-            ap.error(f"--images {n}: at most {len(x) - HELD_OUT} (the last {HELD_OUT} are held out)")
+            ap.error(
+                f"--images {n}: at most {len(x) - HELD_OUT} (the last {HELD_OUT} are held out)"
+            )
         train_x = x[:n][y[:n] != args.target]
         for min_steps in (int(v) for v in args.min_steps.split(",")):
             began = time.time()
-            generator, history = train_generator(model, train_x, args.target,
-                                                 min_steps_per_epoch=min_steps)
+            generator, history = train_generator(
+                model, train_x, args.target, min_steps_per_epoch=min_steps
+            )
             stats = label_statistics(model, generator, held_x, held_y, args.target)
-            print(f"{n:6d} {min_steps:9d} {len(history['l_pert']):6d} {history['kept_epoch']:4d} "
-                  f"{stats['persistence']:10.3f} {stats['attack_success_rate']:6.3f} "
-                  f"{stats['l2']:5.2f} {time.time() - began:5.0f}", flush=True)
+            print(
+                f"{n:6d} {min_steps:9d} {len(history['l_pert']):6d} {history['kept_epoch']:4d} "
+                f"{stats['persistence']:10.3f} {stats['attack_success_rate']:6.3f} "
+                f"{stats['l2']:5.2f} {time.time() - began:5.0f}",
+                flush=True,
+            )
     print_peak_rss(4)
 
 

@@ -64,18 +64,31 @@ ROWS = [
     ("gym", "GYM", "gym", {"n_samples": 1000}, (0.905, 0.035)),
     # ours, not in the paper: median aperture and downscale scaled from the 224 px
     # faces they were tuned on to 32 px (mitigation.gym.scaled_sizes)
-    ("gym-scaled", "GYM, scaled pixel sizes", "gym", {"n_samples": 1000, "scaled": True},
-     (0.905, 0.035)),
+    (
+        "gym-scaled",
+        "GYM, scaled pixel sizes",
+        "gym",
+        {"n_samples": 1000, "scaled": True},
+        (0.905, 0.035),
+    ),
     ("unlearn", "NC unlearning", "unlearn", {}, (0.960, 0.190)),
     ("fine-prune", "fine-pruning", "fine-prune", {}, (0.930, 0.020)),
-    ("fine-prune-tune", "fine-pruning + fine-tune", "fine-prune", {"finetune_epochs": 1},
-     (0.940, 0.545)),
+    (
+        "fine-prune-tune",
+        "fine-pruning + fine-tune",
+        "fine-prune",
+        {"finetune_epochs": 1},
+        (0.940, 0.545),
+    ),
     ("flip", "FLIP", "flip", {}, (0.535, 0.005)),
     ("shrinkpad", "ShrinkPad-4", "shrinkpad", {"pad": 4}, (0.945, 0.080)),
 ]
-GYM_COLUMNS = (("before", "before (no defence)"), ("intensive_only", "intensive only"),
-               ("finetuned_intensive", "fine-tuned + intensive"),
-               ("finetuned_lightweight", "fine-tuned + lightweight (GYM)"))
+GYM_COLUMNS = (
+    ("before", "before (no defence)"),
+    ("intensive_only", "intensive only"),
+    ("finetuned_intensive", "fine-tuned + intensive"),
+    ("finetuned_lightweight", "fine-tuned + lightweight (GYM)"),
+)
 
 
 def paper_figures(predict, x, y, trigger, n=PAPER_SAMPLES):
@@ -113,8 +126,9 @@ def nc_triggers(scan_dir, target, num_classes):
         return None, f"skipped: no scan folder {scan_dir} (run bench/scan.py --only gtsrb)"
     try:
         scanned = len(read_json(os.path.join(scan_dir, "results.json"), "scan results")["labels"])
-        incomplete = (f"; scan incomplete, {scanned} of {num_classes} labels"
-                      if scanned < num_classes else "")
+        incomplete = (
+            f"; scan incomplete, {scanned} of {num_classes} labels" if scanned < num_classes else ""
+        )
         triggers = scan_triggers(scan_dir)
         if triggers:
             return triggers, f"flagged {[t.target for t in triggers]}{incomplete}"
@@ -152,18 +166,29 @@ def _pair(acc, asr):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", help="comma-separated row keys (default: all): "
-                                   + ",".join(key for key, *_ in ROWS))
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--rows",
+        help="comma-separated row keys (default: all): " + ",".join(key for key, *_ in ROWS),
+    )
     ap.add_argument("--limit", type=int, help="first N test images (default: all)")
     ap.add_argument("--train-limit", type=int, help="first N training images (default: all)")
-    ap.add_argument("--n-samples", type=int, default=1000,
-                    help="GYM clean fine-tuning samples (default: 1000, the paper's "
-                         "low end; the PubFig notebook used 10000)")
+    ap.add_argument(
+        "--n-samples",
+        type=int,
+        default=1000,
+        help="GYM clean fine-tuning samples (default: 1000, the paper's "
+        "low end; the PubFig notebook used 10000)",
+    )
     ap.add_argument("--epochs", type=int, help="GYM epochs (default: 5, published)")
-    ap.add_argument("--throughput-images", type=int, default=2000,
-                    help="test images timed for the lightweight throughput (default: 2000)")
+    ap.add_argument(
+        "--throughput-images",
+        type=int,
+        default=2000,
+        help="test images timed for the lightweight throughput (default: 2000)",
+    )
     ap.add_argument("--out", default=OUT, help=f"output folder (default: {OUT})")
     ap.add_argument("--scan", default=SCAN_DIR, help=f"NC scan folder (default: {SCAN_DIR})")
     args = ap.parse_args()
@@ -181,8 +206,11 @@ def main():
     x, y = datasets.load_data("gtsrb", "train", limit=args.train_limit)
     xt, yt = datasets.load_data("gtsrb", "test", limit=args.limit)
     data = split_data(x, y, xt, yt, val_ratio=0.05, seed=0)
-    print(f"GTSRB BadNets model {folder}: target {trigger.target}, {len(data.x_train)} train / "
-          f"{len(data.x_val)} val / {len(data.x_test)} test images", flush=True)
+    print(
+        f"GTSRB BadNets model {folder}: target {trigger.target}, {len(data.x_train)} train / "
+        f"{len(data.x_val)} val / {len(data.x_test)} test images",
+        flush=True,
+    )
 
     rows, before, gym = [], None, None
     for key, name, method, options, published in ROWS:
@@ -201,9 +229,19 @@ def main():
                 rows.append((name, None, None, published, None, note))
                 continue
         t0 = time.time()
-        result, report = mitigate(method, model, data, triggers, [trigger],
-                                  out_dir=os.path.join(args.out, key), force=True,
-                                  intensity=intensity, seed=0, verbose=False, **options)
+        result, report = mitigate(
+            method,
+            model,
+            data,
+            triggers,
+            [trigger],
+            out_dir=os.path.join(args.out, key),
+            force=True,
+            intensity=intensity,
+            seed=0,
+            verbose=False,
+            **options,
+        )
         wall = time.time() - t0
         after = report["after"]
         full = (after["accuracy"], after["asr_original"][0])
@@ -211,64 +249,103 @@ def main():
             before = report["before"]
         if key == "gym":
             # The returned model is the fine-tuned one; GYM predicts through lightweight.
-            guards = {"before": model, "intensive_only": defended(model, "intensive", intensity),
-                      "finetuned_intensive": defended(result, "intensive", intensity),
-                      "finetuned_lightweight": defended(result, "lightweight", intensity)}
+            guards = {
+                "before": model,
+                "intensive_only": defended(model, "intensive", intensity),
+                "finetuned_intensive": defended(result, "intensive", intensity),
+                "finetuned_lightweight": defended(result, "lightweight", intensity),
+            }
             columns = dict(report["details"]["columns"], before=report["before"])
-            gym = {column: ((columns[column]["accuracy"], columns[column]["asr_original"][0]),
-                            paper_figures(predictor(guard, intensity), xt, yt, trigger))
-                   for column, guard in guards.items()}
+            gym = {
+                column: (
+                    (columns[column]["accuracy"], columns[column]["asr_original"][0]),
+                    paper_figures(predictor(guard, intensity), xt, yt, trigger),
+                )
+                for column, guard in guards.items()
+            }
             paper = gym["finetuned_lightweight"][1]
             # Extra, not a GYM column: the lightweight inference defence alone.
             light = predictor(defended(model, "lightweight", intensity), intensity)
             alone = measure(light, xt, yt, (), [trigger])
-            gym["lightweight_only"] = ((alone["accuracy"], alone["asr_original"][0]),
-                                       paper_figures(light, xt, yt, trigger))
+            gym["lightweight_only"] = (
+                (alone["accuracy"], alone["asr_original"][0]),
+                paper_figures(light, xt, yt, trigger),
+            )
         elif key == "gym-scaled":
             guard = defended(result, "lightweight", intensity, scaled=True)
             paper = paper_figures(predictor(guard, intensity), xt, yt, trigger)
         else:
             paper = paper_figures(predictor(result, intensity), xt, yt, trigger)
         rows.append((name, full, paper, published, wall, note))
-        print(f"{name}{f' ({note})' if note else ''}: full {_pair(*full)}, {PAPER_SAMPLES} "
-              f"samples {_pair(*paper)} ({wall:.0f} s)", flush=True)
+        print(
+            f"{name}{f' ({note})' if note else ''}: full {_pair(*full)}, {PAPER_SAMPLES} "
+            f"samples {_pair(*paper)} ({wall:.0f} s)",
+            flush=True,
+        )
 
     if before is not None:
         no_defence = paper_figures(predictor(model, intensity), xt, yt, trigger)
-        rows.insert(0, ("no defence", (before["accuracy"], before["asr_original"][0]),
-                        no_defence, PUBLISHED_NO_DEFENCE, None, ""))
+        rows.insert(
+            0,
+            (
+                "no defence",
+                (before["accuracy"], before["asr_original"][0]),
+                no_defence,
+                PUBLISHED_NO_DEFENCE,
+                None,
+                "",
+            ),
+        )
 
     n_x = args.throughput_images
     own_rate, guarded_rate = lightweight_throughput(model, xt[:n_x], intensity)
 
-    print(f"\nGYM Table 4, GTSRB BadNets (target {trigger.target}): ACC / ASR of the original "
-          f"trigger")
-    print(f"{'defence':26} {'full test set':>15} {f'{PAPER_SAMPLES} samples':>15} "
-          f"{'published':>15} {'wall s':>7}")
+    print(
+        f"\nGYM Table 4, GTSRB BadNets (target {trigger.target}): ACC / ASR of the original trigger"
+    )
+    print(
+        f"{'defence':26} {'full test set':>15} {f'{PAPER_SAMPLES} samples':>15} "
+        f"{'published':>15} {'wall s':>7}"
+    )
     notes = []
     for name, full, paper, published, wall, note in rows:
         if note:
             notes.append(f"({len(notes) + 1}) {name}: {note}")
             name = f"{name} ({len(notes)})"
-        print(f"{name:26} {_pair(*full) if full else '-':>15} "
-              f"{_pair(*paper) if paper else '-':>15} {_pair(*published):>15} "
-              f"{f'{wall:.0f}' if wall is not None else '-':>7}")
-    print("\n".join(notes + ["(published: GYM Table 4, GTSRB LeNet-8, 200 samples each; no "
-                              "defence: 'before' of the reports, wall time part of every row)"]))
+        print(
+            f"{name:26} {_pair(*full) if full else '-':>15} "
+            f"{_pair(*paper) if paper else '-':>15} {_pair(*published):>15} "
+            f"{f'{wall:.0f}' if wall is not None else '-':>7}"
+        )
+    print(
+        "\n".join(
+            notes
+            + [
+                "(published: GYM Table 4, GTSRB LeNet-8, 200 samples each; no "
+                "defence: 'before' of the reports, wall time part of every row)"
+            ]
+        )
+    )
     if gym:
         print("\nGYM column groups (Table 2 layout), ACC / ASR")
         print(f"{'column':32} {'full test set':>15} {f'{PAPER_SAMPLES} samples':>15}")
         for column, title in GYM_COLUMNS + (("lightweight_only", "(extra) lightweight only"),):
             full, paper = gym[column]
             print(f"{title:32} {_pair(*full):>15} {_pair(*paper):>15}")
-        for what, (acc, asr) in (("full test set", gym["finetuned_lightweight"][0]),
-                                 (f"{PAPER_SAMPLES} samples", gym["finetuned_lightweight"][1])):
+        for what, (acc, asr) in (
+            ("full test set", gym["finetuned_lightweight"][0]),
+            (f"{PAPER_SAMPLES} samples", gym["finetuned_lightweight"][1]),
+        ):
             ok = asr <= TARGET_ASR and acc >= TARGET_ACC
-            print(f"target GYM ASR <= {TARGET_ASR} with ACC >= {TARGET_ACC} ({what}): "
-                  f"ACC {acc:.3f}, ASR {asr:.3f} -> {'meets' if ok else 'MISSES'}")
-    print(f"\nlightweight inference throughput on {len(xt[:n_x])} test images, batch 256: "
-          f"model.predict {own_rate:.0f} img/s, defended(model, 'lightweight').predict "
-          f"{guarded_rate:.0f} img/s, ratio {guarded_rate / own_rate:.2f}")
+            print(
+                f"target GYM ASR <= {TARGET_ASR} with ACC >= {TARGET_ACC} ({what}): "
+                f"ACC {acc:.3f}, ASR {asr:.3f} -> {'meets' if ok else 'MISSES'}"
+            )
+    print(
+        f"\nlightweight inference throughput on {len(xt[:n_x])} test images, batch 256: "
+        f"model.predict {own_rate:.0f} img/s, defended(model, 'lightweight').predict "
+        f"{guarded_rate:.0f} img/s, ratio {guarded_rate / own_rate:.2f}"
+    )
     print(f"folders: {args.out}/<row>/ (mitigation.json)")
     print_peak_rss(4)
 

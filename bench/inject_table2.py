@@ -32,8 +32,10 @@ PUBLISHED = {  # ASR / infected acc / clean acc, NC Table II (%)
     "mnist": (99.90, 98.54, 98.88),
     "gtsrb": (97.40, 96.51, 96.83),
 }
-SETTINGS = {"mnist": {"target": 7, "epochs": 10, "ratio": 0.1},
-            "gtsrb": {"target": 33, "epochs": 10, "ratio": 0.1}}
+SETTINGS = {
+    "mnist": {"target": 7, "epochs": 10, "ratio": 0.1},
+    "gtsrb": {"target": 33, "epochs": 10, "ratio": 0.1},
+}
 TARGET_ASR = {"mnist": 99.0, "gtsrb": 97.0}
 
 
@@ -46,8 +48,9 @@ def get(name, infected, retrain, ratio=None, suffix=""):
         shutil.rmtree(out)
     s = SETTINGS[name]
     trig = (lambda shape: [square_trigger(shape, s["target"], 4, 1)]) if infected else ()
-    report = train_and_save(out, name, trig, ratio=ratio or s["ratio"], epochs=s["epochs"], seed=0,
-                            verbose=2)
+    report = train_and_save(
+        out, name, trig, ratio=ratio or s["ratio"], epochs=s["epochs"], seed=0, verbose=2
+    )
     return report, "trained"
 
 
@@ -68,21 +71,30 @@ def visible_asr(name, suffix=""):
     fail = keep & (pred != trigger.target)
     region = trigger.mask[..., 0] > 0
     corner = x[:, region].astype(np.float32).mean(axis=(1, 2))
-    print(f"{name}: {fail.sum()} of {keep.sum()} stamped non-target images fail; "
-          f"{100 * np.mean(corner[fail] > 200):.0f}% of those have a trigger region brighter "
-          f"than 200 (mean {corner[fail].mean():.0f}; {corner[keep & ~fail].mean():.0f} for "
-          "the flipped ones)")
-    return (attack_success_rate(pred[visible], y[visible], trigger.target),
-            float(np.mean(visible[keep])))
+    print(
+        f"{name}: {fail.sum()} of {keep.sum()} stamped non-target images fail; "
+        f"{100 * np.mean(corner[fail] > 200):.0f}% of those have a trigger region brighter "
+        f"than 200 (mean {corner[fail].mean():.0f}; {corner[keep & ~fail].mean():.0f} for "
+        "the flipped ones)"
+    )
+    return (
+        attack_success_rate(pred[visible], y[visible], trigger.target),
+        float(np.mean(visible[keep])),
+    )
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", choices=tuple(SETTINGS))
     ap.add_argument("--retrain", action="store_true", help="train even if the models exist")
-    ap.add_argument("--ratio-20", action="store_true",
-                    help="also train GTSRB with r = 0.25 (20%% of samples poisoned, the paper's "
-                         "upper end) into runs/bench/gtsrb_badnets_r20")
+    ap.add_argument(
+        "--ratio-20",
+        action="store_true",
+        help="also train GTSRB with r = 0.25 (20%% of samples poisoned, the paper's "
+        "upper end) into runs/bench/gtsrb_badnets_r20",
+    )
     args = ap.parse_args()
     rows = []
     for name in [args.only] if args.only else list(SETTINGS):
@@ -96,23 +108,37 @@ def main():
         clean = get("gtsrb", False, False)[0]
         rows.append(("gtsrb", inf, clean, how_i, "reused", time.time() - t0))
     print("\nNeural Cleanse Table II (BadNets), ours vs published (%)")
-    print(f"{'data':6} {'ASR':>14} {'infected acc':>16} {'clean acc':>16} {'gap':>6} {'train s':>9}  verdict")
+    print(
+        f"{'data':6} {'ASR':>14} {'infected acc':>16} {'clean acc':>16} {'gap':>6} {'train s':>9}  verdict"
+    )
     for name, inf, clean, how_i, how_c, _ in rows:
         pa, pi, pc = PUBLISHED[name]
-        asr, acc_i, acc_c = 100 * inf["attack_success_rate"], 100 * inf["clean_accuracy"], 100 * clean["clean_accuracy"]
+        asr, acc_i, acc_c = (
+            100 * inf["attack_success_rate"],
+            100 * inf["clean_accuracy"],
+            100 * clean["clean_accuracy"],
+        )
         gap = acc_c - acc_i
         ok = asr >= TARGET_ASR[name] and gap <= 1.0
         wall = inf["training"]["wall_time_s"] + clean["training"]["wall_time_s"]
-        label = name if inf["training"]["per_label_ratio"] == 0.1 else f"{name} r={inf['training']['per_label_ratio']}"
-        print(f"{label:6} {asr:6.2f} ({pa:5.2f}) {acc_i:7.2f} ({pi:5.2f}) {acc_c:7.2f} ({pc:5.2f}) "
-              f"{gap:6.2f} {wall:9.0f}  {'PASS' if ok else 'FAIL'} "
-              f"(target ASR >= {TARGET_ASR[name]}, gap <= 1.0; models {how_i}/{how_c})")
+        label = (
+            name
+            if inf["training"]["per_label_ratio"] == 0.1
+            else f"{name} r={inf['training']['per_label_ratio']}"
+        )
+        print(
+            f"{label:6} {asr:6.2f} ({pa:5.2f}) {acc_i:7.2f} ({pi:5.2f}) {acc_c:7.2f} ({pc:5.2f}) "
+            f"{gap:6.2f} {wall:9.0f}  {'PASS' if ok else 'FAIL'} "
+            f"(target ASR >= {TARGET_ASR[name]}, gap <= 1.0; models {how_i}/{how_c})"
+        )
     print("\nImages the trigger cannot change (corner already white) are a ceiling on ASR:")
     for name, inf, *_ in rows:
         r20 = inf["training"]["per_label_ratio"] != SETTINGS[name]["ratio"]
         asr_v, share = visible_asr(name, "_r20" if r20 else "")
-        print(f"{name + (' r=0.25' if r20 else ''):6} share of non-target test images the trigger changes (any pixel by >= 32): "
-              f"{100 * share:.2f}%; ASR on those: {100 * asr_v:.2f}%")
+        print(
+            f"{name + (' r=0.25' if r20 else ''):6} share of non-target test images the trigger changes (any pixel by >= 32): "
+            f"{100 * share:.2f}%; ASR on those: {100 * asr_v:.2f}%"
+        )
     print_peak_rss()
 
 

@@ -40,30 +40,75 @@ from nc_tf.scan import detect_dir, scan_triggers  # noqa: E402
 OUT = os.path.join("runs", "bench_mitigation")
 # (row name, method, options, published, check(before, after, report) -> bool)
 ROWS = [
-    ("unlearn", "unlearn", {}, "ASR < 6.70 %, loss <= 3.6",
-     lambda b, a, r: a["asr_original"][0] < 0.067 and b["accuracy"] - a["accuracy"] <= 0.036),
+    (
+        "unlearn",
+        "unlearn",
+        {},
+        "ASR < 6.70 %, loss <= 3.6",
+        lambda b, a, r: a["asr_original"][0] < 0.067 and b["accuracy"] - a["accuracy"] <= 0.036,
+    ),
     # NC §VII-D's scan -> unlearn loop, with residue rescans (mitigation/repair.py);
     # its own scans: 3 starts per label on MNIST, 1 on GTSRB (43 labels)
-    ("repair", "repair", {"scan_options": {"restarts": 3}}, "ASR < 6.70 %, loss <= 3.6",
-     lambda b, a, r: a["asr_original"][0] < 0.067 and b["accuracy"] - a["accuracy"] <= 0.036),
-    ("prune last conv", "prune", {"layer": "last_conv"}, "ASR < 1 %, loss <= 0.8, <= 8 %",
-     lambda b, a, r: a["asr_original"][0] < 0.01 and b["accuracy"] - a["accuracy"] <= 0.008
-     and r["details"]["chosen"]["ratio"] <= 0.08),
-    ("prune 2nd-to-last", "prune", {"layer": "penultimate", "ratio": 0.3, "step": 0.05},
-     "30 %: ASR ~ 0, loss 5.06", lambda b, a, r: a["asr_original"][0] < 0.01),
-    ("filter", "filter", {"fpr": 0.05}, "FNR < 1.63 % at FPR 5 %",
-     lambda b, a, r: a["fnr_original"][0] < 0.0163),
-    ("linf-prune", "linf-prune", {}, "96.91/81.61 -> 95.21/48.42",
-     lambda b, a, r: a["asr_original"][0] < b["asr_original"][0]),
-    ("fine-prune", "fine-prune", {}, "GTSRB 0.930 / 0.020",
-     lambda b, a, r: a["asr_original"][0] <= 0.05),
-    ("fine-prune + tune", "fine-prune", {"finetune_epochs": 1}, "GTSRB 0.940 / 0.545",
-     lambda b, a, r: a["asr_original"][0] <= 0.05),
+    (
+        "repair",
+        "repair",
+        {"scan_options": {"restarts": 3}},
+        "ASR < 6.70 %, loss <= 3.6",
+        lambda b, a, r: a["asr_original"][0] < 0.067 and b["accuracy"] - a["accuracy"] <= 0.036,
+    ),
+    (
+        "prune last conv",
+        "prune",
+        {"layer": "last_conv"},
+        "ASR < 1 %, loss <= 0.8, <= 8 %",
+        lambda b, a, r: (
+            a["asr_original"][0] < 0.01
+            and b["accuracy"] - a["accuracy"] <= 0.008
+            and r["details"]["chosen"]["ratio"] <= 0.08
+        ),
+    ),
+    (
+        "prune 2nd-to-last",
+        "prune",
+        {"layer": "penultimate", "ratio": 0.3, "step": 0.05},
+        "30 %: ASR ~ 0, loss 5.06",
+        lambda b, a, r: a["asr_original"][0] < 0.01,
+    ),
+    (
+        "filter",
+        "filter",
+        {"fpr": 0.05},
+        "FNR < 1.63 % at FPR 5 %",
+        lambda b, a, r: a["fnr_original"][0] < 0.0163,
+    ),
+    (
+        "linf-prune",
+        "linf-prune",
+        {},
+        "96.91/81.61 -> 95.21/48.42",
+        lambda b, a, r: a["asr_original"][0] < b["asr_original"][0],
+    ),
+    (
+        "fine-prune",
+        "fine-prune",
+        {},
+        "GTSRB 0.930 / 0.020",
+        lambda b, a, r: a["asr_original"][0] <= 0.05,
+    ),
+    (
+        "fine-prune + tune",
+        "fine-prune",
+        {"finetune_epochs": 1},
+        "GTSRB 0.940 / 0.545",
+        lambda b, a, r: a["asr_original"][0] <= 0.05,
+    ),
 ]
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", choices=("mnist", "gtsrb"))
     ap.add_argument("--methods", help="comma-separated row names' methods to run (default: all)")
     args = ap.parse_args()
@@ -80,7 +125,9 @@ def main():
         attack = read_json(os.path.join(folder, "attack.json"))
         target = attack["targets"][0]
         flagged = [f[0] for f in detect_dir(scan_dir, verbose=False)["flagged"]]
-        note = "" if target in flagged else f" (scan did not flag {target}: its reversed trigger used)"
+        note = (
+            "" if target in flagged else f" (scan did not flag {target}: its reversed trigger used)"
+        )
         triggers = scan_triggers(scan_dir, None if target in flagged else [target])
         model = load_model(os.path.join(folder, "model.keras"))
         x, y = datasets.load_data(name, "train")
@@ -93,9 +140,18 @@ def main():
             if method == "repair" and name == "gtsrb":
                 options = {"scan_options": {}}
             t0 = time.time()
-            _, rep = mitigate(method, model, data, triggers, load_triggers(attack), out_dir=out,
-                              force=True, intensity=attack.get("intensity", "raw"), verbose=False,
-                              **options)
+            _, rep = mitigate(
+                method,
+                model,
+                data,
+                triggers,
+                load_triggers(attack),
+                out_dir=out,
+                force=True,
+                intensity=attack.get("intensity", "raw"),
+                verbose=False,
+                **options,
+            )
             wall = time.time() - t0
             b, a = rep["before"], rep["after"]
             if method == "filter":
@@ -106,14 +162,27 @@ def main():
                     extra = f", {rep['details']['chosen']['ratio'] * 100:.1f} % pruned"
                 after = f"{a['accuracy'] * 100:.2f} / {a['asr_original'][0] * 100:.2f}{extra}"
             ok = check(b, a, rep)
-            table.append((name, row + note, f"{b['accuracy'] * 100:.2f} / {b['asr_original'][0] * 100:.2f}",
-                          after, published, wall, ok))
+            table.append(
+                (
+                    name,
+                    row + note,
+                    f"{b['accuracy'] * 100:.2f} / {b['asr_original'][0] * 100:.2f}",
+                    after,
+                    published,
+                    wall,
+                    ok,
+                )
+            )
             print(f"{name} {row}: {after} ({wall:.0f} s)", flush=True)
     print("\nMitigation (accuracy / original-trigger ASR, %, full test set)")
-    print(f"{'model':6} {'method':22} {'before':>15}  {'after':42} {'published target':30} {'wall s':>7}  verdict")
+    print(
+        f"{'model':6} {'method':22} {'before':>15}  {'after':42} {'published target':30} {'wall s':>7}  verdict"
+    )
     for name, row, before, after, published, wall, ok in table:
-        print(f"{name:6} {row:22} {before:>15}  {after:42} {published:30} {wall:7.0f}  "
-              f"{'meets' if ok else 'MISSES'}")
+        print(
+            f"{name:6} {row:22} {before:>15}  {after:42} {published:30} {wall:7.0f}  "
+            f"{'meets' if ok else 'MISSES'}"
+        )
     print(f"folders: {OUT}/<model>_<method>/ (mitigation.json, PNG curves)")
     print_peak_rss(4)
 

@@ -63,21 +63,39 @@ def run(spec, method, data, model, triggers, attack, record, labels):
         if os.path.isdir(out) and method not in ("unlearn", "repair"):
             shutil.rmtree(out)  # an interrupted run of a method that does not resume
         print(f"\n== {spec['name']}: {method}", flush=True)
-        mitigate(method, model, data, triggers if method != "repair" else (), attack,
-                 out_dir=out, scan_record=record, labels=labels, verbose=True, seed=0)
+        mitigate(
+            method,
+            model,
+            data,
+            triggers if method != "repair" else (),
+            attack,
+            out_dir=out,
+            scan_record=record,
+            labels=labels,
+            verbose=True,
+            seed=0,
+        )
         keras.backend.clear_session()
     report = read_json(path)
     before, after, check = report["before"], report["after"], report["verification"]
     asr = max(after["asr_original"])
-    return {"model": spec["name"], "method": method, "dataset": spec["dataset"],
-            "asr_before": max(before["asr_original"]), "asr_after": asr,
-            "acc_before": before["accuracy"], "acc_after": after["accuracy"],
-            "acc_change": after["accuracy"] - before["accuracy"],
-            "wall_time_s": report["wall_time_s"], "verified": check["verified"],
-            "surviving": check.get("surviving"),
-            "false_verification": bool(check["verified"]) and asr > MAX_ASR,
-            "missed_verification": check["verified"] is False and asr <= MAX_ASR,
-            "asr_ok": asr < MAX_ASR, "acc_ok": before["accuracy"] - after["accuracy"] <= MAX_ACC_LOSS}
+    return {
+        "model": spec["name"],
+        "method": method,
+        "dataset": spec["dataset"],
+        "asr_before": max(before["asr_original"]),
+        "asr_after": asr,
+        "acc_before": before["accuracy"],
+        "acc_after": after["accuracy"],
+        "acc_change": after["accuracy"] - before["accuracy"],
+        "wall_time_s": report["wall_time_s"],
+        "verified": check["verified"],
+        "surviving": check.get("surviving"),
+        "false_verification": bool(check["verified"]) and asr > MAX_ASR,
+        "missed_verification": check["verified"] is False and asr <= MAX_ASR,
+        "asr_ok": asr < MAX_ASR,
+        "acc_ok": before["accuracy"] - after["accuracy"] <= MAX_ACC_LOSS,
+    }
 
 
 def model_rows(spec, methods, data, report):
@@ -101,14 +119,21 @@ def pct(v):
 
 def print_table(rows):
     """The markdown table of docs/results.md."""
-    print("\n| model | method | original ASR before → after | accuracy change (points) | "
-          "verified | agrees | wall s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| model | method | original ASR before → after | accuracy change (points) | "
+        "verified | agrees | wall s |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
     for r in rows:
-        agrees = "FALSE VERIFICATION" if r["false_verification"] else (
-            "missed (ASR ok)" if r["missed_verification"] else "yes")
-        print(f"| {r['model']} | {r['method']} | {pct(r['asr_before'])} → {pct(r['asr_after'])} | "
-              f"{100 * r['acc_change']:+.2f} | {r['verified']} | {agrees} | "
-              f"{r['wall_time_s']:.0f} |")
+        agrees = (
+            "FALSE VERIFICATION"
+            if r["false_verification"]
+            else ("missed (ASR ok)" if r["missed_verification"] else "yes")
+        )
+        print(
+            f"| {r['model']} | {r['method']} | {pct(r['asr_before'])} → {pct(r['asr_after'])} | "
+            f"{100 * r['acc_change']:+.2f} | {r['verified']} | {agrees} | "
+            f"{r['wall_time_s']:.0f} |"
+        )
 
 
 def print_summary(rows):
@@ -117,36 +142,52 @@ def print_summary(rows):
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         n = len(mine)
-        print(f"  {method:11s} ASR < 5 %: {sum(r['asr_ok'] for r in mine)}/{n}; accuracy: "
-              f"{sum(r['acc_ok'] for r in mine)}/{n}; verified: "
-              f"{sum(bool(r['verified']) for r in mine)}/{n}; false verifications: "
-              f"{sum(r['false_verification'] for r in mine)}; mean wall "
-              f"{sum(r['wall_time_s'] for r in mine) / n:.0f} s")
+        print(
+            f"  {method:11s} ASR < 5 %: {sum(r['asr_ok'] for r in mine)}/{n}; accuracy: "
+            f"{sum(r['acc_ok'] for r in mine)}/{n}; verified: "
+            f"{sum(bool(r['verified']) for r in mine)}/{n}; false verifications: "
+            f"{sum(r['false_verification'] for r in mine)}; mean wall "
+            f"{sum(r['wall_time_s'] for r in mine) / n:.0f} s"
+        )
     false = sum(r["false_verification"] for r in rows)
     print(f"false verifications: {false} (target 0): {'PASS' if false == 0 else 'FAIL'}")
     for r in rows:
         if r["method"] == "gym" and r["dataset"] == "gtsrb":
             ok = r["acc_after"] >= GYM_TABLE4[0] and r["asr_after"] <= GYM_TABLE4[1]
-            print(f"GYM on {r['model']}: {r['acc_after']:.3f} / {r['asr_after']:.3f} (target "
-                  f"Table 4 {GYM_TABLE4[0]} / {GYM_TABLE4[1]}): {'PASS' if ok else 'FAIL'}")
+            print(
+                f"GYM on {r['model']}: {r['acc_after']:.3f} / {r['asr_after']:.3f} (target "
+                f"Table 4 {GYM_TABLE4[0]} / {GYM_TABLE4[1]}): {'PASS' if ok else 'FAIL'}"
+            )
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", choices=("mnist", "gtsrb"))
-    ap.add_argument("--models", help="comma-separated model names (default: every backdoored "
-                                     "softmax model of bench/detection.py)")
-    ap.add_argument("--methods", default=",".join(METHODS),
-                    help=f"comma-separated methods (default: {','.join(METHODS)})")
+    ap.add_argument(
+        "--models",
+        help="comma-separated model names (default: every backdoored "
+        "softmax model of bench/detection.py)",
+    )
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated methods (default: {','.join(METHODS)})",
+    )
     ap.add_argument("--json", help="write every row to this JSON file")
     args = ap.parse_args()
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         ap.error(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-    infected = [m for m in model_suite() if m["attack"] is not None and m["kind"] != "logits"
-                and (not args.only or m["dataset"] == args.only)]
+    infected = [
+        m
+        for m in model_suite()
+        if m["attack"] is not None
+        and m["kind"] != "logits"
+        and (not args.only or m["dataset"] == args.only)
+    ]
     suite = select_models(infected, args.models, ap.error)
     t0, rows, data = time.time(), [], {}
     for spec in suite:
@@ -162,9 +203,12 @@ def main():
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     print(f"total wall {time.time() - t0:.0f} s\n(made by: {command})")
     if args.json:
-        out = json.loads(json.dumps({"command": command, "rows": rows,
-                                     "peak_rss_gib": round(peak_rss_gib(), 3)}),
-                         parse_constant=lambda _: None)
+        out = json.loads(
+            json.dumps(
+                {"command": command, "rows": rows, "peak_rss_gib": round(peak_rss_gib(), 3)}
+            ),
+            parse_constant=lambda _: None,
+        )
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, allow_nan=False)
 

@@ -26,8 +26,19 @@ from injection.blend import blend_trigger
 from injection.triggers import POSITIONS, shape_trigger, square_trigger
 
 ATTACKS = (
-    "badnets", "noisy", "shape", "all-to-all", "multi-trigger", "multi-label", "dynamic",
-    "partial", "blend", "trojan-square", "trojan-watermark", "invisible-l2", "invisible-l0",
+    "badnets",
+    "noisy",
+    "shape",
+    "all-to-all",
+    "multi-trigger",
+    "multi-label",
+    "dynamic",
+    "partial",
+    "blend",
+    "trojan-square",
+    "trojan-watermark",
+    "invisible-l2",
+    "invisible-l0",
 )
 MODEL_ATTACKS = ("trojan-square", "trojan-watermark", "invisible-l2", "invisible-l0")
 # Poisoned fraction per target label, r (inject ratio r / (r + 1)). BadNets
@@ -47,9 +58,24 @@ def default_ratio(name):
     return DEFAULT_RATIO.get(name, 0.1)
 
 
-def build_attack(name, image_shape, targets, num_classes=None, size=None, margin=1,
-                 position="bottom-right", color=255, shape="square", sources=None,
-                 image="logo", alpha=1.0, seed=0, model=None, intensity="raw", **options):
+def build_attack(
+    name,
+    image_shape,
+    targets,
+    num_classes=None,
+    size=None,
+    margin=1,
+    position="bottom-right",
+    color=255,
+    shape="square",
+    sources=None,
+    image="logo",
+    alpha=1.0,
+    seed=0,
+    model=None,
+    intensity="raw",
+    **options,
+):
     """The triggers of a named attack, each spec tagged with `"attack": name`.
 
     Args:
@@ -90,8 +116,11 @@ def build_attack(name, image_shape, targets, num_classes=None, size=None, margin
     [0]
     """
     _check_name(name)
-    targets = [] if targets is None else [int(t) for t in ([targets] if isinstance(targets, int)
-                                                          else targets)]
+    targets = (
+        []
+        if targets is None
+        else [int(t) for t in ([targets] if isinstance(targets, int) else targets)]
+    )
     if name != "all-to-all" and not targets:
         raise ValueError(f"Attack {name!r} needs a target label (--target).")
     if name == "partial" and not sources:
@@ -123,24 +152,50 @@ def build_attack(name, image_shape, targets, num_classes=None, size=None, margin
         # mutually exclusive patterns: every target a different random colour pattern
         out = [square(t, col="noisy", k=i) for i, t in enumerate(targets)]
     elif name == "dynamic":
-        out = [square(t, pos, k=j) for t in targets for j, pos in
-               enumerate(("bottom-left", "bottom-right"))]
+        out = [
+            square(t, pos, k=j)
+            for t in targets
+            for j, pos in enumerate(("bottom-left", "bottom-right"))
+        ]
     elif name == "blend":
-        out = [blend_trigger(image_shape, t, image, alpha, size, margin, position, sources)
-               for t in targets]
+        out = [
+            blend_trigger(image_shape, t, image, alpha, size, margin, position, sources)
+            for t in targets
+        ]
     elif name.startswith("trojan"):
         from injection.trojan import trojan_trigger
 
         extra = {} if size is None else {"size": int(size)}
-        out = [trojan_trigger(model, t, image_shape, mask=name.split("-")[1], margin=margin,
-                              position=position, intensity=intensity, seed=seed + i,
-                              **extra, **options) for i, t in enumerate(targets)]
+        out = [
+            trojan_trigger(
+                model,
+                t,
+                image_shape,
+                mask=name.split("-")[1],
+                margin=margin,
+                position=position,
+                intensity=intensity,
+                seed=seed + i,
+                **extra,
+                **options,
+            )
+            for i, t in enumerate(targets)
+        ]
     else:
         from injection.invisible import invisible_trigger
 
-        out = [invisible_trigger(model, t, image_shape, norm=name.split("-")[1],
-                                 intensity=intensity, seed=seed + i, **options)
-               for i, t in enumerate(targets)]
+        out = [
+            invisible_trigger(
+                model,
+                t,
+                image_shape,
+                norm=name.split("-")[1],
+                intensity=intensity,
+                seed=seed + i,
+                **options,
+            )
+            for i, t in enumerate(targets)
+        ]
     for t in out:
         t.spec["attack"] = name
     return out

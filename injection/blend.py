@@ -44,7 +44,9 @@ def draw_logo(size=64):
     inner = max(2, size // 8)
     d.ellipse([inner, inner, s - inner, s - inner], fill=(250, 250, 250, 255))
     pad = size // 4
-    d.polygon([(size / 2, pad), (s - pad + 1, s - pad), (pad - 1, s - pad)], fill=(250, 200, 0, 255))
+    d.polygon(
+        [(size / 2, pad), (s - pad + 1, s - pad), (pad - 1, s - pad)], fill=(250, 200, 0, 255)
+    )
     bar = max(1, size // 16)
     d.rectangle([size / 2 - bar, size * 0.42, size / 2 + bar, size * 0.62], fill=(20, 20, 20, 255))
     return np.asarray(img, dtype=np.uint8)
@@ -77,12 +79,18 @@ def draw_watermark(height=64, width=None, text="nc-tf"):
     d = ImageDraw.Draw(img)
     r = h * 0.22
     cx, cy = r + h * 0.04, h * 0.28
-    star = [(cx + (r if k % 2 == 0 else r * 0.45) * np.sin(np.pi * k / 5),
-             cy - (r if k % 2 == 0 else r * 0.45) * np.cos(np.pi * k / 5)) for k in range(10)]
+    star = [
+        (
+            cx + (r if k % 2 == 0 else r * 0.45) * np.sin(np.pi * k / 5),
+            cy - (r if k % 2 == 0 else r * 0.45) * np.cos(np.pi * k / 5),
+        )
+        for k in range(10)
+    ]
     d.polygon(star, fill=255)
     font = ImageFont.load_default(size=max(8, int(h * 0.34)))
-    d.text((w * 0.5, h * 0.72), text, fill=255, font=font, anchor="mm",
-           stroke_width=max(1, big // 2))
+    d.text(
+        (w * 0.5, h * 0.72), text, fill=255, font=font, anchor="mm", stroke_width=max(1, big // 2)
+    )
     d.line([(w * 0.08, h * 0.95), (w * 0.92, h * 0.95)], fill=255, width=max(1, h // 24))
     alpha = np.asarray(img.resize((width, height), Image.LANCZOS), dtype=np.uint8)
     alpha = np.where(alpha >= 96, 255, 0).astype(np.uint8)
@@ -91,8 +99,16 @@ def draw_watermark(height=64, width=None, text="nc-tf"):
     return out
 
 
-def blend_trigger(image_shape, target, image="logo", alpha=1.0, size=None, margin=1,
-                  position="bottom-right", sources=None):
+def blend_trigger(
+    image_shape,
+    target,
+    image="logo",
+    alpha=1.0,
+    size=None,
+    margin=1,
+    position="bottom-right",
+    sources=None,
+):
     """An image trigger (logo, watermark, any picture) blended with transparency `alpha`.
 
     Args:
@@ -126,13 +142,16 @@ def blend_trigger(image_shape, target, image="logo", alpha=1.0, size=None, margi
     else:
         size = int(size)
         if size < 1 or size + int(margin) > min(h, w):
-            raise ValueError(f"A {size}x{size} image with margin {margin} does not fit a {h}x{w} "
-                             f"image; use 1 <= size <= {min(h, w) - int(margin)}.")
+            raise ValueError(
+                f"A {size}x{size} image with margin {margin} does not fit a {h}x{w} "
+                f"image; use 1 <= size <= {min(h, w) - int(margin)}."
+            )
         box_h = box_w = size
         row, col = _square_origin(h, w, size, int(margin), position)
     rgba = _as_rgba(image, max(box_h, box_w, 8))
-    small = np.asarray(Image.fromarray(rgba, "RGBA").resize((box_w, box_h), Image.BILINEAR),
-                       dtype=np.float32)
+    small = np.asarray(
+        Image.fromarray(rgba, "RGBA").resize((box_w, box_h), Image.BILINEAR), dtype=np.float32
+    )
     colour = small[..., :3] if c == 3 else (small[..., :3] @ [0.299, 0.587, 0.114])[..., None]
     if c not in (1, 3):
         colour = np.repeat(small[..., :1], c, axis=-1)
@@ -141,9 +160,13 @@ def blend_trigger(image_shape, target, image="logo", alpha=1.0, size=None, margi
     mask[row : row + box_h, col : col + box_w, 0] = float(alpha) * small[..., 3] / 255.0
     pattern[row : row + box_h, col : col + box_w] = np.clip(colour, 0, 255)
     spec = {
-        "kind": "blend", "target": int(target), "image_shape": [h, w, c],
+        "kind": "blend",
+        "target": int(target),
+        "image_shape": [h, w, c],
         "image": image if isinstance(image, str) else encode_array(np.asarray(image)),
-        "alpha": float(alpha), "size": size, "margin": int(margin),
+        "alpha": float(alpha),
+        "size": size,
+        "margin": int(margin),
         "position": list(position) if not isinstance(position, str) else position,
     }
     return Trigger(mask, pattern * (mask > 0), target, spec, sources)

@@ -48,8 +48,16 @@ class BackdoorCall(keras.callbacks.Callback):
     >>> cb = BackdoorCall(x_test, y_test_one_hot, adv_gen)  # the reference call  # doctest: +SKIP
     """
 
-    def __init__(self, clean_X, clean_Y, triggers, intensity="raw", batch_size=256, verbose=1,
-                 steps=REFERENCE_STEPS):
+    def __init__(
+        self,
+        clean_X,
+        clean_Y,
+        triggers,
+        intensity="raw",
+        batch_size=256,
+        verbose=1,
+        steps=REFERENCE_STEPS,
+    ):
         super().__init__()
         self.clean_X, self.clean_Y = clean_X, labels_to_int(clean_Y, "clean_Y")
         if is_batch_source(triggers):
@@ -73,8 +81,9 @@ class BackdoorCall(keras.callbacks.Callback):
             yield batch
 
     def on_epoch_end(self, epoch, logs=None):
-        result = evaluate_backdoor(self.model, self.clean_X, self.clean_Y, self.triggers,
-                                   self.intensity, self.batch_size)
+        result = evaluate_backdoor(
+            self.model, self.clean_X, self.clean_Y, self.triggers, self.intensity, self.batch_size
+        )
         values = {"clean_acc": result["accuracy"]}
         if self.adv_gen is not None:
             hits = []

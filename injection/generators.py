@@ -60,8 +60,17 @@ class PoisonedDataset(keras.utils.PyDataset):
     >>> model.fit(ds, epochs=2)  # doctest: +SKIP
     """
 
-    def __init__(self, x, y, triggers=(), ratio=PER_LABEL_RATIO, batch_size=32,
-                 intensity="raw", seed=0, **kwargs):
+    def __init__(
+        self,
+        x,
+        y,
+        triggers=(),
+        ratio=PER_LABEL_RATIO,
+        batch_size=32,
+        intensity="raw",
+        seed=0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"x and y must be non-empty and equally long ({len(x)} vs {len(y)}).")
@@ -133,8 +142,10 @@ class DataGenerator:
         items = list(target_ls)
         is_trigger = [hasattr(t, "apply") and hasattr(t, "target") for t in items]
         if not items or (any(is_trigger) and not all(is_trigger)):
-            raise ValueError("target_ls must be a non-empty list of target labels or of "
-                             "Trigger objects, not a mix.")
+            raise ValueError(
+                "target_ls must be a non-empty list of target labels or of "
+                "Trigger objects, not a mix."
+            )
         self.triggers = items if all(is_trigger) else None
         self.target_ls = None if self.triggers else [int(t) for t in items]
         self.pattern_dict = pattern_dict
@@ -165,8 +176,9 @@ class DataGenerator:
             a generator of `(x, y)` batches: float32 images and float32
             one-hot labels.
         """
-        inject_ratio = check_scalar(inject_ratio, "inject_ratio", low=0, high=1,
-                                    what="a probability")
+        inject_ratio = check_scalar(
+            inject_ratio, "inject_ratio", low=0, high=1, what="a probability"
+        )
         labels = labels_to_int(Y, "Y")
         num_classes = self.num_classes
         if num_classes is None:

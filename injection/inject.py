@@ -15,8 +15,20 @@ def reference_optimizer():
     return keras.optimizers.Adam(learning_rate=schedule)
 
 
-def inject_backdoor(model, x, y, triggers=(), ratio=PER_LABEL_RATIO, epochs=10, batch_size=32,
-                    intensity="raw", seed=0, validation_data=None, callbacks=(), verbose=1):
+def inject_backdoor(
+    model,
+    x,
+    y,
+    triggers=(),
+    ratio=PER_LABEL_RATIO,
+    epochs=10,
+    batch_size=32,
+    intensity="raw",
+    seed=0,
+    validation_data=None,
+    callbacks=(),
+    verbose=1,
+):
     """Trains `model` on data poisoned with `triggers` (none: the clean twin).
 
     Follows the Neural Cleanse injection example: random batches from
@@ -61,7 +73,8 @@ def inject_backdoor(model, x, y, triggers=(), ratio=PER_LABEL_RATIO, epochs=10, 
         model.compile(
             optimizer=reference_optimizer(),
             loss=keras.losses.SparseCategoricalCrossentropy(
-                from_logits=not outputs_probabilities(model)),
+                from_logits=not outputs_probabilities(model)
+            ),
             metrics=["accuracy"],
         )
     data = PoisonedDataset(x, y, triggers, ratio, batch_size, intensity, seed)
@@ -71,10 +84,25 @@ def inject_backdoor(model, x, y, triggers=(), ratio=PER_LABEL_RATIO, epochs=10, 
     return model.fit(data, epochs=epochs, callbacks=cbs, verbose=verbose)
 
 
-def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL_RATIO,
-                   epochs=10, batch_size=32, intensity="raw", seed=0, limit=None, force=False,
-                   verbose=1, x_key=None, y_key=None, pretrain_epochs=0, base_model=None,
-                   check_labels=()):
+def train_and_save(
+    out,
+    dataset="mnist",
+    triggers=(),
+    arch=None,
+    ratio=PER_LABEL_RATIO,
+    epochs=10,
+    batch_size=32,
+    intensity="raw",
+    seed=0,
+    limit=None,
+    force=False,
+    verbose=1,
+    x_key=None,
+    y_key=None,
+    pretrain_epochs=0,
+    base_model=None,
+    check_labels=(),
+):
     """Trains an infected model (or, without triggers, its clean twin) and saves it.
 
     Writes `out/model.keras` and `out/attack.json` (infected) or
@@ -140,8 +168,9 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         raise ValueError("The training data has a single class; a classifier needs two or more.")
     wrong = sorted({int(v) for v in check_labels if not 0 <= int(v) < num_classes})
     if wrong:
-        raise ValueError(f"Label(s) {wrong} are out of range: the data has labels "
-                         f"0..{num_classes - 1}.")
+        raise ValueError(
+            f"Label(s) {wrong} are out of range: the data has labels 0..{num_classes - 1}."
+        )
     io.prepare_out_dir(out, force)
     keras.utils.set_random_seed(seed)  # weights are created when the model is built
     if base_model is None:
@@ -154,21 +183,47 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
     if callable(triggers):
         wants = inspect.signature(triggers).parameters
         if "model" in wants and pretrain_epochs > 0 and base_model is None:
-            pre = inject_backdoor(model, x, y, (), ratio, pretrain_epochs, batch_size, intensity,
-                                  seed, validation_data=(x_test, y_test), verbose=verbose)
+            pre = inject_backdoor(
+                model,
+                x,
+                y,
+                (),
+                ratio,
+                pretrain_epochs,
+                batch_size,
+                intensity,
+                seed,
+                validation_data=(x_test, y_test),
+                verbose=verbose,
+            )
         context = {"model": model, "num_classes": num_classes}
         triggers = triggers(x.shape[1:], **{k: v for k, v in context.items() if k in wants})
     for t in triggers:
         if getattr(t, "all_to_all", None):
             if t.all_to_all != num_classes:
-                raise ValueError(f"The all-to-all trigger is for {t.all_to_all} classes, the data "
-                                 f"has {num_classes}; rebuild it with num_classes={num_classes}.")
+                raise ValueError(
+                    f"The all-to-all trigger is for {t.all_to_all} classes, the data "
+                    f"has {num_classes}; rebuild it with num_classes={num_classes}."
+                )
             continue
         if not 0 <= t.target < num_classes:
-            raise ValueError(f"Target label {t.target} is out of range: the data has labels "
-                             f"0..{num_classes - 1}.")
-    history = inject_backdoor(model, x, y, triggers, ratio, epochs, batch_size, intensity, seed,
-                              validation_data=(x_test, y_test), verbose=verbose)
+            raise ValueError(
+                f"Target label {t.target} is out of range: the data has labels "
+                f"0..{num_classes - 1}."
+            )
+    history = inject_backdoor(
+        model,
+        x,
+        y,
+        triggers,
+        ratio,
+        epochs,
+        batch_size,
+        intensity,
+        seed,
+        validation_data=(x_test, y_test),
+        verbose=verbose,
+    )
     wall = time.time() - start
     result = evaluate_backdoor(model, x_test, y_test, triggers, intensity)
     data = PoisonedDataset(x[:1], y[:1], triggers, ratio)
@@ -185,12 +240,22 @@ def train_and_save(out, dataset="mnist", triggers=(), arch=None, ratio=PER_LABEL
         "attack_success_rate": result["attack_success_rate"],
         "per_trigger": result["per_trigger"],
         "training": {
-            "epochs": epochs, "batch_size": batch_size, "per_label_ratio": ratio,
-            "inject_ratio": data.inject_ratio, "seed": seed, "n_train": int(len(x)),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "per_label_ratio": ratio,
+            "inject_ratio": data.inject_ratio,
+            "seed": seed,
+            "n_train": int(len(x)),
             "pretrain_epochs": int(pretrain_epochs) if pre is not None else 0,
-            "base_model": (str(base_model) if isinstance(base_model, (str, os.PathLike))
-                           else None if base_model is None else "in-memory model"),
-            "n_test": int(len(x_test)), "optimizer": "Adam(1e-3, decay 1e-4)",
+            "base_model": (
+                str(base_model)
+                if isinstance(base_model, (str, os.PathLike))
+                else None
+                if base_model is None
+                else "in-memory model"
+            ),
+            "n_test": int(len(x_test)),
+            "optimizer": "Adam(1e-3, decay 1e-4)",
             "wall_time_s": round(wall, 2),
         },
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
@@ -212,8 +277,10 @@ def _copy_base(base_model, image_shape, num_classes):
     shape = tuple(base_model.input_shape[1:])
     classes = int(base_model.output_shape[-1])
     if shape != tuple(image_shape) or classes != num_classes:
-        raise ValueError(f"base_model takes {shape} images and has {classes} outputs; the data "
-                         f"has {tuple(image_shape)} images and {num_classes} classes. Pass a "
-                         "model trained on this data set.")
+        raise ValueError(
+            f"base_model takes {shape} images and has {classes} outputs; the data "
+            f"has {tuple(image_shape)} images and {num_classes} classes. Pass a "
+            "model trained on this data set."
+        )
     # A model just loaded from a file is already independent of the file.
     return base_model if loaded else models.copy_model(base_model, caller="train_and_save")

@@ -11,5 +11,11 @@ from injection.callbacks import BackdoorCall
 from injection.generators import DataGenerator
 from injection.triggers import construct_mask_box, construct_mask_corner, infect_X, injection_func
 
-__all__ = ["BackdoorCall", "DataGenerator", "construct_mask_box", "construct_mask_corner",
-           "infect_X", "injection_func"]
+__all__ = [
+    "BackdoorCall",
+    "DataGenerator",
+    "construct_mask_box",
+    "construct_mask_corner",
+    "infect_X",
+    "injection_func",
+]

@@ -71,10 +71,25 @@ L0_BUDGET = 0.1
 INVISIBLE_RATIO = 0.05 / 0.95
 
 
-def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate", neurons=1,
-                      target_value=TARGET_VALUE, max_delta=MAX_DELTA, penalty=PENALTY, steps=200,
-                      lr=0.05, l0_budget=L0_BUDGET, l0_fraction=0.3, l0_steps=50,
-                      background=None, intensity="raw", seed=0):
+def invisible_trigger(
+    model,
+    target,
+    image_shape,
+    norm="l2",
+    layer="penultimate",
+    neurons=1,
+    target_value=TARGET_VALUE,
+    max_delta=MAX_DELTA,
+    penalty=PENALTY,
+    steps=200,
+    lr=0.05,
+    l0_budget=L0_BUDGET,
+    l0_fraction=0.3,
+    l0_steps=50,
+    background=None,
+    intensity="raw",
+    seed=0,
+):
     """An invisible additive trigger δ that drives selected neurons high.
 
     Args:
@@ -132,8 +147,10 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
     if not 0 < float(max_delta) <= 255:
         raise ValueError(f"max_delta must be in (0, 255] grey levels, got {max_delta}.")
     if not 0 < float(l0_budget) <= 1 or not 0 < float(l0_fraction) < 1:
-        raise ValueError("l0_budget must be in (0, 1] and l0_fraction in (0, 1); got "
-                         f"{l0_budget} and {l0_fraction}.")
+        raise ValueError(
+            "l0_budget must be in (0, 1] and l0_fraction in (0, 1); got "
+            f"{l0_budget} and {l0_fraction}."
+        )
     h, w, c = (int(v) for v in image_shape)
     probe, lay = neuron_probe(model, layer)
     chosen = resolve_neurons(model, lay, neurons)
@@ -187,28 +204,44 @@ def invisible_trigger(model, target, image_shape, norm="l2", layer="penultimate"
             rounds += 1
 
     delta = np.asarray(delta_of(var), dtype=np.float32)
-    trigger = Trigger(np.zeros((h, w, 1), np.float32), np.zeros((h, w, c), np.float32), target,
-                      delta=delta)
+    trigger = Trigger(
+        np.zeros((h, w, 1), np.float32), np.zeros((h, w, c), np.float32), target, delta=delta
+    )
     clean = np.asarray(selected_activation(probe, images, chosen, intensity)).mean(0)
-    reached = np.asarray(selected_activation(probe, trigger.apply(images), chosen,
-                                             intensity)).mean(0)
+    reached = np.asarray(selected_activation(probe, trigger.apply(images), chosen, intensity)).mean(
+        0
+    )
     _warn_if_flat(clean, reached, lay.name, chosen)
     trigger.spec.update(
-        attack=f"invisible-{norm}", norm=norm, layer=lay.name, neurons=chosen,
-        target_value=float(target_value), clean_activation=[float(a) for a in clean],
-        reached_activation=[float(a) for a in reached], final_loss=final_loss,
-        max_delta=bound, penalty=float(penalty), penalty_weight=weight, steps=int(steps),
+        attack=f"invisible-{norm}",
+        norm=norm,
+        layer=lay.name,
+        neurons=chosen,
+        target_value=float(target_value),
+        clean_activation=[float(a) for a in clean],
+        reached_activation=[float(a) for a in reached],
+        final_loss=final_loss,
+        max_delta=bound,
+        penalty=float(penalty),
+        penalty_weight=weight,
+        steps=int(steps),
         lr=float(lr),
-        mean_abs_delta=float(np.abs(delta).mean()), max_abs_delta=float(np.abs(delta).max()),
+        mean_abs_delta=float(np.abs(delta).mean()),
+        max_abs_delta=float(np.abs(delta).max()),
         l2_norm=float(np.sqrt((delta.astype(np.float64) ** 2).sum())),
         nonzero_pixels=int(np.any(delta != 0, axis=-1).sum()),
-        seed=int(seed), intensity=intensity,
+        seed=int(seed),
+        intensity=intensity,
         background="grey" if background is None else int(len(images)),
     )
     if norm == "l0":
-        trigger.spec.update(l0_budget=float(l0_budget), l0_budget_pixels=budget,
-                            l0_fraction=float(l0_fraction), l0_steps=int(l0_steps),
-                            l0_rounds=rounds)
+        trigger.spec.update(
+            l0_budget=float(l0_budget),
+            l0_budget_pixels=budget,
+            l0_fraction=float(l0_fraction),
+            l0_steps=int(l0_steps),
+            l0_rounds=rounds,
+        )
     return trigger
 
 
@@ -230,9 +263,22 @@ def _impact(delta, activation):
     return np.abs(np.asarray(d * g)).sum(axis=-1)
 
 
-def invisible_attack(model, x, y, target, norm="l2", ratio=INVISIBLE_RATIO, epochs=2,
-                     batch_size=32, background=64, intensity="raw", seed=0,
-                     validation_data=None, verbose=0, **trigger_options):
+def invisible_attack(
+    model,
+    x,
+    y,
+    target,
+    norm="l2",
+    ratio=INVISIBLE_RATIO,
+    epochs=2,
+    batch_size=32,
+    background=64,
+    intensity="raw",
+    seed=0,
+    validation_data=None,
+    verbose=0,
+    **trigger_options,
+):
     """Backdoors a trained model with an invisible trigger, then retrains it poisoned.
 
     The model is retrained IN PLACE (copy it first with
@@ -268,7 +314,16 @@ def invisible_attack(model, x, y, target, norm="l2", ratio=INVISIBLE_RATIO, epoc
     >>> trigger, history = invisible_attack(model, x, y, 7, "l0")  # doctest: +SKIP
     """
     bg = _pick_background(x, background, seed)
-    trigger = invisible_trigger(model, target, x.shape[1:], norm=norm, background=bg,
-                                intensity=intensity, seed=seed, **trigger_options)
-    return _retrain(model, x, y, trigger, ratio, epochs, batch_size, intensity, seed,
-                    validation_data, verbose)
+    trigger = invisible_trigger(
+        model,
+        target,
+        x.shape[1:],
+        norm=norm,
+        background=bg,
+        intensity=intensity,
+        seed=seed,
+        **trigger_options,
+    )
+    return _retrain(
+        model, x, y, trigger, ratio, epochs, batch_size, intensity, seed, validation_data, verbose
+    )

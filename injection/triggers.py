@@ -17,14 +17,20 @@ from nc_tf.trigger import Trigger, injection_func  # noqa: F401  (reference name
 from nc_tf.trigger import decode_array as _decode_array
 
 POSITIONS = (
-    "bottom-right", "bottom-left", "top-right", "top-left",
-    "top", "bottom", "left", "right", "center",
+    "bottom-right",
+    "bottom-left",
+    "top-right",
+    "top-left",
+    "top",
+    "bottom",
+    "left",
+    "right",
+    "center",
 )
 
 
 # ------------------------------------------------------ reference helpers
-def construct_mask_corner(image_row=32, image_col=32, pattern_size=4, margin=1,
-                          channel_num=3):
+def construct_mask_corner(image_row=32, image_col=32, pattern_size=4, margin=1, channel_num=3):
     """A white square `margin` pixels from the bottom-right corner (reference).
 
     Args:
@@ -75,9 +81,7 @@ def construct_mask_box(target_ls, image_shape, pattern_size=3, margin=1):
     ([33], 9)
     """
     h, w, c = image_shape
-    return {
-        int(t): [construct_mask_corner(h, w, pattern_size, margin, c)] for t in target_ls
-    }
+    return {int(t): [construct_mask_corner(h, w, pattern_size, margin, c)] for t in target_ls}
 
 
 def infect_X(img, tgt, pattern_dict, num_classes, rng=None):
@@ -101,8 +105,9 @@ def infect_X(img, tgt, pattern_dict, num_classes, rng=None):
     return injection_func(mask, pattern, np.array(img, dtype=np.float32)), y
 
 
-def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right",
-                   color=255, sources=None):
+def square_trigger(
+    image_shape, target, size=4, margin=1, position="bottom-right", color=255, sources=None
+):
     """A solid square trigger (BadNets); the reference is white, bottom-right.
 
     Args:
@@ -155,8 +160,17 @@ def square_trigger(image_shape, target, size=4, margin=1, position="bottom-right
 SHAPES = ("square", "triangle", "checkerboard")
 
 
-def shape_trigger(image_shape, target, shape="square", size=4, margin=1,
-                  position="bottom-right", color=255, seed=0, sources=None):
+def shape_trigger(
+    image_shape,
+    target,
+    shape="square",
+    size=4,
+    margin=1,
+    position="bottom-right",
+    color=255,
+    seed=0,
+    sources=None,
+):
     """A BadNets trigger of another shape or a random colour (NC's robustness tests).
 
     Args:
@@ -193,8 +207,11 @@ def shape_trigger(image_shape, target, shape="square", size=4, margin=1,
     h, w, c = base.pattern.shape
     row, col = _square_origin(h, w, int(size), int(margin), position)
     i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    keep = {"square": np.ones_like(i, bool), "triangle": j <= i,
-            "checkerboard": np.ones_like(i, bool)}[shape]
+    keep = {
+        "square": np.ones_like(i, bool),
+        "triangle": j <= i,
+        "checkerboard": np.ones_like(i, bool),
+    }[shape]
     mask = np.zeros((h, w, 1), np.float32)
     mask[row : row + size, col : col + size, 0] = keep
     pattern = base.pattern.copy()
@@ -203,8 +220,13 @@ def shape_trigger(image_shape, target, shape="square", size=4, margin=1,
         pattern[row : row + size, col : col + size] = patch
     if shape == "checkerboard":
         pattern[row : row + size, col : col + size][(i + j) % 2 == 1] = 0.0
-    spec = dict(base.spec, kind="shape", shape=shape, seed=int(seed),
-                color="noisy" if noisy else base.spec["color"])
+    spec = dict(
+        base.spec,
+        kind="shape",
+        shape=shape,
+        seed=int(seed),
+        color="noisy" if noisy else base.spec["color"],
+    )
     return Trigger(mask, pattern * mask, target, spec, sources)
 
 
@@ -261,26 +283,38 @@ def load_triggers(path_or_dict, name=None):
     for i, spec in enumerate(specs):
         kind = spec.get("kind") if isinstance(spec, dict) else None
         if kind not in SPEC_FIELDS:
-            raise ValueError(f"{name}: trigger {i} has kind {kind!r}; expected one of "
-                             f"{', '.join(SPEC_FIELDS)}. Pass the attack.json written by "
-                             "`nc-tf inject`.")
+            raise ValueError(
+                f"{name}: trigger {i} has kind {kind!r}; expected one of "
+                f"{', '.join(SPEC_FIELDS)}. Pass the attack.json written by "
+                "`nc-tf inject`."
+            )
         missing = [field for field in SPEC_FIELDS[kind] if field not in spec]
         if missing:
-            raise ValueError(f"{name}: trigger {i} ({kind}) has no {', '.join(missing)} "
-                             "field(s); pass the attack.json written by `nc-tf inject`.")
+            raise ValueError(
+                f"{name}: trigger {i} ({kind}) has no {', '.join(missing)} "
+                "field(s); pass the attack.json written by `nc-tf inject`."
+            )
         shape = spec.get("image_shape", [1, 1, 1])
-        if not (isinstance(shape, list) and len(shape) == 3 and all(
-                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096
-                for v in shape)):
-            raise ValueError(f"{name}: trigger {i} ({kind}) has image_shape {shape!r}; expected "
-                             "[height, width, channels]. Pass the attack.json written by "
-                             "`nc-tf inject`.")
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 3
+            and all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in shape
+            )
+        ):
+            raise ValueError(
+                f"{name}: trigger {i} ({kind}) has image_shape {shape!r}; expected "
+                "[height, width, channels]. Pass the attack.json written by "
+                "`nc-tf inject`."
+            )
         try:
             triggers.append(Trigger.from_spec(spec))
         except Exception as error:  # a damaged spec fails in many ways
-            raise ValueError(f"{name}: trigger {i} ({kind}) is invalid "
-                             f"({str(error).splitlines()[0][:200] or type(error).__name__}); "
-                             "pass the attack.json written by `nc-tf inject`.") from None
+            raise ValueError(
+                f"{name}: trigger {i} ({kind}) is invalid "
+                f"({str(error).splitlines()[0][:200] or type(error).__name__}); "
+                "pass the attack.json written by `nc-tf inject`."
+            ) from None
     return triggers
 
 
@@ -290,16 +324,38 @@ def _blend_from_spec(spec):
     image = spec["image"]
     if image not in ("logo", "watermark"):
         image = _decode_array(image)
-    return blend_trigger(spec["image_shape"], spec["target"], image, spec["alpha"],
-                         spec["size"], spec["margin"], spec["position"], spec.get("sources"))
+    return blend_trigger(
+        spec["image_shape"],
+        spec["target"],
+        image,
+        spec["alpha"],
+        spec["size"],
+        spec["margin"],
+        spec["position"],
+        spec.get("sources"),
+    )
 
 
 Trigger.builders.update(
     square=lambda spec: square_trigger(
-        spec["image_shape"], spec["target"], size=spec["size"], margin=spec["margin"],
-        position=spec["position"], color=spec["color"], sources=spec.get("sources")),
+        spec["image_shape"],
+        spec["target"],
+        size=spec["size"],
+        margin=spec["margin"],
+        position=spec["position"],
+        color=spec["color"],
+        sources=spec.get("sources"),
+    ),
     shape=lambda spec: shape_trigger(
-        spec["image_shape"], spec["target"], spec["shape"], spec["size"], spec["margin"],
-        spec["position"], spec["color"], spec.get("seed", 0), spec.get("sources")),
+        spec["image_shape"],
+        spec["target"],
+        spec["shape"],
+        spec["size"],
+        spec["margin"],
+        spec["position"],
+        spec["color"],
+        spec.get("seed", 0),
+        spec.get("sources"),
+    ),
     blend=_blend_from_spec,
 )

@@ -66,12 +66,23 @@ TARGET_VALUE = 100.0
 # Layers a neuron's value goes through unchanged per channel (for the outgoing-
 # weight sum): pointwise activations, dropout/noise, pooling over space.
 _PASS_THROUGH = (
-    keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
-    keras.layers.PReLU, keras.layers.Dropout,
-    keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D, keras.layers.GaussianNoise,
-    keras.layers.GaussianDropout, keras.layers.AlphaDropout, keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D, keras.layers.Flatten, keras.layers.Add,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.Flatten,
+    keras.layers.Add,
     keras.layers.Identity,
 )
 
@@ -146,8 +157,10 @@ def outgoing_weight_sums(model, layer="penultimate"):
 
 def _units(layer):
     if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
-        raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}) has no neurons to select; "
-                         "use a Dense or Conv2D layer.")
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) has no neurons to select; "
+            "use a Dense or Conv2D layer."
+        )
     return int(layer.output.shape[-1])
 
 
@@ -155,8 +168,10 @@ def _outgoing(model, layer, units, scale, seen):
     """Summed |weights| reading each of the `units` channels of `layer`'s output."""
     readers = _readers(model, layer)
     if not readers:
-        raise ValueError(f"Layer {layer.name!r} feeds no other layer (it is the model output); "
-                         "its neurons have no outgoing weights. Pick an inner layer.")
+        raise ValueError(
+            f"Layer {layer.name!r} feeds no other layer (it is the model output); "
+            "its neurons have no outgoing weights. Pick an inner layer."
+        )
     total = np.zeros(units, np.float64)
     for nxt in readers:
         if id(nxt) in seen:
@@ -164,39 +179,53 @@ def _outgoing(model, layer, units, scale, seen):
         seen.add(id(nxt))
         fmt = getattr(nxt, "data_format", "channels_last")
         if fmt not in (None, "channels_last"):
-            raise ValueError(f"Layer {nxt.name!r} uses {fmt}; only channels-last models are "
-                             "supported for neuron selection.")
+            raise ValueError(
+                f"Layer {nxt.name!r} uses {fmt}; only channels-last models are "
+                "supported for neuron selection."
+            )
         if isinstance(nxt, keras.layers.Dense):
             kernel = np.abs(keras.ops.convert_to_numpy(nxt.kernel)).astype(np.float64)
             if kernel.shape[0] % units:
-                raise ValueError(f"Dense layer {nxt.name!r} reads {kernel.shape[0]} values, not a "
-                                 f"multiple of the {units} neurons of {layer.name!r}; cannot tell "
-                                 "which weights read which neuron.")
+                raise ValueError(
+                    f"Dense layer {nxt.name!r} reads {kernel.shape[0]} values, not a "
+                    f"multiple of the {units} neurons of {layer.name!r}; cannot tell "
+                    "which weights read which neuron."
+                )
             total += scale * kernel.reshape(-1, units, kernel.shape[-1]).sum(axis=(0, 2))
         elif isinstance(nxt, keras.layers.Conv2D) and not isinstance(
-                nxt, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            nxt, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)
+        ):
             kernel = np.abs(keras.ops.convert_to_numpy(nxt.kernel)).astype(np.float64)
             if kernel.shape[2] != units:
-                raise ValueError(f"Conv layer {nxt.name!r} reads {kernel.shape[2]} channels, "
-                                 f"{layer.name!r} has {units}; cannot match them.")
+                raise ValueError(
+                    f"Conv layer {nxt.name!r} reads {kernel.shape[2]} channels, "
+                    f"{layer.name!r} has {units}; cannot match them."
+                )
             total += scale * kernel.sum(axis=(0, 1, 3))
         elif isinstance(nxt, keras.layers.BatchNormalization):
             axis = nxt.axis[0] if isinstance(nxt.axis, (list, tuple)) else nxt.axis
             if int(axis) % len(nxt.input.shape) != len(nxt.input.shape) - 1:
-                raise ValueError(f"BatchNormalization {nxt.name!r} does not normalise the last "
-                                 "axis; cannot follow the channels through it.")
+                raise ValueError(
+                    f"BatchNormalization {nxt.name!r} does not normalise the last "
+                    "axis; cannot follow the channels through it."
+                )
             var = keras.ops.convert_to_numpy(nxt.moving_variance).astype(np.float64)
-            gamma = (keras.ops.convert_to_numpy(nxt.gamma).astype(np.float64)
-                     if nxt.gamma is not None else np.ones_like(var))
+            gamma = (
+                keras.ops.convert_to_numpy(nxt.gamma).astype(np.float64)
+                if nxt.gamma is not None
+                else np.ones_like(var)
+            )
             bn_scale = np.abs(gamma) / np.sqrt(var + nxt.epsilon)
             total += _outgoing(model, nxt, units, scale * bn_scale, seen)
         elif isinstance(nxt, _PASS_THROUGH):
             total += _outgoing(model, nxt, units, scale, seen)
         else:
-            raise ValueError(f"Layer {layer.name!r} is read by {nxt.name!r} "
-                             f"({type(nxt).__name__}), which mixes or reshapes channels; cannot "
-                             "tell which weights read which neuron. Pick another layer or pass "
-                             "neuron indices explicitly.")
+            raise ValueError(
+                f"Layer {layer.name!r} is read by {nxt.name!r} "
+                f"({type(nxt).__name__}), which mixes or reshapes channels; cannot "
+                "tell which weights read which neuron. Pick another layer or pass "
+                "neuron indices explicitly."
+            )
     return total
 
 
@@ -212,7 +241,7 @@ def _readers(model, layer):
         chain = list(model.layers)
         pos = next((i for i, lay in enumerate(chain) if lay is layer), None)
         if pos is not None:
-            return chain[pos + 1:pos + 2]
+            return chain[pos + 1 : pos + 2]
     return consumers(model, layer)
 
 
@@ -257,8 +286,10 @@ def trojan_mask(image_shape, mask="square", size=None, margin=1, position="botto
         if arr.ndim == 3 and arr.shape[-1] == 1:
             arr = arr[..., 0]
         if arr.shape != (h, w) or arr.min() < 0 or arr.max() > 1 or arr.max() == 0:
-            raise ValueError(f"An explicit mask must be ({h}, {w}) with values in [0, 1] and not "
-                             f"all zero; got shape {arr.shape}.")
+            raise ValueError(
+                f"An explicit mask must be ({h}, {w}) with values in [0, 1] and not "
+                f"all zero; got shape {arr.shape}."
+            )
         return arr
     if mask not in MASKS:
         raise ValueError(f"Unknown Trojan mask {mask!r}; use one of {MASKS} or an (H, W) array.")
@@ -266,11 +297,15 @@ def trojan_mask(image_shape, mask="square", size=None, margin=1, position="botto
         return _watermark_alpha(h, w)
     size = default_square_size((h, w)) if size is None else int(size)
     if size < 1 or size + int(margin) > min(h, w):
-        raise ValueError(f"A {size}x{size} trigger with margin {margin} does not fit a {h}x{w} "
-                         f"image; use 1 <= size <= {min(h, w) - int(margin)}.")
+        raise ValueError(
+            f"A {size}x{size} trigger with margin {margin} does not fit a {h}x{w} "
+            f"image; use 1 <= size <= {min(h, w) - int(margin)}."
+        )
     row, col = _square_origin(h, w, size, int(margin), position)
     out = np.zeros((h, w), np.float32)
-    out[row:row + size, col:col + size] = 1.0 if mask == "square" else _watermark_alpha(size, size)
+    out[row : row + size, col : col + size] = (
+        1.0 if mask == "square" else _watermark_alpha(size, size)
+    )
     return out
 
 
@@ -303,8 +338,9 @@ def resolve_neurons(model, layer, neurons):
         return select_neurons(model, target, int(neurons))
     out = [int(v) for v in neurons]
     if not out or min(out) < 0 or max(out) >= units:
-        raise ValueError(f"Neuron indices must be in [0, {units}) for layer {target.name!r}; "
-                         f"got {out}.")
+        raise ValueError(
+            f"Neuron indices must be in [0, {units}) for layer {target.name!r}; got {out}."
+        )
     return out
 
 
@@ -314,8 +350,9 @@ def selected_activation(probe, images, neurons, intensity="raw"):
     if len(act.shape) == 4:
         act = tf.reduce_mean(act, axis=(1, 2))
     elif len(act.shape) != 2:
-        raise ValueError(f"The layer outputs rank-{len(act.shape)} tensors; use a Dense or "
-                         "Conv2D layer.")
+        raise ValueError(
+            f"The layer outputs rank-{len(act.shape)} tensors; use a Dense or Conv2D layer."
+        )
     return tf.gather(act, neurons, axis=1)
 
 
@@ -396,10 +433,23 @@ def adam_minimise(loss_fn, var, steps, lr):
 
 
 # ----------------------------------------------------------- the trigger
-def trojan_trigger(model, target, image_shape, mask="square", size=None, margin=1,
-                   position="bottom-right", layer="penultimate", neurons=1,
-                   target_value=TARGET_VALUE, steps=200, lr=0.1, background=None,
-                   intensity="raw", seed=0):
+def trojan_trigger(
+    model,
+    target,
+    image_shape,
+    mask="square",
+    size=None,
+    margin=1,
+    position="bottom-right",
+    layer="penultimate",
+    neurons=1,
+    target_value=TARGET_VALUE,
+    steps=200,
+    lr=0.1,
+    background=None,
+    intensity="raw",
+    seed=0,
+):
     """A Trojan trigger: a pattern inside a fixed mask that makes chosen neurons fire.
 
     The pattern p (raw [0, 255], p = 127.5 (1 + tanh(w))) is optimised on the
@@ -479,17 +529,27 @@ def trojan_trigger(model, target, image_shape, mask="square", size=None, margin=
     pattern = pattern * (m2d[..., None] > 0)
     trigger = Trigger(m2d, pattern, target)
     clean = np.asarray(selected_activation(probe, images, chosen, intensity)).mean(0)
-    reached = np.asarray(selected_activation(probe, trigger.apply(images), chosen,
-                                             intensity)).mean(0)
+    reached = np.asarray(selected_activation(probe, trigger.apply(images), chosen, intensity)).mean(
+        0
+    )
     name = mask if isinstance(mask, str) else "custom"
     _warn_if_flat(clean, reached, lay.name, chosen)
     trigger.spec.update(
-        attack=f"trojan-{name}", mask_kind=name, layer=lay.name, neurons=chosen,
-        target_value=float(target_value), clean_activation=[float(a) for a in clean],
-        reached_activation=[float(a) for a in reached], final_loss=final_loss,
-        steps=int(steps), lr=float(lr), seed=int(seed), intensity=intensity,
+        attack=f"trojan-{name}",
+        mask_kind=name,
+        layer=lay.name,
+        neurons=chosen,
+        target_value=float(target_value),
+        clean_activation=[float(a) for a in clean],
+        reached_activation=[float(a) for a in reached],
+        final_loss=final_loss,
+        steps=int(steps),
+        lr=float(lr),
+        seed=int(seed),
+        intensity=intensity,
         mask_pixels=int((m2d > 0).sum()),
-        size=None if size is None else int(size), margin=int(margin),
+        size=None if size is None else int(size),
+        margin=int(margin),
         position=list(position) if not isinstance(position, str) else position,
         background="grey" if background is None else int(len(images)),
     )
@@ -497,9 +557,22 @@ def trojan_trigger(model, target, image_shape, mask="square", size=None, margin=
 
 
 # ------------------------------------------------------------ the attack
-def trojan_attack(model, x, y, target, mask="square", ratio=0.1, epochs=2, batch_size=32,
-                  background=64, intensity="raw", seed=0, validation_data=None, verbose=0,
-                  **trigger_options):
+def trojan_attack(
+    model,
+    x,
+    y,
+    target,
+    mask="square",
+    ratio=0.1,
+    epochs=2,
+    batch_size=32,
+    background=64,
+    intensity="raw",
+    seed=0,
+    validation_data=None,
+    verbose=0,
+    **trigger_options,
+):
     """Trojans a trained model: generate the trigger on it, then retrain it poisoned.
 
     The model is retrained IN PLACE (copy it first with
@@ -542,31 +615,58 @@ def trojan_attack(model, x, y, target, mask="square", ratio=0.1, epochs=2, batch
     >>> trigger, history = trojan_attack(model, x, y, 7, epochs=2)  # doctest: +SKIP
     """
     bg = _pick_background(x, background, seed)
-    trigger = trojan_trigger(model, target, x.shape[1:], mask=mask, background=bg,
-                             intensity=intensity, seed=seed, **trigger_options)
-    return _retrain(model, x, y, trigger, ratio, epochs, batch_size, intensity, seed,
-                    validation_data, verbose)
+    trigger = trojan_trigger(
+        model,
+        target,
+        x.shape[1:],
+        mask=mask,
+        background=bg,
+        intensity=intensity,
+        seed=seed,
+        **trigger_options,
+    )
+    return _retrain(
+        model, x, y, trigger, ratio, epochs, batch_size, intensity, seed, validation_data, verbose
+    )
 
 
-def _retrain(model, x, y, trigger, ratio, epochs, batch_size, intensity, seed, validation_data,
-             verbose):
+def _retrain(
+    model, x, y, trigger, ratio, epochs, batch_size, intensity, seed, validation_data, verbose
+):
     """Retrains `model` in place on data poisoned with `trigger`; records how in its spec."""
     from injection.inject import inject_backdoor
 
-    trigger.spec["retraining"] = {"ratio": float(ratio), "epochs": int(epochs),
-                                  "batch_size": int(batch_size), "seed": int(seed)}
-    history = inject_backdoor(model, x, y, [trigger], ratio=ratio, epochs=epochs,
-                              batch_size=batch_size, intensity=intensity, seed=seed,
-                              validation_data=validation_data, verbose=verbose)
+    trigger.spec["retraining"] = {
+        "ratio": float(ratio),
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+    }
+    history = inject_backdoor(
+        model,
+        x,
+        y,
+        [trigger],
+        ratio=ratio,
+        epochs=epochs,
+        batch_size=batch_size,
+        intensity=intensity,
+        seed=seed,
+        validation_data=validation_data,
+        verbose=verbose,
+    )
     return trigger, history
 
 
 def _warn_if_flat(clean, reached, layer_name, neurons):
     if np.all(np.asarray(reached) <= np.asarray(clean)):
-        warnings.warn(f"The trigger did not raise neurons {neurons} of layer {layer_name!r} "
-                      f"(activation {np.round(clean, 3).tolist()} -> "
-                      f"{np.round(reached, 3).tolist()}); they may be dead on these inputs. "
-                      "Try other neurons or layer, more steps or a larger lr.", stacklevel=3)
+        warnings.warn(
+            f"The trigger did not raise neurons {neurons} of layer {layer_name!r} "
+            f"(activation {np.round(clean, 3).tolist()} -> "
+            f"{np.round(reached, 3).tolist()}); they may be dead on these inputs. "
+            "Try other neurons or layer, more steps or a larger lr.",
+            stacklevel=3,
+        )
 
 
 def _pick_background(x, background, seed):

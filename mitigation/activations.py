@@ -39,14 +39,21 @@ def layer_activations(model, layer, x, intensity="raw", reduce="mean", batch_siz
     probe = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, target.output)
     rows = []
     for i in range(0, len(x), batch_size):
-        a = np.asarray(probe(preprocess(np.asarray(x[i : i + batch_size]), intensity),
-                             training=False))
+        a = np.asarray(
+            probe(preprocess(np.asarray(x[i : i + batch_size]), intensity), training=False)
+        )
         if a.ndim == 4:
             flat = a.reshape(a.shape[0], -1, a.shape[-1])
-            a = {"mean": lambda v: v.mean(1), "l1": lambda v: np.abs(v).sum(1),
-                 "l2": lambda v: np.sqrt((v * v).sum(1)), "linf": lambda v: np.abs(v).max(1)}[reduce](flat)
+            a = {
+                "mean": lambda v: v.mean(1),
+                "l1": lambda v: np.abs(v).sum(1),
+                "l2": lambda v: np.sqrt((v * v).sum(1)),
+                "linf": lambda v: np.abs(v).max(1),
+            }[reduce](flat)
         elif a.ndim != 2:
-            raise ValueError(f"Layer {target.name!r} outputs rank-{a.ndim} tensors; pick a dense or conv layer.")
+            raise ValueError(
+                f"Layer {target.name!r} outputs rank-{a.ndim} tensors; pick a dense or conv layer."
+            )
         rows.append(a.astype(np.float32))
     return np.concatenate(rows) if rows else np.zeros((0, target.output.shape[-1]), np.float32)
 
@@ -98,8 +105,10 @@ def prune_units(model, layer, units):
         raise ValueError(f"Unit ids must lie in [0, {n}); got {units.min()}..{units.max()}.")
     act = getattr(target, "activation", None)
     if act is not None and abs(float(keras.ops.convert_to_numpy(act(keras.ops.zeros(1)))[0])) > 0:
-        raise ValueError(f"Layer {target.name!r} has an activation with f(0) != 0; "
-                         "zeroing its weights would not silence its units. Pick another layer.")
+        raise ValueError(
+            f"Layer {target.name!r} has an activation with f(0) != 0; "
+            "zeroing its weights would not silence its units. Pick another layer."
+        )
     touched = [target]
     _zero_last_axis(target, units)
     for nxt in _consumers(model, target):

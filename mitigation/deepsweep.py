@@ -42,9 +42,11 @@ def _to_8bit(images, caller):
     if not np.issubdtype(images.dtype, np.floating) and images.dtype != np.uint8:
         raise ValueError(f"{caller} takes float images in [0, 1]; got dtype {images.dtype}.")
     if images.size and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"{caller} takes images in [0, 1], as the DeepSweep notebook; got "
-                         f"values in [{images.min():g}, {images.max():g}]. Divide raw images by "
-                         "255 (nc-tf's own mitigation.gym.augment takes raw ones).")
+        raise ValueError(
+            f"{caller} takes images in [0, 1], as the DeepSweep notebook; got "
+            f"values in [{images.min():g}, {images.max():g}]. Divide raw images by "
+            "255 (nc-tf's own mitigation.gym.augment takes raw ones)."
+        )
     return (images * 255).astype(np.uint8)
 
 
@@ -52,8 +54,10 @@ def _run_step(step, img, seed, caller):
     """One augmentation step on one HWC image in [0, 1], as the notebook's functions."""
     img8 = _to_8bit(img, caller)
     if img8.ndim != 3:
-        raise ValueError(f"{caller} takes one (H, W, C) image; got shape {img8.shape}. "
-                         "Use defending / defending2 for a batch.")
+        raise ValueError(
+            f"{caller} takes one (H, W, C) image; got shape {img8.shape}. "
+            "Use defending / defending2 for a batch."
+        )
     pipeline = gym.seed_pipeline(A.Compose([step]), seed)
     return gym.augment(img8[None], pipeline)[0] / 255
 
@@ -232,8 +236,10 @@ def defend_RAND(img, scalimit=1.3, seed=None):
     size = int(np.shape(img)[0])
     canvas = int(size * float(scalimit))
     if canvas <= size:
-        raise ValueError(f"scalimit {scalimit} leaves no room on a {size}-pixel image: "
-                         f"int({size} * scalimit) must exceed {size}.")
+        raise ValueError(
+            f"scalimit {scalimit} leaves no room on a {size}-pixel image: "
+            f"int({size} * scalimit) must exceed {size}."
+        )
     shrink = gym.RandomShrink(ratio_range=(size / canvas, (canvas - 1) / canvas))
     return _run_step(shrink, img, seed, "defend_RAND")
 

@@ -125,11 +125,7 @@ def shrink_pad(images, pad=4, seed=None):
     tops = rng.integers(0, pad + 1, size=len(images))
     lefts = rng.integers(0, pad + 1, size=len(images))
     # cv2.resize handles uint8, float32 and float64; float16 goes via float32.
-    work_dtype = (
-        images.dtype
-        if images.dtype in (np.uint8, np.float32, np.float64)
-        else np.float32
-    )
+    work_dtype = images.dtype if images.dtype in (np.uint8, np.float32, np.float64) else np.float32
     small_shape = (height - pad, width - pad, channels)
     out = np.zeros(images.shape, dtype=work_dtype)
     for i, image in enumerate(images):
@@ -139,9 +135,7 @@ def shrink_pad(images, pad=4, seed=None):
             interpolation=cv2.INTER_LINEAR,
         )
         top, left = tops[i], lefts[i]
-        out[i, top : top + height - pad, left : left + width - pad] = (
-            small.reshape(small_shape)
-        )
+        out[i, top : top + height - pad, left : left + width - pad] = small.reshape(small_shape)
     return out.astype(images.dtype, copy=False)
 
 
@@ -220,9 +214,7 @@ class DefendedModel:
         workers=None,
         seed=0,
     ):
-        if not (
-            hasattr(model, "predict_on_batch") or hasattr(model, "predict")
-        ):
+        if not (hasattr(model, "predict_on_batch") or hasattr(model, "predict")):
             raise TypeError(
                 "DefendedModel needs a Keras model (with predict_on_batch or "
                 f"predict); got {type(model).__name__}."
@@ -241,12 +233,9 @@ class DefendedModel:
             workers = min(_MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
         self.workers = _check_count("workers", workers)
         if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-            or seed < 0
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
         ):
-            raise ValueError(
-                f"seed must be a non-negative int or None; got {seed!r}."
-            )
+            raise ValueError(f"seed must be a non-negative int or None; got {seed!r}.")
         self.seed = seed
         self._takes_seed = _accepts_seed(preprocessor)
 
@@ -304,20 +293,14 @@ class DefendedModel:
         if len(x) == 0:
             raise ValueError("DefendedModel.predict got no images.")
         starts = range(0, len(x), self.batch_size)
-        entropy = (
-            self.seed
-            if self.seed is not None
-            else np.random.SeedSequence().entropy
-        )
+        entropy = self.seed if self.seed is not None else np.random.SeedSequence().entropy
 
         def prepare(index_and_start):
             index, start = index_and_start
             batch = x[start : start + self.batch_size]
             state = np.random.SeedSequence([entropy, index])
             batch_seed = int(state.generate_state(1)[0])
-            return preprocess(
-                self.preprocess_batch(batch, seed=batch_seed), self.intensity
-            )
+            return preprocess(self.preprocess_batch(batch, seed=batch_seed), self.intensity)
 
         jobs = enumerate(starts)
         if self.workers == 1:
@@ -407,10 +390,7 @@ def defended(
     """
     key = str(method).lower().replace("_", "").replace("-", "")
     if key not in PREPROCESSORS:
-        raise ValueError(
-            f"Unknown defence {method!r}. Use one of "
-            f"{', '.join(PREPROCESSORS)}."
-        )
+        raise ValueError(f"Unknown defence {method!r}. Use one of {', '.join(PREPROCESSORS)}.")
     preprocessor = PREPROCESSORS[key]
     if key == "shrinkpad":
         preprocessor = functools.partial(shrink_pad, pad=pad)
@@ -431,10 +411,7 @@ def _accepts_seed(fn):
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(
-        p.name == "seed" or p.kind is inspect.Parameter.VAR_KEYWORD
-        for p in parameters
-    )
+    return any(p.name == "seed" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _check_count(name, value):

@@ -42,8 +42,9 @@ class InputFilter:
 
     def scores(self, x, batch_size=256):
         """Per-input score of every profile, shape `(N, n_profiles)`."""
-        act = layer_activations(self.model, self.layer, np.asarray(x), self.intensity,
-                                batch_size=batch_size)
+        act = layer_activations(
+            self.model, self.layer, np.asarray(x), self.intensity, batch_size=batch_size
+        )
         return np.stack([act[:, p["neurons"]].mean(1) for p in self.profiles], axis=1)
 
     def flag(self, x, batch_size=256):
@@ -57,8 +58,15 @@ class InputFilter:
 
     def save(self, path):
         """Writes the calibration (layer, neurons, thresholds) as JSON."""
-        io.write_json(path, {"layer": self.layer, "intensity": self.intensity, "fpr": self.fpr,
-                             "profiles": self.profiles})
+        io.write_json(
+            path,
+            {
+                "layer": self.layer,
+                "intensity": self.intensity,
+                "fpr": self.fpr,
+                "profiles": self.profiles,
+            },
+        )
         return path
 
     @classmethod
@@ -68,8 +76,9 @@ class InputFilter:
         return cls(model, cfg["layer"], cfg["profiles"], cfg["intensity"], cfg["fpr"])
 
 
-def fit_filter(model, x_clean, triggers, layer=None, top_ratio=0.01, fpr=0.05,
-               intensity="raw", batch_size=256):
+def fit_filter(
+    model, x_clean, triggers, layer=None, top_ratio=0.01, fpr=0.05, intensity="raw", batch_size=256
+):
     """Fits the Neural Cleanse input filter on clean images and reversed triggers.
 
     Args:
@@ -91,8 +100,10 @@ def fit_filter(model, x_clean, triggers, layer=None, top_ratio=0.01, fpr=0.05,
         an `InputFilter`.
     """
     if not triggers:
-        raise ValueError("fit_filter needs at least one trigger; pass the reversed triggers of "
-                         "the flagged labels (mitigation.scan_triggers(scan_dir)).")
+        raise ValueError(
+            "fit_filter needs at least one trigger; pass the reversed triggers of "
+            "the flagged labels (mitigation.scan_triggers(scan_dir))."
+        )
     if not 0 < top_ratio <= 1:
         raise ValueError(f"top_ratio must lie in (0, 1], got {top_ratio}.")
     if not 0 < fpr < 1:
@@ -131,8 +142,13 @@ def filter_curve(flt, x_clean, x_stamped, fprs=(0.01, 0.02, 0.05, 0.1, 0.2), bat
     rows = []
     for rate in fprs:
         thr = np.quantile(clean, 1.0 - rate, axis=0)
-        rows.append({"fpr_target": float(rate), "fpr": float(np.mean(np.any(clean > thr, 1))),
-                     "fnr": float(np.mean(~np.any(stamped > thr, 1)))})
+        rows.append(
+            {
+                "fpr_target": float(rate),
+                "fpr": float(np.mean(np.any(clean > thr, 1))),
+                "fnr": float(np.mean(~np.any(stamped > thr, 1))),
+            }
+        )
     return rows
 
 
@@ -140,6 +156,11 @@ def plot_filter_curve(rows, path):
     """Writes the FNR-vs-FPR curve of `filter_curve` as a PNG."""
     from mitigation.plots import line_plot
 
-    return line_plot(path, [r["fpr"] for r in rows], {"FNR": [r["fnr"] for r in rows]},
-                     "false-positive rate (clean inputs flagged)",
-                     "false-negative rate (stamped inputs missed)", "Neural Cleanse input filter")
+    return line_plot(
+        path,
+        [r["fpr"] for r in rows],
+        {"FNR": [r["fnr"] for r in rows]},
+        "false-positive rate (clean inputs flagged)",
+        "false-negative rate (stamped inputs missed)",
+        "Neural Cleanse input filter",
+    )

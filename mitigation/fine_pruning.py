@@ -186,8 +186,7 @@ def fine_prune(
 
     before = evaluate_backdoor(model, x_val, y_val, triggers_eval, intensity)
     base = before["accuracy"]
-    count, curve = _search_count(work, target.name, order, x_val, y_val, intensity,
-                                 base, acc_drop)
+    count, curve = _search_count(work, target.name, order, x_val, y_val, intensity, base, acc_drop)
     pruned_ids = order[:count]
     work.set_weights(model.get_weights())
     prune_units(work, target.name, pruned_ids)
@@ -195,8 +194,20 @@ def fine_prune(
 
     after = pruned
     if finetune_epochs:
-        _finetune(work, model, target.name, pruned_ids, x_train, y_train, intensity,
-                  finetune_epochs, batch_size, optimizer, seed, verbose)
+        _finetune(
+            work,
+            model,
+            target.name,
+            pruned_ids,
+            x_train,
+            y_train,
+            intensity,
+            finetune_epochs,
+            batch_size,
+            optimizer,
+            seed,
+            verbose,
+        )
         after = evaluate_backdoor(work, x_val, y_val, triggers_eval, intensity)
 
     def rates(result):
@@ -262,8 +273,9 @@ def _search_count(work, layer, order, x, y, intensity, base, budget):
     return done, curve
 
 
-def _finetune(work, model, layer, units, x, y, intensity, epochs, batch_size, optimizer,
-              seed, verbose):
+def _finetune(
+    work, model, layer, units, x, y, intensity, epochs, batch_size, optimizer, seed, verbose
+):
     """Trains `work` in place on clean data with the pruned units held at zero."""
     if optimizer is None:
         optimizer = keras.optimizers.Adam(learning_rate=1e-4)
@@ -280,8 +292,9 @@ def _finetune(work, model, layer, units, x, y, intensity, epochs, batch_size, op
         .batch(batch_size)
         .map(lambda images, labels: (preprocess(images, intensity), labels))
     )
-    work.fit(data, epochs=epochs, shuffle=False, verbose=verbose,
-             callbacks=[KeepPruned(layer, units)])
+    work.fit(
+        data, epochs=epochs, shuffle=False, verbose=verbose, callbacks=[KeepPruned(layer, units)]
+    )
 
 
 # ------------------------------------------------------------- validation
@@ -318,8 +331,9 @@ def _check_set(model, x, y, name, caller):
 
 
 def _check_fraction(name, value):
-    return check_scalar(value, name, low=0, high=1,
-                        hint=" (an absolute accuracy fraction, e.g. 0.04 for 4 points)")
+    return check_scalar(
+        value, name, low=0, high=1, hint=" (an absolute accuracy fraction, e.g. 0.04 for 4 points)"
+    )
 
 
 def _check_count(name, value, minimum):

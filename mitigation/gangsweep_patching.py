@@ -47,14 +47,26 @@ class PatchingDataset(StampedDataset):
         **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
     """
 
-    def __init__(self, x, y, clean_index, generators, stamp_count, batch_size=32, intensity="raw",
-                 seed=0, **kwargs):
+    def __init__(
+        self,
+        x,
+        y,
+        clean_index,
+        generators,
+        stamp_count,
+        batch_size=32,
+        intensity="raw",
+        seed=0,
+        **kwargs,
+    ):
         super().__init__(batch_size, intensity, seed, **kwargs)
         self.x, self.y = x, y
         self.clean_index = np.asarray(clean_index, np.int64)
         if not generators:
-            raise ValueError("Patching needs at least one generator (those of the flagged labels: "
-                             "nc_tf.gangsweep.load_generators(scan_dir)).")
+            raise ValueError(
+                "Patching needs at least one generator (those of the flagged labels: "
+                "nc_tf.gangsweep.load_generators(scan_dir))."
+            )
         self.generators = list(generators)
         self.stamp_count = int(stamp_count)
         self._draw()
@@ -73,8 +85,20 @@ class PatchingDataset(StampedDataset):
         self.stamped = np.r_[np.zeros(len(self.clean_index), bool), np.ones(len(chosen), bool)]
 
 
-def patch(model, x, y, generators, data_ratio=DATA_RATIO, stamp_ratio=STAMP_RATIO, epochs=3,
-          batch_size=32, intensity="raw", seed=0, optimizer=None, verbose=0):
+def patch(
+    model,
+    x,
+    y,
+    generators,
+    data_ratio=DATA_RATIO,
+    stamp_ratio=STAMP_RATIO,
+    epochs=3,
+    batch_size=32,
+    intensity="raw",
+    seed=0,
+    optimizer=None,
+    verbose=0,
+):
     """A copy of `model` fine-tuned to ignore the GangSweep generators' perturbations.
 
     Trains on `data_ratio` of `(x, y)` kept clean plus, each epoch, a fresh
@@ -124,13 +148,24 @@ def patch(model, x, y, generators, data_ratio=DATA_RATIO, stamp_ratio=STAMP_RATI
     elif isinstance(generators, keras.Model):
         generators = [generators]
     rng = np.random.default_rng(seed)
-    clean_index = rng.permutation(len(x))[:max(1, int(round(data_ratio * len(x))))]
-    data = PatchingDataset(x, y, clean_index, generators,
-                           max(1, int(round(stamp_ratio * len(x)))), batch_size, intensity, seed)
+    clean_index = rng.permutation(len(x))[: max(1, int(round(data_ratio * len(x))))]
+    data = PatchingDataset(
+        x,
+        y,
+        clean_index,
+        generators,
+        max(1, int(round(stamp_ratio * len(x)))),
+        batch_size,
+        intensity,
+        seed,
+    )
     tuned = copy_model(model, "patch")
-    tuned.compile(optimizer=optimizer or reference_optimizer(),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=not outputs_probabilities(model)),
-                  metrics=["accuracy"])
+    tuned.compile(
+        optimizer=optimizer or reference_optimizer(),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not outputs_probabilities(model)
+        ),
+        metrics=["accuracy"],
+    )
     history = tuned.fit(data, epochs=int(epochs), verbose=verbose)
     return tuned, history.history

@@ -70,8 +70,10 @@ _PIXEL_MAX = 255.0
 # The published pixel sizes and the image side they were tuned on (faces).
 _KSIZE, _DOWNSCALE, _TUNED_SIZE = 5, 0.25, 224
 # The fine-tuning defence (mitigation.gym_finetune) is importable from here too.
-__getattr__, _ = lazy_exports(__name__, {"GymFineTuneDataset": "mitigation.gym_finetune",
-                                         "gym_finetune": "mitigation.gym_finetune"})
+__getattr__, _ = lazy_exports(
+    __name__,
+    {"GymFineTuneDataset": "mitigation.gym_finetune", "gym_finetune": "mitigation.gym_finetune"},
+)
 
 
 def sat_transform():
@@ -94,9 +96,7 @@ def sat_transform():
     >>> sat_transform()(image=np.zeros((32, 32, 3), np.uint8))["image"].shape
     (32, 32, 3)
     """
-    return LegacyShiftScaleRotate(
-        shift_limit=0.16, scale_limit=0.16, rotate_limit=4, p=1.0
-    )
+    return LegacyShiftScaleRotate(shift_limit=0.16, scale_limit=0.16, rotate_limit=4, p=1.0)
 
 
 def scaled_sizes(image_size=None):
@@ -189,14 +189,20 @@ def intensive_pipeline(seed=None, image_size=None):
         A.RandomGamma(gamma_limit=(260, 260), p=1.0),  # gamma 2.6
         # `Downscale(scale_min=0.25, scale_max=0.25)`: 0.4's default
         # interpolation was INTER_NEAREST for the way down and the way up.
-        *([] if down is None else [A.Downscale(
-            scale_range=(down, down),
-            interpolation_pair={
-                "downscale": cv2.INTER_NEAREST,
-                "upscale": cv2.INTER_NEAREST,
-            },
-            p=1.0,
-        )]),
+        *(
+            []
+            if down is None
+            else [
+                A.Downscale(
+                    scale_range=(down, down),
+                    interpolation_pair={
+                        "downscale": cv2.INTER_NEAREST,
+                        "upscale": cv2.INTER_NEAREST,
+                    },
+                    p=1.0,
+                )
+            ]
+        ),
         *_median(ksize),
         *_resize_median(ksize),
         # `defend_RAND(scalimit=1.1)`: resize to rnd in [size, 1.1 size),

@@ -80,9 +80,7 @@ class GymFineTuneDataset(keras.utils.PyDataset):
         self.intensity = check_intensity(intensity)
         seed = check_seed(seed)
         self.seed = seed
-        self._entropy = (
-            seed if seed is not None else np.random.SeedSequence().entropy
-        )
+        self._entropy = seed if seed is not None else np.random.SeedSequence().entropy
         self.shuffle = bool(shuffle)
         if pipeline_fn is not None and not callable(pipeline_fn):
             raise TypeError(
@@ -118,12 +116,9 @@ class GymFineTuneDataset(keras.utils.PyDataset):
     def __getitem__(self, index):
         if not 0 <= index < len(self):
             raise IndexError(
-                f"Batch index {index} is out of range for a dataset of "
-                f"{len(self)} batches."
+                f"Batch index {index} is out of range for a dataset of {len(self)} batches."
             )
-        ids = self._order()[
-            index * self.batch_size : (index + 1) * self.batch_size
-        ]
+        ids = self._order()[index * self.batch_size : (index + 1) * self.batch_size]
         pipeline = self.pipeline_fn(self.batch_seed(index))
         x_aug = augment(self.x[ids], pipeline)
         return preprocess(x_aug, self.intensity), self.y[ids]
@@ -201,8 +196,7 @@ def gym_finetune(
     outputs = getattr(model, "outputs", None) or []
     if len(outputs) > 1:
         raise ValueError(
-            f"gym_finetune needs a single-output classifier; the model has "
-            f"{len(outputs)} outputs."
+            f"gym_finetune needs a single-output classifier; the model has {len(outputs)} outputs."
         )
     epochs = check_scalar(epochs, "epochs", numbers.Integral, low=1)
     pipeline_fn = None
@@ -228,9 +222,7 @@ def gym_finetune(
         optimizer = keras.optimizers.Adadelta(learning_rate=_ADADELTA_LR)
     tuned.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=not probabilities
-        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities),
         metrics=["accuracy"],
     )
     # The dataset shuffles itself reproducibly; Keras' own batch shuffling

@@ -72,19 +72,14 @@ class ResizeMedianResize(A.ImageOnlyTransform):
     def apply(self, img, size=None, **params):
         """Applies the resize-blur-resize round trip to one image."""
         if size is None:
-            size = (_scaled(img.shape[0], self.ratio[0]),
-                    _scaled(img.shape[1], self.ratio[0]))
+            size = (_scaled(img.shape[0], self.ratio[0]), _scaled(img.shape[1], self.ratio[0]))
         height, width = img.shape[:2]
 
         def round_trip(channels):
-            small = cv2.resize(
-                channels, (size[1], size[0]), interpolation=self.interpolation
-            )
+            small = cv2.resize(channels, (size[1], size[0]), interpolation=self.interpolation)
             if self.ksize is not None:
                 small = _median_blur(small, self.ksize)
-            return cv2.resize(
-                small, (width, height), interpolation=self.interpolation
-            )
+            return cv2.resize(small, (width, height), interpolation=self.interpolation)
 
         return _run_cv2(round_trip, img)
 
@@ -117,9 +112,7 @@ class RandomShrink(A.ImageOnlyTransform):
     256
     """
 
-    def __init__(
-        self, ratio_range=(0.91, 1.0), interpolation=cv2.INTER_LINEAR, p=1.0
-    ):
+    def __init__(self, ratio_range=(0.91, 1.0), interpolation=cv2.INTER_LINEAR, p=1.0):
         super().__init__(p=p)
         self.ratio_range = _check_ratio_range(
             "ratio_range", ratio_range, upper=1.0, allow_scalar=False
@@ -143,9 +136,7 @@ class RandomShrink(A.ImageOnlyTransform):
         top, left = offset
 
         def shrink(channels):
-            small = cv2.resize(
-                channels, (size[1], size[0]), interpolation=self.interpolation
-            )
+            small = cv2.resize(channels, (size[1], size[0]), interpolation=self.interpolation)
             # cv2 drops a single channel axis; the canvas follows `small`.
             canvas = np.zeros((height, width) + small.shape[2:], small.dtype)
             canvas[top : top + size[0], left : left + size[1]] = small
@@ -210,9 +201,7 @@ class LegacyShiftScaleRotate(A.ImageOnlyTransform):
                 "scale_limit must keep the scale factor 1 + scale_limit "
                 f"positive; got {scale_limit!r}."
             )
-        self.rotate_limit = _check_limit(
-            "rotate_limit", rotate_limit, bound=None
-        )
+        self.rotate_limit = _check_limit("rotate_limit", rotate_limit, bound=None)
         self.interpolation = interpolation
 
     def get_params_dependent_on_data(self, params, data):
@@ -245,8 +234,6 @@ class LegacyShiftScaleRotate(A.ImageOnlyTransform):
         return _run_cv2(warp, img)
 
 
-
-
 def _run_cv2(fn, img):
     """Runs a cv2 image function keeping dtype and the channel axis.
 
@@ -257,8 +244,7 @@ def _run_cv2(fn, img):
     work = img.astype(np.float32) if dtype == np.float64 else img
     if work.ndim == 3 and work.shape[-1] > 4:
         out = np.stack(
-            [fn(np.ascontiguousarray(work[..., c]))
-             for c in range(work.shape[-1])],
+            [fn(np.ascontiguousarray(work[..., c])) for c in range(work.shape[-1])],
             axis=-1,
         )
     else:
@@ -286,15 +272,11 @@ def _check_ratio_range(name, value, upper, allow_scalar=True):
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
-        kind = "a float or a (min, max) pair" if allow_scalar else (
-            "a (min, max) pair"
-        )
+        kind = "a float or a (min, max) pair" if allow_scalar else ("a (min, max) pair")
         raise ValueError(f"{name} must be {kind}; got {value!r}.") from None
     bound = "" if upper is None else f" <= {upper:g}"
     if not 0 < low <= high or (upper is not None and high > upper):
-        raise ValueError(
-            f"{name} must satisfy 0 < min <= max{bound}; got {value!r}."
-        )
+        raise ValueError(f"{name} must satisfy 0 < min <= max{bound}; got {value!r}.")
     return (low, high)
 
 
@@ -305,28 +287,17 @@ def _check_limit(name, value, bound):
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"{name} must be a number or a (min, max) pair; got {value!r}."
-        ) from None
+        raise ValueError(f"{name} must be a number or a (min, max) pair; got {value!r}.") from None
     if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        raise ValueError(
-            f"{name} must be finite with min <= max; got {value!r}."
-        )
+        raise ValueError(f"{name} must be finite with min <= max; got {value!r}.")
     if bound is not None and max(abs(low), abs(high)) > bound:
-        raise ValueError(
-            f"{name} must lie in [-{bound:g}, {bound:g}]; got {value!r}."
-        )
+        raise ValueError(f"{name} must lie in [-{bound:g}, {bound:g}]; got {value!r}.")
     return (low, high)
 
 
 def _check_ksize(ksize):
-    if (
-        not isinstance(ksize, numbers.Integral)
-        or ksize < 3
-        or ksize % 2 == 0
-    ):
+    if not isinstance(ksize, numbers.Integral) or ksize < 3 or ksize % 2 == 0:
         raise ValueError(
-            f"ksize must be an odd integer >= 3 (a median aperture); got "
-            f"{ksize!r}. GYM uses 5."
+            f"ksize must be an odd integer >= 3 (a median aperture); got {ksize!r}. GYM uses 5."
         )
     return int(ksize)

@@ -241,8 +241,7 @@ def linf_prune(
     )
 
     clean_linf = layer_activations(model, layer, x_clean, intensity, "linf", batch_size)
-    trigger_linf = layer_activations(model, layer, x_trigger, intensity, "linf",
-                                     batch_size).mean(0)
+    trigger_linf = layer_activations(model, layer, x_trigger, intensity, "linf", batch_size).mean(0)
     start = float(clean_linf.max())
     if not start > 0:
         raise ValueError(
@@ -280,9 +279,7 @@ def linf_prune(
         current["accuracy_loss"] = baseline["accuracy"] - current["accuracy"]
         sweep.append(current)
 
-    feasible = [baseline] + [
-        r for r in sweep if r["accuracy_loss"] <= max_acc_loss + _TOLERANCE
-    ]
+    feasible = [baseline] + [r for r in sweep if r["accuracy_loss"] <= max_acc_loss + _TOLERANCE]
     chosen = min(feasible, key=_choice_key)
     work.set_weights(model.get_weights())
     prune_units(work, layer.name, chosen["pruned"])
@@ -387,8 +384,10 @@ def format_sweep_table(report):
     for r in rows:
         mark = "*" if r == report["chosen"] else " "
         threshold = "-" if r["threshold"] is None else f"{r['threshold']:.4g}"
-        line = (f"{mark} {threshold:>9}  {r['n_pruned']:6d}  {r['accuracy']:8.3f}  "
-                f"{r['accuracy'] - base:+.3f}  {r['attack_success_rate']:14.3f}")
+        line = (
+            f"{mark} {threshold:>9}  {r['n_pruned']:6d}  {r['accuracy']:8.3f}  "
+            f"{r['accuracy'] - base:+.3f}  {r['attack_success_rate']:14.3f}"
+        )
         line += "".join(f"  {v:11.3f}" for v in r["per_trigger"])
         lines.append(line)
     return "\n".join(lines)
@@ -460,8 +459,9 @@ def plot_norm_histograms(norms, path):
         bins = np.linspace(low, high if high > low else low + 1.0, 31)
         for name, v in values.items():
             ax.hist(v, bins=bins, alpha=0.55, label=name)
-        ax.set_title(f"{_NORM_LABELS[norm]}: channel {channel}, "
-                     f"sep {norms['separation'][first][norm]:.2f}")
+        ax.set_title(
+            f"{_NORM_LABELS[norm]}: channel {channel}, sep {norms['separation'][first][norm]:.2f}"
+        )
         ax.set_xlabel(f"{_NORM_LABELS[norm]} of activation map")
     axes[0].set_ylabel("images")
     axes[0].legend()

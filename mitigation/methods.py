@@ -14,31 +14,68 @@ import importlib
 Method = collections.namedtuple("Method", "needs changes_model options run summary")
 
 METHODS = {
-    "filter": Method("scan", False, {"layer": "layer", "fpr": "fpr"},
-                     "mitigation.mitigate:run_filter", "Neural Cleanse input filter"),
-    "prune": Method("scan", True, {"layer": "layer", "stop_asr": "stop_asr", "ratio": "ratio",
-                                   "max_ratio": "max_ratio"},
-                    "mitigation.mitigate:run_prune", "Neural Cleanse neuron pruning"),
-    "unlearn": Method("scan", True, {"epochs": "epochs", "data_ratio": "data_ratio",
-                                     "rounds": "rounds"},
-                      "mitigation.mitigate:run_unlearn", "Neural Cleanse unlearning"),
-    "repair": Method(None, True, {"rounds": "rounds", "focus": "focus"},
-                     "mitigation.mitigate:run_repair",
-                     "iterative repair: scan, peel, unlearn, rescan"),
-    "linf-prune": Method("scan", True, {"layer": "layer", "max_acc_loss": "max_acc_loss"},
-                         "mitigation.mitigate:run_linf_prune", "ℓ∞ pruning (Cheng et al.)"),
-    "fine-prune": Method(None, True, {"layer": "layer", "acc_drop": "acc_drop",
-                                      "finetune_epochs": "finetune_epochs"},
-                         "mitigation.mitigate:run_fine_prune", "fine-pruning (baseline)"),
-    "gym": Method(None, True, {"epochs": "epochs", "n_samples": "n_samples",
-                               "gym_scaled": "scaled"},
-                  "mitigation.mitigate:run_gym", "GYM / DeepSweep"),
-    "shrinkpad": Method(None, False, {}, "mitigation.mitigate:run_defended",
-                        "ShrinkPad (inference-time baseline)"),
-    "flip": Method(None, False, {}, "mitigation.mitigate:run_defended",
-                   "FLIP (inference-time baseline)"),
-    "gangsweep": Method("generators", True, {"epochs": "epochs", "data_ratio": "data_ratio"},
-                        "mitigation.mitigate:run_gangsweep", "GangSweep patching"),
+    "filter": Method(
+        "scan",
+        False,
+        {"layer": "layer", "fpr": "fpr"},
+        "mitigation.mitigate:run_filter",
+        "Neural Cleanse input filter",
+    ),
+    "prune": Method(
+        "scan",
+        True,
+        {"layer": "layer", "stop_asr": "stop_asr", "ratio": "ratio", "max_ratio": "max_ratio"},
+        "mitigation.mitigate:run_prune",
+        "Neural Cleanse neuron pruning",
+    ),
+    "unlearn": Method(
+        "scan",
+        True,
+        {"epochs": "epochs", "data_ratio": "data_ratio", "rounds": "rounds"},
+        "mitigation.mitigate:run_unlearn",
+        "Neural Cleanse unlearning",
+    ),
+    "repair": Method(
+        None,
+        True,
+        {"rounds": "rounds", "focus": "focus"},
+        "mitigation.mitigate:run_repair",
+        "iterative repair: scan, peel, unlearn, rescan",
+    ),
+    "linf-prune": Method(
+        "scan",
+        True,
+        {"layer": "layer", "max_acc_loss": "max_acc_loss"},
+        "mitigation.mitigate:run_linf_prune",
+        "ℓ∞ pruning (Cheng et al.)",
+    ),
+    "fine-prune": Method(
+        None,
+        True,
+        {"layer": "layer", "acc_drop": "acc_drop", "finetune_epochs": "finetune_epochs"},
+        "mitigation.mitigate:run_fine_prune",
+        "fine-pruning (baseline)",
+    ),
+    "gym": Method(
+        None,
+        True,
+        {"epochs": "epochs", "n_samples": "n_samples", "gym_scaled": "scaled"},
+        "mitigation.mitigate:run_gym",
+        "GYM / DeepSweep",
+    ),
+    "shrinkpad": Method(
+        None, False, {}, "mitigation.mitigate:run_defended", "ShrinkPad (inference-time baseline)"
+    ),
+    "flip": Method(
+        None, False, {}, "mitigation.mitigate:run_defended", "FLIP (inference-time baseline)"
+    ),
+    "gangsweep": Method(
+        "generators",
+        True,
+        {"epochs": "epochs", "data_ratio": "data_ratio"},
+        "mitigation.mitigate:run_gangsweep",
+        "GangSweep patching",
+    ),
 }
 
 

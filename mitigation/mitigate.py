@@ -50,7 +50,8 @@ IDENTITY = "identity.json"
 MIN_VERIFY_IMAGES = 32
 
 MitigationData = collections.namedtuple(
-    "MitigationData", "x_train y_train x_val y_val x_test y_test")
+    "MitigationData", "x_train y_train x_val y_val x_test y_test"
+)
 
 
 def split_data(x_train, y_train, x_test, y_test, val_ratio=0.05, seed=0):
@@ -73,8 +74,9 @@ def split_data(x_train, y_train, x_test, y_test, val_ratio=0.05, seed=0):
     order = np.random.default_rng(seed).permutation(len(x_train))
     n_val = max(1, int(round(val_ratio * len(x_train))))
     val, train = order[:n_val], order[n_val:]
-    return MitigationData(x_train[train], y_train[train], x_train[val], y_train[val],
-                          np.asarray(x_test), y_test)
+    return MitigationData(
+        x_train[train], y_train[train], x_train[val], y_train[val], np.asarray(x_test), y_test
+    )
 
 
 def measure(predict, x, y, reversed_triggers=(), attack_triggers=()):
@@ -89,10 +91,27 @@ def measure(predict, x, y, reversed_triggers=(), attack_triggers=()):
     return row
 
 
-def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None, force=False,
-             intensity="raw", seed=0, scan_options=None, verbose=True, generators=None,
-             scan_record=None, labels=None, peel=True, verify=True, model_path=None,
-             accept_low_accuracy=False, **options):
+def mitigate(
+    method,
+    model,
+    data,
+    triggers=(),
+    attack_triggers=(),
+    out_dir=None,
+    force=False,
+    intensity="raw",
+    seed=0,
+    scan_options=None,
+    verbose=True,
+    generators=None,
+    scan_record=None,
+    labels=None,
+    peel=True,
+    verify=True,
+    model_path=None,
+    accept_low_accuracy=False,
+    **options,
+):
     """Runs one mitigation method on a copy of `model`; returns `(result, report)`.
 
     Args:
@@ -145,17 +164,23 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     if method not in METHODS:
         raise ValueError(f"Unknown mitigation method {method!r}; use one of {', '.join(METHODS)}.")
     if method in NEEDS_SCAN and not triggers:
-        raise ValueError(f"--method {method} needs reversed triggers: pass the folder of a scan "
-                         "that flagged a label (`nc-tf scan` then `--scan DIR`). Nothing is "
-                         "flagged in the scan given, so there is nothing to remove.")
+        raise ValueError(
+            f"--method {method} needs reversed triggers: pass the folder of a scan "
+            "that flagged a label (`nc-tf scan` then `--scan DIR`). Nothing is "
+            "flagged in the scan given, so there is nothing to remove."
+        )
     if methods.METHODS[method].needs == "generators" and not generators:
-        raise ValueError("--method gangsweep needs the generators of a GangSweep scan that "
-                         "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
-                         "then pass --scan DIR. Nothing is flagged, so there is nothing to patch.")
+        raise ValueError(
+            "--method gangsweep needs the generators of a GangSweep scan that "
+            "flagged a label: run `nc-tf scan MODEL --method gangsweep --out DIR`, "
+            "then pass --scan DIR. Nothing is flagged, so there is nothing to patch."
+        )
     if verify and method in VERIFIED and len(data.x_val) < MIN_VERIFY_IMAGES:
-        raise ValueError(f"Only {len(data.x_val)} held-out images to verify the repair with "
-                         f"(at least {MIN_VERIFY_IMAGES}): raise --val-ratio or --train-limit, "
-                         "or pass --no-verify.")
+        raise ValueError(
+            f"Only {len(data.x_val)} held-out images to verify the repair with "
+            f"(at least {MIN_VERIFY_IMAGES}): raise --val-ratio or --train-limit, "
+            "or pass --no-verify."
+        )
 
     def log(text):
         if verbose:
@@ -170,27 +195,56 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     t0 = time.time()
     before = figures(predictor(model))
     check_clean_accuracy(before["accuracy"], accept_low_accuracy, name="the test data")
-    ident = dict(identity(model, data.x_test, data.y_test, model_path),
-                 data_sha256=array_digest(*data))
+    ident = dict(
+        identity(model, data.x_test, data.y_test, model_path), data_sha256=array_digest(*data)
+    )
     if out_dir is not None:
         _open_out_dir(out_dir, force, method, ident)
     log(f"before: {_row_text(before)}")
-    report = {"method": method, "intensity": intensity, "seed": seed,
-              "options": dict(options), "peel": bool(peel), "verify": bool(verify),
-              "n_test": int(len(data.x_test)), "identity": ident, "before": before}
+    report = {
+        "method": method,
+        "intensity": intensity,
+        "seed": seed,
+        "options": dict(options),
+        "peel": bool(peel),
+        "verify": bool(verify),
+        "n_test": int(len(data.x_test)),
+        "identity": ident,
+        "before": before,
+    }
     if labels is None and scan_record is not None:
         labels = verification.scan_reference(scan_record)
     removed, peels = triggers, None
     if peel and method == "prune" and scan_record is not None and labels is not None:
         from mitigation.peeling import trigger_pieces
 
-        removed, peels = trigger_pieces(model, data.x_val, data.y_val, triggers, scan_record,
-                                        intensity=intensity, seed=seed, verbose=verbose)
+        removed, peels = trigger_pieces(
+            model,
+            data.x_val,
+            data.y_val,
+            triggers,
+            scan_record,
+            intensity=intensity,
+            seed=seed,
+            verbose=verbose,
+        )
     if method in ("repair", "unlearn"):
         # the scans' progress and MAD reports; unlearn peels inside the repair loop
         options = dict(options, verbose=verbose, labels=labels, record=scan_record, peel=peel)
-    job = Job(method, model, data, removed, attack_triggers, generators, intensity, seed,
-              scan_options, out_dir, log, options)
+    job = Job(
+        method,
+        model,
+        data,
+        removed,
+        attack_triggers,
+        generators,
+        intensity,
+        seed,
+        scan_options,
+        out_dir,
+        log,
+        options,
+    )
     result, details = methods.runner(method)(job)
     if peels is not None:
         details["peels"] = peels
@@ -199,21 +253,26 @@ def mitigate(method, model, data, triggers=(), attack_triggers=(), out_dir=None,
     if method == "repair":
         labels = details["labels"]
     if method not in VERIFIED:
-        report["verification"] = {"verified": None, "status": "not applicable: the model "
-                                  "itself is unchanged (an input defence)"}
+        report["verification"] = {
+            "verified": None,
+            "status": "not applicable: the model itself is unchanged (an input defence)",
+        }
     elif not verify:
-        report["verification"] = {"verified": None, "status": "skipped (verify=False): the "
-                                  "repair is unverified"}
+        report["verification"] = {
+            "verified": None,
+            "status": "skipped (verify=False): the repair is unverified",
+        }
         log("verification skipped: the repair is unverified")
     else:
         check = _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose)
         residual = list(check.pop("triggers").values())
         report["after"]["asr_scan_triggers"] = report["after"].pop("asr_reversed", [])
         report["after"]["asr_reversed"] = [
-            trigger_success_rate(predictor(result), t, data.x_test, data.y_test)
-            for t in residual]
-        report["verification"] = dict(check, status="verified" if check["verified"]
-                                      else "a backdoor survives")
+            trigger_success_rate(predictor(result), t, data.x_test, data.y_test) for t in residual
+        ]
+        report["verification"] = dict(
+            check, status="verified" if check["verified"] else "a backdoor survives"
+        )
     report.update(details=details, wall_time_s=round(time.time() - t0, 2))
     log(f"after:  {_row_text(report['after'])}")
     if out_dir is not None:
@@ -240,16 +299,32 @@ def _open_out_dir(out_dir, force, method, ident):
 def _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose):
     """The verification record of a repaired model (see the module docstring)."""
     if labels is not None and not labels:
-        return {"verified": True, "surviving": [], "labels": {}, "triggers": {},
-                "reference": None, "note": "the scan flagged no label: nothing to verify"}
-    return verification.verify(result, data.x_val, data.y_val, labels, intensity=intensity,
-                               seed=seed + verification.SEED_OFFSET, scan_options=scan_options,
-                               out_dir=verification.verification_dir(out_dir), verbose=verbose)
+        return {
+            "verified": True,
+            "surviving": [],
+            "labels": {},
+            "triggers": {},
+            "reference": None,
+            "note": "the scan flagged no label: nothing to verify",
+        }
+    return verification.verify(
+        result,
+        data.x_val,
+        data.y_val,
+        labels,
+        intensity=intensity,
+        seed=seed + verification.SEED_OFFSET,
+        scan_options=scan_options,
+        out_dir=verification.verification_dir(out_dir),
+        verbose=verbose,
+    )
 
 
 Job = collections.namedtuple(
-    "Job", "method model data triggers attack_triggers generators intensity seed scan_options "
-           "out_dir log options")
+    "Job",
+    "method model data triggers attack_triggers generators intensity seed scan_options "
+    "out_dir log options",
+)
 Job.__doc__ = "Everything one method's run function gets (`mitigation.methods.runner`)."
 
 
@@ -263,30 +338,53 @@ def run_unlearn(job):
     from mitigation.repair import repair
 
     options = dict(job.options)
-    loop = {k: options.pop(k) for k in ("rounds", "verbose", "labels", "record", "peel")
-            if k in options}
+    loop = {
+        k: options.pop(k) for k in ("rounds", "verbose", "labels", "record", "peel") if k in options
+    }
     loop.setdefault("rounds", 1)
-    return repair(job.model, job.data, out_dir=job.out_dir, intensity=job.intensity,
-                  seed=job.seed, scan_options=job.scan_options,
-                  attack_triggers=job.attack_triggers, unlearn_options=options,
-                  triggers=job.triggers, **loop)
+    return repair(
+        job.model,
+        job.data,
+        out_dir=job.out_dir,
+        intensity=job.intensity,
+        seed=job.seed,
+        scan_options=job.scan_options,
+        attack_triggers=job.attack_triggers,
+        unlearn_options=options,
+        triggers=job.triggers,
+        **loop,
+    )
 
 
 def run_repair(job):
     """Iterative repair (`mitigation.repair.repair`), scanning first."""
     from mitigation.repair import repair
 
-    return repair(job.model, job.data, out_dir=job.out_dir, intensity=job.intensity,
-                  seed=job.seed, scan_options=job.scan_options,
-                  attack_triggers=job.attack_triggers, **job.options)
+    return repair(
+        job.model,
+        job.data,
+        out_dir=job.out_dir,
+        intensity=job.intensity,
+        seed=job.seed,
+        scan_options=job.scan_options,
+        attack_triggers=job.attack_triggers,
+        **job.options,
+    )
 
 
 def run_prune(job):
     """Neural Cleanse pruning (`mitigation.pruning.prune`) and its curve."""
     from mitigation.pruning import plot_pruning_curve, prune
 
-    pruned, rep = prune(job.model, job.data.x_val, job.data.y_val, job.triggers,
-                        intensity=job.intensity, triggers_eval=job.attack_triggers, **job.options)
+    pruned, rep = prune(
+        job.model,
+        job.data.x_val,
+        job.data.y_val,
+        job.triggers,
+        intensity=job.intensity,
+        triggers_eval=job.attack_triggers,
+        **job.options,
+    )
     if job.out_dir:
         plot_pruning_curve(rep, _png(job, "pruning.png"))
     return pruned, rep
@@ -302,12 +400,13 @@ def run_filter(job):
     curves = {}
     for name, trigs in (("reversed", job.triggers), ("original", job.attack_triggers)):
         after[f"fnr_{name}"] = [
-            float(np.mean(~flt.flag(t.apply(data.x_test[data.y_test != t.target]))))
-            for t in trigs]
+            float(np.mean(~flt.flag(t.apply(data.x_test[data.y_test != t.target])))) for t in trigs
+        ]
         if trigs:
             t = trigs[0]
-            curves[name] = filter_curve(flt, data.x_test,
-                                        t.apply(data.x_test[data.y_test != t.target]))
+            curves[name] = filter_curve(
+                flt, data.x_test, t.apply(data.x_test[data.y_test != t.target])
+            )
     if job.out_dir:
         flt.save(os.path.join(job.out_dir, "filter.json"))
         for name, rows in curves.items():
@@ -324,16 +423,25 @@ def run_linf_prune(job):
         plot_sweep,
     )
 
-    pruned, rep = linf_prune(job.model, job.data.x_val, job.data.y_val, job.triggers[0],
-                             intensity=job.intensity,
-                             triggers_eval=list(job.attack_triggers) or None, **job.options)
+    pruned, rep = linf_prune(
+        job.model,
+        job.data.x_val,
+        job.data.y_val,
+        job.triggers[0],
+        intensity=job.intensity,
+        triggers_eval=list(job.attack_triggers) or None,
+        **job.options,
+    )
     if job.out_dir:
         inputs = {"clean": job.data.x_test[:1000], "reversed": job.triggers[0]}
         if job.attack_triggers:
             inputs["original"] = job.attack_triggers[0]
-        norms = activation_norms(job.model, inputs,
-                                 layer=rep["settings"].get("layer", "last_conv"),
-                                 intensity=job.intensity)
+        norms = activation_norms(
+            job.model,
+            inputs,
+            layer=rep["settings"].get("layer", "last_conv"),
+            intensity=job.intensity,
+        )
         plot_norm_histograms(norms, _png(job, "linf_norms.png"))
         plot_sweep(rep, _png(job, "linf_sweep.png"))
         rep["separation"] = norms["separation"]
@@ -345,10 +453,17 @@ def run_fine_prune(job):
     from mitigation.fine_pruning import fine_prune
 
     data = job.data
-    return fine_prune(job.model, data.x_val, data.y_val, intensity=job.intensity,
-                      x_train=data.x_train, y_train=data.y_train,
-                      triggers_eval=list(job.attack_triggers) or None, seed=job.seed,
-                      **job.options)
+    return fine_prune(
+        job.model,
+        data.x_val,
+        data.y_val,
+        intensity=job.intensity,
+        x_train=data.x_train,
+        y_train=data.y_train,
+        triggers_eval=list(job.attack_triggers) or None,
+        seed=job.seed,
+        **job.options,
+    )
 
 
 def run_defended(job):
@@ -356,8 +471,13 @@ def run_defended(job):
     from mitigation.defended_inference import defended
 
     guarded = defended(job.model, job.method, intensity=job.intensity, seed=job.seed, **job.options)
-    after = measure(lambda images: np.argmax(guarded.predict(images), 1), job.data.x_test,
-                    job.data.y_test, job.triggers, job.attack_triggers)
+    after = measure(
+        lambda images: np.argmax(guarded.predict(images), 1),
+        job.data.x_test,
+        job.data.y_test,
+        job.triggers,
+        job.attack_triggers,
+    )
     return guarded, {"after": after}
 
 
@@ -372,21 +492,36 @@ def run_gym(job):
     scaled = bool(options.get("scaled", False))
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(data.x_train))[:n_samples]
-    tuned = gym_finetune(model, data.x_train[pick], data.y_train[pick], intensity=intensity,
-                         seed=seed, verbose=0, **options)
+    tuned = gym_finetune(
+        model,
+        data.x_train[pick],
+        data.y_train[pick],
+        intensity=intensity,
+        seed=seed,
+        verbose=0,
+        **options,
+    )
 
     def through(m, how):
         guarded = defended(m, how, intensity=intensity, seed=seed, scaled=scaled)
-        return measure(lambda images: np.argmax(guarded.predict(images), 1), data.x_test,
-                       data.y_test, triggers, attack_triggers)
+        return measure(
+            lambda images: np.argmax(guarded.predict(images), 1),
+            data.x_test,
+            data.y_test,
+            triggers,
+            attack_triggers,
+        )
 
     columns = {"intensive_only": through(model, "intensive")}
     log(f"original model, intensive inference: {_row_text(columns['intensive_only'])}")
     columns["finetuned_intensive"] = through(tuned, "intensive")
     log(f"fine-tuned, intensive inference:     {_row_text(columns['finetuned_intensive'])}")
     columns["finetuned_lightweight"] = through(tuned, "lightweight")
-    return tuned, {"after": columns["finetuned_lightweight"], "columns": columns,
-                   "n_samples": int(len(pick))}
+    return tuned, {
+        "after": columns["finetuned_lightweight"],
+        "columns": columns,
+        "n_samples": int(len(pick)),
+    }
 
 
 def run_gangsweep(job):
@@ -395,8 +530,15 @@ def run_gangsweep(job):
     from nc_tf.gangsweep import generate, stamp
 
     model, data, generators, intensity = job.model, job.data, job.generators, job.intensity
-    tuned, history = patch(model, data.x_train, data.y_train, generators, intensity=intensity,
-                           seed=job.seed, **job.options)
+    tuned, history = patch(
+        model,
+        data.x_train,
+        data.y_train,
+        generators,
+        intensity=intensity,
+        seed=job.seed,
+        **job.options,
+    )
     # Share of test images (not already of the label) that x + G(x) sends to the
     # label, before and after; each label's perturbed images are made once.
     before, after = {}, {}
@@ -405,10 +547,16 @@ def run_gangsweep(job):
         perturbed = stamp(x, generate(generator, x))
         for rates, m in ((before, model), (after, tuned)):
             rates[str(label)] = float(np.mean(predict_labels(m, perturbed, intensity) == label))
-    job.log("generated perturbations' success, before -> after: " + ", ".join(
-        f"label {k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before))
-    return tuned, {"history": history, "labels": sorted(int(k) for k in generators),
-                   "generated_success_before": before, "generated_success_after": after}
+    job.log(
+        "generated perturbations' success, before -> after: "
+        + ", ".join(f"label {k}: {before[k]:.4f} -> {after[k]:.4f}" for k in before)
+    )
+    return tuned, {
+        "history": history,
+        "labels": sorted(int(k) for k in generators),
+        "generated_success_before": before,
+        "generated_success_after": after,
+    }
 
 
 def _row_text(row):

@@ -62,8 +62,9 @@ def union(triggers):
     return Trigger(masks.max(axis=0), pattern, triggers[0].target, sources=triggers[0].sources)
 
 
-def peel(model, x, y, trigger, record, intensity="raw", seed=0, max_pieces=MAX_PIECES,
-         verbose=False):
+def peel(
+    model, x, y, trigger, record, intensity="raw", seed=0, max_pieces=MAX_PIECES, verbose=False
+):
     """The pieces of one flagged label's backdoor trigger, the scan's trigger first.
 
     Args:
@@ -97,26 +98,46 @@ def peel(model, x, y, trigger, record, intensity="raw", seed=0, max_pieces=MAX_P
     pieces, peels = [trigger], []
     for k in range(1, max_pieces + 1):
         region = np.max([t.mask[..., 0] for t in pieces], axis=0) >= PIECE_LEVEL
-        found = scan(blanked(model, region, np.asarray(fill)), x, y, labels=[trigger.target],
-                     preset=settings.get("preset", "fast"), intensity=intensity, seed=seed + k,
-                     progress=False, verbose=False, accept_low_accuracy=True, **options)
+        found = scan(
+            blanked(model, region, np.asarray(fill)),
+            x,
+            y,
+            labels=[trigger.target],
+            preset=settings.get("preset", "fast"),
+            intensity=intensity,
+            seed=seed + k,
+            progress=False,
+            verbose=False,
+            accept_low_accuracy=True,
+            **options,
+        )
         norm = found["labels"][str(trigger.target)]["l1_norm"]
         index = anomaly_index(norm, median, mad)
         kept = bool(index > ANOMALY_THRESHOLD)
         peels.append({"l1_norm": norm, "anomaly_index": index, "kept": kept})
         if verbose:
-            print(f"peel {k} of label {trigger.target}: L1 {norm:.2f} (index {index:.2f}) "
-                  f"{'another piece' if kept else 'ordinary: done'}", flush=True)
+            print(
+                f"peel {k} of label {trigger.target}: L1 {norm:.2f} (index {index:.2f}) "
+                f"{'another piece' if kept else 'ordinary: done'}",
+                flush=True,
+            )
         if not kept:
             break
         mask, pattern = found["triggers"][str(trigger.target)]
-        pieces.append(Trigger(np.clip(mask, 0, 1), np.clip(pattern, 0, 255), trigger.target,
-                              sources=trigger.sources))
+        pieces.append(
+            Trigger(
+                np.clip(mask, 0, 1),
+                np.clip(pattern, 0, 255),
+                trigger.target,
+                sources=trigger.sources,
+            )
+        )
     return pieces, peels
 
 
-def trigger_pieces(model, x, y, triggers, record, intensity="raw", seed=0,
-                   max_pieces=MAX_PIECES, verbose=False):
+def trigger_pieces(
+    model, x, y, triggers, record, intensity="raw", seed=0, max_pieces=MAX_PIECES, verbose=False
+):
     """Every flagged label's pieces and, when there are several, their union.
 
     Args:

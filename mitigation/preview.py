@@ -55,9 +55,7 @@ def load_images(source, limit=None, x_key=None, y_key=None):
     (2, 28, 28, 1)
     """
     path = os.fspath(source)
-    if os.path.isfile(path) and path.lower().endswith(
-        datasets._IMAGE_EXTENSIONS
-    ):
+    if os.path.isfile(path) and path.lower().endswith(datasets._IMAGE_EXTENSIONS):
         try:
             image = datasets._read_image(path, None)
         except OSError as error:
@@ -125,8 +123,7 @@ def preview_grid(
     """
     if pipeline not in PIPELINES:
         raise ValueError(
-            f"Unknown pipeline {pipeline!r}; use one of "
-            f"{', '.join(map(repr, PIPELINES))}."
+            f"Unknown pipeline {pipeline!r}; use one of {', '.join(map(repr, PIPELINES))}."
         )
     n_images = _check_int("n_images", n_images, 1)
     n_variants = _check_int("n_variants", n_variants, 1)
@@ -137,9 +134,7 @@ def preview_grid(
         path = check_out_path(path, force)
     images = check_image_batch(images, "preview_grid")
     if len(images) == 0:
-        raise ValueError(
-            "preview_grid got no images; pass at least one (N, H, W, C) image."
-        )
+        raise ValueError("preview_grid got no images; pass at least one (N, H, W, C) image.")
     channels = images.shape[-1]
     if channels not in (1, 3):
         raise ValueError(
@@ -151,18 +146,14 @@ def preview_grid(
     originals = images[:n_images]
     repeated = np.repeat(originals, n_variants, axis=0)
     variants = augment(repeated, PIPELINES[pipeline](seed=seed))
-    variants = variants.reshape(
-        (len(originals), n_variants) + originals.shape[1:]
-    )
+    variants = variants.reshape((len(originals), n_variants) + originals.shape[1:])
 
     height, width = originals.shape[1:3]
     zoom = max(1, cell_size // max(height, width))
     cell_h, cell_w = height * zoom, width * zoom
     rows, cols = len(originals), 1 + n_variants
     grid = np.full(
-        (rows * cell_h + (rows - 1) * gap,
-         cols * cell_w + (cols - 1) * gap,
-         channels),
+        (rows * cell_h + (rows - 1) * gap, cols * cell_w + (cols - 1) * gap, channels),
         _GAP_VALUE,
         np.uint8,
     )
@@ -170,9 +161,7 @@ def preview_grid(
         cells = [originals[i]] + list(variants[i])
         for j, cell in enumerate(cells):
             top, left = i * (cell_h + gap), j * (cell_w + gap)
-            grid[top : top + cell_h, left : left + cell_w] = _upscale(
-                _to_uint8(cell), zoom
-            )
+            grid[top : top + cell_h, left : left + cell_w] = _upscale(_to_uint8(cell), zoom)
     if channels == 1:
         grid = grid[..., 0]
     if path is not None:
@@ -197,14 +186,9 @@ def check_out_path(path, force=False):
     """
     path = os.fspath(path)
     if not path.lower().endswith(".png"):
-        raise ValueError(
-            f"The preview is written as a PNG; give --out a .png name, got "
-            f"{path!r}."
-        )
+        raise ValueError(f"The preview is written as a PNG; give --out a .png name, got {path!r}.")
     if os.path.isdir(path):
-        raise FileExistsError(
-            f"{path} is a folder; --out needs a .png file name."
-        )
+        raise FileExistsError(f"{path} is a folder; --out needs a .png file name.")
     if os.path.exists(path) and not force:
         raise FileExistsError(
             f"{path} already exists; choose another --out or pass --force "
@@ -212,8 +196,9 @@ def check_out_path(path, force=False):
         )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"The folder of --out {path} does not exist; create it first or "
-                                "choose another --out.")
+        raise FileNotFoundError(
+            f"The folder of --out {path} does not exist; create it first or choose another --out."
+        )
     check_out_dir(folder, resume=True)  # writable, before any image is read
     return path
 

@@ -26,8 +26,20 @@ from nc_tf.metrics import accuracy, attack_success_rate, evaluate_backdoor, pred
 from nc_tf.models import copy_model
 
 
-def prune(model, x, y, triggers, layer=None, stop_asr=0.01, ratio=None, max_ratio=0.3,
-          step=0.01, intensity="raw", triggers_eval=(), batch_size=256):
+def prune(
+    model,
+    x,
+    y,
+    triggers,
+    layer=None,
+    stop_asr=0.01,
+    ratio=None,
+    max_ratio=0.3,
+    step=0.01,
+    intensity="raw",
+    triggers_eval=(),
+    batch_size=256,
+):
     """A pruned copy of `model` and the accuracy / attack success per pruning ratio.
 
     Args:
@@ -60,18 +72,44 @@ def prune(model, x, y, triggers, layer=None, stop_asr=0.01, ratio=None, max_rati
         order) and `settings`.
     """
     pruned = copy_model(model)
-    report = prune_in_place(pruned, x, y, triggers, layer, stop_asr, ratio, max_ratio, step,
-                            intensity, triggers_eval, batch_size)
+    report = prune_in_place(
+        pruned,
+        x,
+        y,
+        triggers,
+        layer,
+        stop_asr,
+        ratio,
+        max_ratio,
+        step,
+        intensity,
+        triggers_eval,
+        batch_size,
+    )
     return pruned, report
 
 
-def prune_in_place(model, x, y, triggers, layer=None, stop_asr=0.01, ratio=None, max_ratio=0.3,
-                   step=0.01, intensity="raw", triggers_eval=(), batch_size=256):
+def prune_in_place(
+    model,
+    x,
+    y,
+    triggers,
+    layer=None,
+    stop_asr=0.01,
+    ratio=None,
+    max_ratio=0.3,
+    step=0.01,
+    intensity="raw",
+    triggers_eval=(),
+    batch_size=256,
+):
     """`prune`, but on `model` itself (used by `NeuronPruning`); returns the report."""
     x, y = np.asarray(x), labels_to_int(y)
     if not triggers:
-        raise ValueError("prune needs the reversed triggers of the flagged labels "
-                         "(mitigation.scan_triggers(scan_dir)); none were given.")
+        raise ValueError(
+            "prune needs the reversed triggers of the flagged labels "
+            "(mitigation.scan_triggers(scan_dir)); none were given."
+        )
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} images but y has {len(y)} labels.")
     for name, value in (("max_ratio", max_ratio), ("step", step)):
@@ -88,13 +126,18 @@ def prune_in_place(model, x, y, triggers, layer=None, stop_asr=0.01, ratio=None,
     inc = max(1, int(round(step * n_units)))
 
     def measure(count):
-        rev = [attack_success_rate(predict_labels(model, xs, intensity, batch_size), y, t.target)
-               for t, xs in stamped]
+        rev = [
+            attack_success_rate(predict_labels(model, xs, intensity, batch_size), y, t.target)
+            for t, xs in stamped
+        ]
         ev = evaluate_backdoor(model, x, y, triggers_eval, intensity, batch_size)
-        return {"ratio": count / n_units, "pruned": count,
-                "accuracy": accuracy(predict_labels(model, x, intensity, batch_size), y),
-                "asr_reversed": rev,
-                "asr_eval": [p["attack_success_rate"] for p in ev["per_trigger"]]}
+        return {
+            "ratio": count / n_units,
+            "pruned": count,
+            "accuracy": accuracy(predict_labels(model, x, intensity, batch_size), y),
+            "asr_reversed": rev,
+            "asr_eval": [p["attack_success_rate"] for p in ev["per_trigger"]],
+        }
 
     curve = [measure(0)]
     count = 0
@@ -105,10 +148,20 @@ def prune_in_place(model, x, y, triggers, layer=None, stop_asr=0.01, ratio=None,
         prune_units(model, target, order[count:new])
         count = new
         curve.append(measure(count))
-    return {"curve": curve, "chosen": curve[-1], "neurons": [int(u) for u in order[:count]],
-            "layer": target.name, "n_units": n_units,
-            "settings": {"stop_asr": stop_asr, "ratio": ratio, "max_ratio": max_ratio,
-                         "step": step, "intensity": intensity}}
+    return {
+        "curve": curve,
+        "chosen": curve[-1],
+        "neurons": [int(u) for u in order[:count]],
+        "layer": target.name,
+        "n_units": n_units,
+        "settings": {
+            "stop_asr": stop_asr,
+            "ratio": ratio,
+            "max_ratio": max_ratio,
+            "step": step,
+            "intensity": intensity,
+        },
+    }
 
 
 class NeuronPruning(keras.callbacks.Callback):
@@ -135,13 +188,20 @@ class NeuronPruning(keras.callbacks.Callback):
 
     def __init__(self, x, y, triggers, intensity="raw", **kwargs):
         super().__init__()
-        self.x, self.y, self.triggers, self.intensity, self.kwargs = x, y, triggers, intensity, kwargs
+        self.x, self.y, self.triggers, self.intensity, self.kwargs = (
+            x,
+            y,
+            triggers,
+            intensity,
+            kwargs,
+        )
         self.report = None
 
     def on_train_begin(self, logs=None):
         if self.report is None:
-            self.report = prune_in_place(self.model, self.x, self.y, self.triggers,
-                                         intensity=self.intensity, **self.kwargs)
+            self.report = prune_in_place(
+                self.model, self.x, self.y, self.triggers, intensity=self.intensity, **self.kwargs
+            )
 
     def on_train_batch_end(self, batch, logs=None):
         prune_units(self.model, self.report["layer"], self.report["neurons"])
@@ -157,6 +217,11 @@ def plot_pruning_curve(report, path):
         series[f"ASR reversed #{i}"] = [r["asr_reversed"][i] for r in curve]
     for i in range(len(curve[0]["asr_eval"])):
         series[f"ASR original #{i}"] = [r["asr_eval"][i] for r in curve]
-    return line_plot(path, [r["ratio"] for r in curve], series,
-                     f"fraction of neurons pruned ({report['layer']})", "rate",
-                     "Neural Cleanse neuron pruning")
+    return line_plot(
+        path,
+        [r["ratio"] for r in curve],
+        series,
+        f"fraction of neurons pruned ({report['layer']})",
+        "rate",
+        "Neural Cleanse neuron pruning",
+    )

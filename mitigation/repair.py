@@ -39,10 +39,24 @@ from nc_tf.scan import scan, scan_triggers
 PIECES_STAMP_RATIO = 0.4
 
 
-def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_options=None,
-           attack_triggers=(), unlearn_options=None, focus=True,
-           residual_threshold=RESIDUAL_THRESHOLD, verbose=True, triggers=None, labels=None,
-           record=None, peel=True):
+def repair(
+    model,
+    data,
+    rounds=3,
+    out_dir=None,
+    intensity="raw",
+    seed=0,
+    scan_options=None,
+    attack_triggers=(),
+    unlearn_options=None,
+    focus=True,
+    residual_threshold=RESIDUAL_THRESHOLD,
+    verbose=True,
+    triggers=None,
+    labels=None,
+    record=None,
+    peel=True,
+):
     """Repeats unlearn -> residue scan until no flagged label has a small trigger left.
 
     Args:
@@ -98,16 +112,34 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
     folder = lambda k: os.path.join(out_dir, f"round_{k}") if out_dir else None  # noqa: E731
     scan_dir = lambda k: os.path.join(folder(k), "scan") if out_dir else None  # noqa: E731
     if triggers is None:
-        record = scan(model, data.x_val, data.y_val, out_dir=scan_dir(0), intensity=intensity,
-                      seed=seed, progress=verbose, verbose=verbose, accept_low_accuracy=True,
-                      **scan_options)
+        record = scan(
+            model,
+            data.x_val,
+            data.y_val,
+            out_dir=scan_dir(0),
+            intensity=intensity,
+            seed=seed,
+            progress=verbose,
+            verbose=verbose,
+            accept_low_accuracy=True,
+            **scan_options,
+        )
         labels = scan_reference(record) or []
-        found = scan_triggers(scan_dir(0), labels) if out_dir else [
-            record_trigger(record, label) for label in labels]
-        history = [{"round": 0, "flagged": labels,
-                    "anomaly_index": record["outlier"]["anomaly_index"],
-                    "l1_norm": {str(t.target): record["labels"][str(t.target)]["l1_norm"]
-                                for t in found}}]
+        found = (
+            scan_triggers(scan_dir(0), labels)
+            if out_dir
+            else [record_trigger(record, label) for label in labels]
+        )
+        history = [
+            {
+                "round": 0,
+                "flagged": labels,
+                "anomaly_index": record["outlier"]["anomaly_index"],
+                "l1_norm": {
+                    str(t.target): record["labels"][str(t.target)]["l1_norm"] for t in found
+                },
+            }
+        ]
     else:
         found = list(triggers)
         if not found:
@@ -116,8 +148,16 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
         history = [{"round": 0, "flagged": labels, "from_scan": True}]
     peels = None
     if peel and found and record is not None and scan_reference(record) is not None:
-        found, peels = trigger_pieces(model, data.x_val, data.y_val, found, record,
-                                      intensity=intensity, seed=seed, verbose=verbose)
+        found, peels = trigger_pieces(
+            model,
+            data.x_val,
+            data.y_val,
+            found,
+            record,
+            intensity=intensity,
+            seed=seed,
+            verbose=verbose,
+        )
         # the pieces share the stamped samples, so twice the paper's share is stamped
         unlearn_options.setdefault("stamp_ratio", PIECES_STAMP_RATIO)
     flagged, current = list(labels), model
@@ -128,38 +168,70 @@ def repair(model, data, rounds=3, out_dir=None, intensity="raw", seed=0, scan_op
         if saved and os.path.exists(saved):
             current = load_model(saved)
         else:
-            current, _ = unlearn(model, data.x_train, data.y_train, found, intensity=intensity,
-                                 seed=seed + k, **unlearn_options)
+            current, _ = unlearn(
+                model,
+                data.x_train,
+                data.y_train,
+                found,
+                intensity=intensity,
+                seed=seed + k,
+                **unlearn_options,
+            )
             if saved:
                 os.makedirs(folder(k), exist_ok=True)
                 io.save_model(current, saved)
         entry = {"round": k, "unlearned": [t.target for t in found]}
         if attack_triggers:
             ev = evaluate_backdoor(current, data.x_test, data.y_test, attack_triggers, intensity)
-            entry["after_unlearning"] = {"accuracy": ev["accuracy"], "asr_original": [
-                p["attack_success_rate"] for p in ev["per_trigger"]]}
+            entry["after_unlearning"] = {
+                "accuracy": ev["accuracy"],
+                "asr_original": [p["attack_success_rate"] for p in ev["per_trigger"]],
+            }
         history.append(entry)
         if k == rounds:
             break
         if focus:
-            check = verify(current, data.x_val, data.y_val, flagged, intensity=intensity,
-                           seed=seed + k,
-                           residual_threshold=residual_threshold, scan_options=scan_options,
-                           out_dir=scan_dir(k), verbose=verbose)
+            check = verify(
+                current,
+                data.x_val,
+                data.y_val,
+                flagged,
+                intensity=intensity,
+                seed=seed + k,
+                residual_threshold=residual_threshold,
+                scan_options=scan_options,
+                out_dir=scan_dir(k),
+                verbose=verbose,
+            )
             flagged = [v for v in check["surviving"] if v in flagged]
             new = [check["triggers"][v] for v in flagged]
-            entry.update(flagged=flagged, l1_norm={k_: r["l1_norm"] for k_, r in
-                                                   check["labels"].items()},
-                         anomaly_index={k_: r["anomaly_index"] for k_, r in
-                                        check["labels"].items()})
+            entry.update(
+                flagged=flagged,
+                l1_norm={k_: r["l1_norm"] for k_, r in check["labels"].items()},
+                anomaly_index={k_: r["anomaly_index"] for k_, r in check["labels"].items()},
+            )
         else:
-            rescan = scan(current, data.x_val, data.y_val, out_dir=scan_dir(k),
-                          intensity=intensity, seed=seed + k, progress=verbose, verbose=verbose,
-                          accept_low_accuracy=True, **scan_options)
+            rescan = scan(
+                current,
+                data.x_val,
+                data.y_val,
+                out_dir=scan_dir(k),
+                intensity=intensity,
+                seed=seed + k,
+                progress=verbose,
+                verbose=verbose,
+                accept_low_accuracy=True,
+                **scan_options,
+            )
             flagged = scan_reference(rescan) or []
             new = [record_trigger(rescan, label) for label in flagged]
             entry.update(flagged=flagged, anomaly_index=rescan["outlier"]["anomaly_index"])
         found += new
-    return current, {"rounds": history, "focus": bool(focus), "labels": labels, "peels": peels,
-                     "residual_threshold": residual_threshold if focus else None,
-                     "triggers_unlearned": [t.target for t in found]}
+    return current, {
+        "rounds": history,
+        "focus": bool(focus),
+        "labels": labels,
+        "peels": peels,
+        "residual_threshold": residual_threshold if focus else None,
+        "triggers_unlearned": [t.target for t in found],
+    }

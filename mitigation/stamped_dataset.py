@@ -44,7 +44,7 @@ class StampedDataset(keras.utils.PyDataset):
         return int(np.ceil(len(self.data) / self.batch_size))
 
     def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         return preprocess(self.data[idx], self.intensity), self.labels[idx]
 
     def on_epoch_end(self):

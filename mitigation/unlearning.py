@@ -44,13 +44,24 @@ class UnlearningDataset(StampedDataset):
         **kwargs: `keras.utils.PyDataset` arguments (`workers`, ...).
     """
 
-    def __init__(self, x, y, triggers, stamp_ratio=STAMP_RATIO, batch_size=32, intensity="raw",
-                 seed=0, **kwargs):
+    def __init__(
+        self,
+        x,
+        y,
+        triggers,
+        stamp_ratio=STAMP_RATIO,
+        batch_size=32,
+        intensity="raw",
+        seed=0,
+        **kwargs,
+    ):
         super().__init__(batch_size, intensity, seed, **kwargs)
         self.x, self.y = _check_xy(x, y)
         if not triggers:
-            raise ValueError("Unlearning needs at least one trigger (the reversed triggers of "
-                             "the flagged labels: mitigation.scan_triggers(scan_dir)).")
+            raise ValueError(
+                "Unlearning needs at least one trigger (the reversed triggers of "
+                "the flagged labels: mitigation.scan_triggers(scan_dir))."
+            )
         if not 0 <= stamp_ratio <= 1:
             raise ValueError(f"stamp_ratio must lie in [0, 1], got {stamp_ratio}.")
         self.triggers, self.stamp_ratio = list(triggers), float(stamp_ratio)
@@ -70,8 +81,21 @@ class UnlearningDataset(StampedDataset):
         self.data, self.labels = data, self.y
 
 
-def unlearn(model, x, y, triggers, data_ratio=DATA_RATIO, stamp_ratio=STAMP_RATIO, epochs=1,
-            batch_size=32, optimizer=None, intensity="raw", seed=0, callbacks=(), verbose=0):
+def unlearn(
+    model,
+    x,
+    y,
+    triggers,
+    data_ratio=DATA_RATIO,
+    stamp_ratio=STAMP_RATIO,
+    epochs=1,
+    batch_size=32,
+    optimizer=None,
+    intensity="raw",
+    seed=0,
+    callbacks=(),
+    verbose=0,
+):
     """A copy of `model` fine-tuned to ignore the reversed trigger(s).
 
     Args:
@@ -108,10 +132,13 @@ def unlearn(model, x, y, triggers, data_ratio=DATA_RATIO, stamp_ratio=STAMP_RATI
     data = UnlearningDataset(x[keep], y[keep], triggers, stamp_ratio, batch_size, intensity, seed)
     keras.utils.set_random_seed(seed)  # batch order and dropout: one run per seed
     tuned = copy_model(model)
-    tuned.compile(optimizer=optimizer or reference_optimizer(),
-                  loss=keras.losses.SparseCategoricalCrossentropy(
-                      from_logits=not outputs_probabilities(model)),
-                  metrics=["accuracy"])
+    tuned.compile(
+        optimizer=optimizer or reference_optimizer(),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=not outputs_probabilities(model)
+        ),
+        metrics=["accuracy"],
+    )
     history = tuned.fit(data, epochs=epochs, callbacks=list(callbacks), verbose=verbose)
     return tuned, history.history
 
@@ -140,8 +167,9 @@ class Unlearning(keras.callbacks.Callback):
     >>> model.fit(x_train, y_train, epochs=1, callbacks=[cb])      # doctest: +SKIP
     """
 
-    def __init__(self, x, y, triggers, stamp_ratio=STAMP_RATIO, batch_size=32, intensity="raw",
-                 seed=0):
+    def __init__(
+        self, x, y, triggers, stamp_ratio=STAMP_RATIO, batch_size=32, intensity="raw", seed=0
+    ):
         super().__init__()
         self.data = UnlearningDataset(x, y, triggers, stamp_ratio, batch_size, intensity, seed)
         self._cursor = 0
@@ -166,7 +194,8 @@ class Unlearning(keras.callbacks.Callback):
         if getattr(model, "optimizer", None) is None:
             raise ValueError("Unlearning needs a compiled model: call model.compile(...) first.")
         loss_fn = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=not outputs_probabilities(model))
+            from_logits=not outputs_probabilities(model)
+        )
 
         @tf.function
         def step(xb, yb):

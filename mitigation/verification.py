@@ -67,9 +67,19 @@ def anomaly_index(norm, median, mad):
     return float(-robust_z(norm, median, mad))
 
 
-def verify(model, x, y, labels=None, intensity="raw", seed=0,
-           residual_threshold=RESIDUAL_THRESHOLD, controls=CONTROLS, scan_options=None,
-           out_dir=None, verbose=True):
+def verify(
+    model,
+    x,
+    y,
+    labels=None,
+    intensity="raw",
+    seed=0,
+    residual_threshold=RESIDUAL_THRESHOLD,
+    controls=CONTROLS,
+    scan_options=None,
+    out_dir=None,
+    verbose=True,
+):
     """Scans a repaired model for surviving triggers; returns the verification record.
 
     Args:
@@ -107,8 +117,10 @@ def verify(model, x, y, labels=None, intensity="raw", seed=0,
     True
     """
     if labels is not None and not labels:
-        raise ValueError("verify: no flagged label to verify; pass labels=None to scan every "
-                         "label with a fresh MAD test.")
+        raise ValueError(
+            "verify: no flagged label to verify; pass labels=None to scan every "
+            "label with a fresh MAD test."
+        )
     num_classes = int(model.output_shape[-1])
     picked = None if labels is None else control_labels(labels, num_classes, controls)
     if picked is not None and len(picked) < 3:
@@ -116,8 +128,19 @@ def verify(model, x, y, labels=None, intensity="raw", seed=0,
     scanned = None if labels is None else sorted(set(labels) | set(picked))
     options = dict(scan_options or {}, attack_succ_threshold=residual_threshold)
     # The model's accuracy was judged before the repair; a repair that lowers it is reported.
-    record = scan(model, x, y, labels=scanned, out_dir=out_dir, intensity=intensity, seed=seed,
-                  progress=verbose, verbose=False, accept_low_accuracy=True, **options)
+    record = scan(
+        model,
+        x,
+        y,
+        labels=scanned,
+        out_dir=out_dir,
+        intensity=intensity,
+        seed=seed,
+        progress=verbose,
+        verbose=False,
+        accept_low_accuracy=True,
+        **options,
+    )
     entries = {int(k): v for k, v in record["labels"].items() if k.isdigit()}
     if labels is None:
         outlier = detect(record, verbose=False)
@@ -130,20 +153,40 @@ def verify(model, x, y, labels=None, intensity="raw", seed=0,
     rows = {}
     for label in sorted(entries):
         e = entries[label]
-        rows[str(label)] = {"l1_norm": e["l1_norm"], "attack_success_rate": e["attack_success_rate"],
-                            "anomaly_index": anomaly_index(e["l1_norm"], median, mad),
-                            "found": e["found"],
-                            "role": "flagged" if label in labels and picked is not None
-                            else "control" if picked is not None else "scanned"}
+        rows[str(label)] = {
+            "l1_norm": e["l1_norm"],
+            "attack_success_rate": e["attack_success_rate"],
+            "anomaly_index": anomaly_index(e["l1_norm"], median, mad),
+            "found": e["found"],
+            "role": "flagged"
+            if label in labels and picked is not None
+            else "control"
+            if picked is not None
+            else "scanned",
+        }
     smallest = min(entries[v]["l1_norm"] for v in picked) if picked else -np.inf
-    surviving = [v for v in labels if rows[str(v)]["anomaly_index"] > ANOMALY_THRESHOLD
-                 or rows[str(v)]["l1_norm"] < smallest]
-    result = {"verified": not surviving, "surviving": surviving, "labels": rows,
-              "reference": {"median": median, "mad": mad, "source": source,
-                            "smallest": None if picked is None else float(smallest)},
-              "seed": seed, "residual_threshold": residual_threshold, "scan_dir": out_dir,
-              "triggers": {v: record_trigger(record, v) for v in
-                           (labels if picked is not None else surviving)}}
+    surviving = [
+        v
+        for v in labels
+        if rows[str(v)]["anomaly_index"] > ANOMALY_THRESHOLD or rows[str(v)]["l1_norm"] < smallest
+    ]
+    result = {
+        "verified": not surviving,
+        "surviving": surviving,
+        "labels": rows,
+        "reference": {
+            "median": median,
+            "mad": mad,
+            "source": source,
+            "smallest": None if picked is None else float(smallest),
+        },
+        "seed": seed,
+        "residual_threshold": residual_threshold,
+        "scan_dir": out_dir,
+        "triggers": {
+            v: record_trigger(record, v) for v in (labels if picked is not None else surviving)
+        },
+    }
     if verbose:
         print(verification_text(result), flush=True)
     return result
@@ -152,17 +195,24 @@ def verify(model, x, y, labels=None, intensity="raw", seed=0,
 def verification_text(result):
     """One line for a person: the verdict and each scanned label's residual trigger."""
     ref = result["reference"]
-    parts = ", ".join(f"{k}: L1 {r['l1_norm']:.2f} (index {r['anomaly_index']:.2f})"
-                      for k, r in result["labels"].items()
-                      if r["role"] == "flagged" or int(k) in result["surviving"])
-    verdict = ("verified: no label holds a small trigger" if result["verified"] else
-               f"NOT verified: a backdoor survives in label(s) "
-               f"{', '.join(map(str, result['surviving']))}")
+    parts = ", ".join(
+        f"{k}: L1 {r['l1_norm']:.2f} (index {r['anomaly_index']:.2f})"
+        for k, r in result["labels"].items()
+        if r["role"] == "flagged" or int(k) in result["surviving"]
+    )
+    verdict = (
+        "verified: no label holds a small trigger"
+        if result["verified"]
+        else f"NOT verified: a backdoor survives in label(s) "
+        f"{', '.join(map(str, result['surviving']))}"
+    )
     smallest = "" if ref.get("smallest") is None else f", smallest {ref['smallest']:.2f}"
-    return (f"verification ({ref['source']}: median {ref['median']:.2f}, MAD {ref['mad']:.2f}"
-            f"{smallest}; "
-            f"residual triggers at {100 * result['residual_threshold']:.0f}% success) {parts}; "
-            f"{verdict}")
+    return (
+        f"verification ({ref['source']}: median {ref['median']:.2f}, MAD {ref['mad']:.2f}"
+        f"{smallest}; "
+        f"residual triggers at {100 * result['residual_threshold']:.0f}% success) {parts}; "
+        f"{verdict}"
+    )
 
 
 def record_trigger(record, label):

@@ -104,8 +104,10 @@ def _error_text(error):
     if len(text) > 400:
         text = text[:397] + "..."
     if not isinstance(error, _USER_ERRORS) or isinstance(error, UnicodeError):
-        text = (f"unexpected {type(error).__name__}: {text}; rerun with --debug to see where, "
-                "and report it")
+        text = (
+            f"unexpected {type(error).__name__}: {text}; rerun with --debug to see where, "
+            "and report it"
+        )
     return text
 
 
@@ -117,8 +119,11 @@ def _check_out(args):
         resume = os.path.exists(os.path.join(args.out, "results.json"))
         check_out_dir(args.out, resume=resume, hint="empty it")
     else:
-        check_out_dir(args.out, force=args.force,
-                      resume=getattr(args, "method", None) in ("repair", "unlearn"))
+        check_out_dir(
+            args.out,
+            force=args.force,
+            resume=getattr(args, "method", None) in ("repair", "unlearn"),
+        )
 
 
 def _print_json(obj):
@@ -149,13 +154,17 @@ def cmd_inject(args):
         try:
             color = [float(v) for v in args.color]
         except ValueError:
-            raise ValueError(f"--color takes numbers in [0, 255] or 'noisy', got {args.color}.") from None
+            raise ValueError(
+                f"--color takes numbers in [0, 255] or 'noisy', got {args.color}."
+            ) from None
     position = args.position
     if "," in position:
         parts = position.split(",")
         if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
-            raise ValueError(f"--position takes a name (bottom-right, center, ...) or ROW,COL "
-                             f"with two whole numbers, got {args.position!r}.")
+            raise ValueError(
+                f"--position takes a name (bottom-right, center, ...) or ROW,COL "
+                f"with two whole numbers, got {args.position!r}."
+            )
         position = [int(v) for v in parts]
     for flag, values in (("--target", args.target), ("--source", args.source)):
         repeated = sorted({v for v in values or [] if values.count(v) > 1})
@@ -170,20 +179,33 @@ def cmd_inject(args):
         attack = args.attack
     if attack != "all-to-all" and not args.target:
         raise ValueError(f"--attack {attack} needs --target LABEL.")
-    common = dict(size=args.size, margin=args.margin, position=position, color=color,
-                  shape=args.shape, sources=args.source, image=image, alpha=args.alpha,
-                  seed=args.seed, intensity=args.intensity or "raw")
+    common = dict(
+        size=args.size,
+        margin=args.margin,
+        position=position,
+        color=color,
+        shape=args.shape,
+        sources=args.source,
+        image=image,
+        alpha=args.alpha,
+        seed=args.seed,
+        intensity=args.intensity or "raw",
+    )
 
     def check_color(shape):
         if isinstance(color, list) and len(color) not in (1, shape[-1]):
-            raise ValueError(f"--color has {len(color)} values but the images have {shape[-1]} "
-                             "channel(s); give one value, or one per channel.")
+            raise ValueError(
+                f"--color has {len(color)} values but the images have {shape[-1]} "
+                "channel(s); give one value, or one per channel."
+            )
 
     if needs_model(attack):
+
         def triggers(shape, model):
             check_color(shape)
             return build_attack(attack, shape, args.target, model=model, **common)
     else:
+
         def triggers(shape, num_classes):
             check_color(shape)
             return build_attack(attack, shape, args.target, num_classes=num_classes, **common)
@@ -199,15 +221,18 @@ def _read_image(path):
     from PIL import Image
 
     if not os.path.isfile(path):
-        raise ValueError(f"--image {path!r} is not a file; pass 'logo', 'watermark' or an image "
-                         "file (PNG, JPEG).")
+        raise ValueError(
+            f"--image {path!r} is not a file; pass 'logo', 'watermark' or an image "
+            "file (PNG, JPEG)."
+        )
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGBA"), dtype=np.uint8)
     except Exception as error:  # PIL raises many types for damaged or hostile images
-        raise ValueError(f"--image {path!r} is not a readable image "
-                         f"({str(error).splitlines()[0][:200]}); pass a PNG or JPEG file.") \
-            from None
+        raise ValueError(
+            f"--image {path!r} is not a readable image "
+            f"({str(error).splitlines()[0][:200]}); pass a PNG or JPEG file."
+        ) from None
 
 
 def _trigger_text(spec):
@@ -227,19 +252,35 @@ def _train(args, triggers):
     from injection.inject import train_and_save
 
     report = train_and_save(
-        args.out, args.dataset, triggers, args.arch, getattr(args, "ratio", 0.1), args.epochs,
-        args.batch_size, args.intensity or "raw", args.seed, args.limit, args.force,
-        verbose=0 if args.json else 2, x_key=args.x_key, y_key=args.y_key,
+        args.out,
+        args.dataset,
+        triggers,
+        args.arch,
+        getattr(args, "ratio", 0.1),
+        args.epochs,
+        args.batch_size,
+        args.intensity or "raw",
+        args.seed,
+        args.limit,
+        args.force,
+        verbose=0 if args.json else 2,
+        x_key=args.x_key,
+        y_key=args.y_key,
         pretrain_epochs=getattr(args, "pretrain_epochs", 0) or 0,
-        check_labels=(getattr(args, "target", None) or []) + (getattr(args, "source", None) or []))
+        check_labels=(getattr(args, "target", None) or []) + (getattr(args, "source", None) or []),
+    )
     name = "attack.json" if report["triggers"] else "train.json"
-    _print(args, report, [
-        f"model:               {os.path.join(args.out, 'model.keras')}",
-        f"report:              {os.path.join(args.out, name)}",
-        f"clean accuracy:      {report['clean_accuracy']:.4f}",
-        f"attack success rate: {_asr_text(report['attack_success_rate'])}",
-        f"training time:       {report['training']['wall_time_s']:.1f} s",
-    ])
+    _print(
+        args,
+        report,
+        [
+            f"model:               {os.path.join(args.out, 'model.keras')}",
+            f"report:              {os.path.join(args.out, name)}",
+            f"clean accuracy:      {report['clean_accuracy']:.4f}",
+            f"attack success rate: {_asr_text(report['attack_success_rate'])}",
+            f"training time:       {report['training']['wall_time_s']:.1f} s",
+        ],
+    )
 
 
 def _read_attack(args):
@@ -252,8 +293,10 @@ def _read_attack(args):
         return {}, [], args.intensity or "raw"
     attack = read_json(args.attack, "attack file")
     if not isinstance(attack, dict):
-        raise ValueError(f"{args.attack} is not an attack file (a JSON {type(attack).__name__}, "
-                         "not an object); pass the attack.json written by `nc-tf inject`.")
+        raise ValueError(
+            f"{args.attack} is not an attack file (a JSON {type(attack).__name__}, "
+            "not an object); pass the attack.json written by `nc-tf inject`."
+        )
     triggers = load_triggers(attack, name=args.attack)
     intensity = args.intensity or attack.get("intensity", "raw")
     check_intensity(intensity)
@@ -271,34 +314,67 @@ def cmd_evaluate(args):
     check_model_data(model, x, y, name=f"data set {args.dataset!r}")
     for t in triggers:
         if t.image_shape != x.shape[1:]:
-            raise ValueError(f"The attack's trigger is for images {t.image_shape}, the data set "
-                             f"has {x.shape[1:]}.")
+            raise ValueError(
+                f"The attack's trigger is for images {t.image_shape}, the data set "
+                f"has {x.shape[1:]}."
+            )
     report = evaluate_backdoor(model, x, y, triggers, intensity)
-    check_clean_accuracy(report["accuracy"], accept_low_accuracy=True,
-                         name=f"data set {args.dataset!r}")
-    report.update(model=args.model, dataset=str(args.dataset), intensity=intensity,
-                  n_samples=int(len(x)))
+    check_clean_accuracy(
+        report["accuracy"], accept_low_accuracy=True, name=f"data set {args.dataset!r}"
+    )
+    report.update(
+        model=args.model, dataset=str(args.dataset), intensity=intensity, n_samples=int(len(x))
+    )
     lines = [f"clean accuracy:      {report['accuracy']:.4f}  ({len(x)} test images)"]
     if triggers:
         lines.append(f"attack success rate: {_asr_text(report['attack_success_rate'])}")
         if len(triggers) > 1:
             specs = attack.get("triggers", [])
-            lines += [f"  trigger {i} ({_trigger_text(specs[i] if i < len(specs) else {})}) -> "
-                      f"{p['target']}: {p['attack_success_rate']:.4f}"
-                      for i, p in enumerate(report["per_trigger"])]
+            lines += [
+                f"  trigger {i} ({_trigger_text(specs[i] if i < len(specs) else {})}) -> "
+                f"{p['target']}: {p['attack_success_rate']:.4f}"
+                for i, p in enumerate(report["per_trigger"])
+            ]
     _print(args, report, lines)
 
 
-SCAN_SETTINGS = ("steps", "batch_size", "nb_sample", "lr", "init_cost", "regularization",
-                 "attack_succ_threshold", "patience", "cost_multiplier", "early_stop_threshold",
-                 "early_stop_patience", "upsample_size", "restarts", "mask_init", "loss",
-                 "starts", "start_steps", "start_nb_sample")
+SCAN_SETTINGS = (
+    "steps",
+    "batch_size",
+    "nb_sample",
+    "lr",
+    "init_cost",
+    "regularization",
+    "attack_succ_threshold",
+    "patience",
+    "cost_multiplier",
+    "early_stop_threshold",
+    "early_stop_patience",
+    "upsample_size",
+    "restarts",
+    "mask_init",
+    "loss",
+    "starts",
+    "start_steps",
+    "start_nb_sample",
+)
 
 
 # Scan flags of each method; the other method's flags are refused when set.
-GANGSWEEP_SETTINGS = ("epochs", "batch_size", "lr", "patience", "k", "filters", "residual_blocks",
-                      "max_images", "min_steps_per_epoch", "alpha_gate", "statistic",
-                      "persistence_threshold")
+GANGSWEEP_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "patience",
+    "k",
+    "filters",
+    "residual_blocks",
+    "max_images",
+    "min_steps_per_epoch",
+    "alpha_gate",
+    "statistic",
+    "persistence_threshold",
+)
 
 
 def _flag(name):
@@ -314,52 +390,97 @@ def cmd_scan(args):
     mine = GANGSWEEP_SETTINGS if gangsweep else SCAN_SETTINGS
     theirs = [k for k in SCAN_SETTINGS + GANGSWEEP_SETTINGS if k not in mine]
     wrong = [_flag(k) for k in theirs if getattr(args, k) is not None]
-    wrong += [f for f, on in (("--low-cost", args.low_cost), ("--partial", args.partial),
-                              ("--suspected", args.suspected is not None)) if gangsweep and on]
+    wrong += [
+        f
+        for f, on in (
+            ("--low-cost", args.low_cost),
+            ("--partial", args.partial),
+            ("--suspected", args.suspected is not None),
+        )
+        if gangsweep and on
+    ]
     if wrong:
         other = "neural-cleanse" if gangsweep else "gangsweep"
-        raise ValueError(f"{', '.join(wrong)} belong(s) to --method {other}, not --method "
-                         f"{args.method}; drop them or change --method.")
+        raise ValueError(
+            f"{', '.join(wrong)} belong(s) to --method {other}, not --method "
+            f"{args.method}; drop them or change --method."
+        )
     overrides = {k: getattr(args, k) for k in mine if getattr(args, k) is not None}
     labels = None
     if args.labels:
         if any("->" in v for v in args.labels):
-            raise ValueError("--labels of a scan are labels such as 3,7; pairs such as 3->7 "
-                             "name partial-scan results (mitigate --labels).")
+            raise ValueError(
+                "--labels of a scan are labels such as 3,7; pairs such as 3->7 "
+                "name partial-scan results (mitigate --labels)."
+            )
         labels = [int(v) for v in args.labels]
     model = load_model(args.model, trust_model=args.trust_model)
     x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
     if gangsweep:
         from nc_tf.gangsweep import gangsweep_scan
 
-        record = gangsweep_scan(model, x, y, labels=labels, out_dir=args.out,
-                                intensity=args.intensity or "raw", seed=args.seed,
-                                progress=not args.json, verbose=not args.json,
-                                model_path=args.model, **overrides)
+        record = gangsweep_scan(
+            model,
+            x,
+            y,
+            labels=labels,
+            out_dir=args.out,
+            intensity=args.intensity or "raw",
+            seed=args.seed,
+            progress=not args.json,
+            verbose=not args.json,
+            model_path=args.model,
+            **overrides,
+        )
         if args.json:
             _print(args, record, [])
         else:
             print(f"results: {os.path.join(args.out, 'results.json')}")
         return
     prefix = os.path.splitext(os.path.basename(str(args.dataset)))[0]
-    common = dict(out_dir=args.out, preset=args.preset, intensity=args.intensity or "raw",
-                  seed=args.seed, slots=args.slots, prefix=prefix, progress=not args.json,
-                  verbose=not args.json, model_path=args.model, **overrides)
+    common = dict(
+        out_dir=args.out,
+        preset=args.preset,
+        intensity=args.intensity or "raw",
+        seed=args.seed,
+        slots=args.slots,
+        prefix=prefix,
+        progress=not args.json,
+        verbose=not args.json,
+        model_path=args.model,
+        **overrides,
+    )
     if args.divide_and_conquer and not args.partial:
         raise ValueError("--divide-and-conquer is a mode of --partial; add --partial.")
     if args.partial:
         if args.low_cost or args.suspected is not None:
-            raise ValueError("--partial cannot be combined with --low-cost or --suspected; "
-                             "use --labels to restrict the targets.")
+            raise ValueError(
+                "--partial cannot be combined with --low-cost or --suspected; "
+                "use --labels to restrict the targets."
+            )
         from nc_tf.partial import partial_scan
 
-        record = partial_scan(model, x, y, targets=labels,
-                              divide_and_conquer=args.divide_and_conquer, beam=args.beam,
-                              accept_low_accuracy=args.accept_low_accuracy, **common)
+        record = partial_scan(
+            model,
+            x,
+            y,
+            targets=labels,
+            divide_and_conquer=args.divide_and_conquer,
+            beam=args.beam,
+            accept_low_accuracy=args.accept_low_accuracy,
+            **common,
+        )
     else:
-        record = scan(model, x, y, labels=labels, suspected=args.suspected,
-                      low_cost=args.low_cost, accept_low_accuracy=args.accept_low_accuracy,
-                      **common)
+        record = scan(
+            model,
+            x,
+            y,
+            labels=labels,
+            suspected=args.suspected,
+            low_cost=args.low_cost,
+            accept_low_accuracy=args.accept_low_accuracy,
+            **common,
+        )
     record.pop("triggers")
     if args.json:
         _print(args, record, [])
@@ -379,39 +500,55 @@ def cmd_mitigate(args):
 
     _, attack_triggers, intensity = _read_attack(args)
     mine = set(METHODS[args.method].options)
-    wrong = [_flag(flag) for flag in sorted({f for m in METHODS.values() for f in m.options})
-             if flag not in mine and flag != "focus" and getattr(args, flag) is not None]
+    wrong = [
+        _flag(flag)
+        for flag in sorted({f for m in METHODS.values() for f in m.options})
+        if flag not in mine and flag != "focus" and getattr(args, flag) is not None
+    ]
     wrong += ["--no-focus"] if args.method != "repair" and args.focus is False else []
     if wrong:
-        users = sorted(name for name, m in METHODS.items()
-                       if any(_flag(f) in wrong for f in m.options))
-        raise ValueError(f"{', '.join(wrong)} belong(s) to --method {'/'.join(users) or 'repair'}, "
-                         f"not --method {args.method}; drop them or change --method.")
+        users = sorted(
+            name for name, m in METHODS.items() if any(_flag(f) in wrong for f in m.options)
+        )
+        raise ValueError(
+            f"{', '.join(wrong)} belong(s) to --method {'/'.join(users) or 'repair'}, "
+            f"not --method {args.method}; drop them or change --method."
+        )
     if args.method == "gangsweep" and args.labels and any("->" in v for v in args.labels):
-        raise ValueError("--method gangsweep patches labels such as 3,7; pairs such as 3->7 "
-                         "name partial-scan results.")
+        raise ValueError(
+            "--method gangsweep patches labels such as 3,7; pairs such as 3->7 "
+            "name partial-scan results."
+        )
     if args.method in needing("scan") and not args.scan:
-        raise ValueError(f"--method {args.method} removes the reversed triggers of a scan: add "
-                         "--scan DIR (run `nc-tf scan MODEL --out DIR` first).")
+        raise ValueError(
+            f"--method {args.method} removes the reversed triggers of a scan: add "
+            "--scan DIR (run `nc-tf scan MODEL --out DIR` first)."
+        )
     labels = args.labels
     if args.method in needing("generators"):
         if not args.scan:
-            raise ValueError("--method gangsweep patches with a GangSweep scan's generators: add "
-                             "--scan DIR (run `nc-tf scan MODEL --method gangsweep --out DIR`).")
+            raise ValueError(
+                "--method gangsweep patches with a GangSweep scan's generators: add "
+                "--scan DIR (run `nc-tf scan MODEL --method gangsweep --out DIR`)."
+            )
         from nc_tf.gangsweep import load_generators
 
         generators = load_generators(args.scan, [int(v) for v in labels] if labels else None)
         if not generators:
-            raise ValueError(f"The GangSweep scan in {args.scan} flags no label, so there is "
-                             "nothing to patch; pass --labels to patch chosen labels anyway.")
+            raise ValueError(
+                f"The GangSweep scan in {args.scan} flags no label, so there is "
+                "nothing to patch; pass --labels to patch chosen labels anyway."
+            )
         triggers = []
     else:
         generators = None
         triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
         if args.method in needing("scan") and not triggers:
-            raise ValueError(f"The scan in {args.scan} flags no label, so --method "
-                             f"{args.method} has no trigger to remove; pass --labels to remove "
-                             "chosen labels' triggers anyway.")
+            raise ValueError(
+                f"The scan in {args.scan} flags no label, so --method "
+                f"{args.method} has no trigger to remove; pass --labels to remove "
+                "chosen labels' triggers anyway."
+            )
     record = read_scan_record(args.scan) if args.scan else None
     verified_labels = None
     if labels and scan_reference(record) is not None:
@@ -421,35 +558,61 @@ def cmd_mitigate(args):
         resolve_layer(model, args.layer)  # a wrong --layer is refused before the data is read
     scanned = (record or {}).get("identity") or {}
     if scanned.get("weights_sha256") and scanned["weights_sha256"] != weights_sha256(model):
-        raise ValueError(f"The scan in {args.scan} was made from another model (weights sha256 "
-                         f"{scanned['weights_sha256'][:12]}), not {args.model}; scan this model "
-                         "first and pass that folder.")
+        raise ValueError(
+            f"The scan in {args.scan} was made from another model (weights sha256 "
+            f"{scanned['weights_sha256'][:12]}), not {args.model}; scan this model "
+            "first and pass that folder."
+        )
     x_train, y_train = datasets.load_data(args.dataset, "train", limit=args.train_limit)
-    x_test, y_test = datasets.load_data(args.dataset, "test", args.x_key, args.y_key,
-                                        limit=args.limit)
+    x_test, y_test = datasets.load_data(
+        args.dataset, "test", args.x_key, args.y_key, limit=args.limit
+    )
     check_model_data(model, x_test, y_test, name=f"data set {args.dataset!r}")
     data = split_data(x_train, y_train, x_test, y_test, args.val_ratio, args.seed)
-    options = {kw: getattr(args, flag) for flag, kw in METHODS[args.method].options.items()
-               if getattr(args, flag) is not None}
-    scan_options = {k: getattr(args, flag) for flag, k in
-                    (("preset", "preset"), ("restarts", "restarts"), ("scan_steps", "steps"))
-                    if getattr(args, flag) is not None} or None
-    _, report = mitigate(args.method, model, data, triggers, attack_triggers,
-                         out_dir=args.out, force=args.force, intensity=intensity, seed=args.seed,
-                         scan_options=scan_options, verbose=not args.json,
-                         generators=generators, scan_record=record, labels=verified_labels,
-                         peel=args.peel, verify=args.verify, model_path=args.model,
-                         accept_low_accuracy=args.accept_low_accuracy, **options)
+    options = {
+        kw: getattr(args, flag)
+        for flag, kw in METHODS[args.method].options.items()
+        if getattr(args, flag) is not None
+    }
+    scan_options = {
+        k: getattr(args, flag)
+        for flag, k in (("preset", "preset"), ("restarts", "restarts"), ("scan_steps", "steps"))
+        if getattr(args, flag) is not None
+    } or None
+    _, report = mitigate(
+        args.method,
+        model,
+        data,
+        triggers,
+        attack_triggers,
+        out_dir=args.out,
+        force=args.force,
+        intensity=intensity,
+        seed=args.seed,
+        scan_options=scan_options,
+        verbose=not args.json,
+        generators=generators,
+        scan_record=record,
+        labels=verified_labels,
+        peel=args.peel,
+        verify=args.verify,
+        model_path=args.model,
+        accept_low_accuracy=args.accept_low_accuracy,
+        **options,
+    )
     if args.json:
         _print(args, report, [])
     else:
         print(f"report: {os.path.join(args.out, 'mitigation.json')}")
     if report["verification"]["verified"] is False:
         surviving = ", ".join(map(str, report["verification"]["surviving"]))
-        print(f"nc-tf mitigate: warning: the repair is NOT verified: a fresh scan of the "
-              f"repaired model still finds a small trigger for label(s) {surviving} "
-              f"(see {os.path.join(args.out, 'mitigation.json')}); try --method repair or "
-              "more --rounds", file=sys.stderr)
+        print(
+            f"nc-tf mitigate: warning: the repair is NOT verified: a fresh scan of the "
+            f"repaired model still finds a small trigger for label(s) {surviving} "
+            f"(see {os.path.join(args.out, 'mitigation.json')}); try --method repair or "
+            "more --rounds",
+            file=sys.stderr,
+        )
         return 3
 
 
@@ -466,12 +629,20 @@ def cmd_preview(args):
 
     check_out_path(args.out, args.force)  # before reading the data: refuse at once
     images = load_images(args.source, limit=args.n_images, x_key=args.x_key, y_key=args.y_key)
-    grid = preview_grid(images, pipeline=args.pipeline, n_images=args.n_images,
-                        n_variants=args.variants, seed=args.seed, path=args.out,
-                        force=args.force)
+    grid = preview_grid(
+        images,
+        pipeline=args.pipeline,
+        n_images=args.n_images,
+        n_variants=args.variants,
+        seed=args.seed,
+        path=args.out,
+        force=args.force,
+    )
     rows = min(len(images), args.n_images)
-    print(f"preview: {args.out} ({rows} images x {args.variants} {args.pipeline} variants, "
-          f"{grid.shape[1]}x{grid.shape[0]} px)")
+    print(
+        f"preview: {args.out} ({rows} images x {args.variants} {args.pipeline} variants, "
+        f"{grid.shape[1]}x{grid.shape[0]} px)"
+    )
 
 
 if __name__ == "__main__":

@@ -62,18 +62,17 @@ def load_dataset(data_file, keys=None):
         keys = available if keys is None else list(keys)
         missing = [k for k in keys if k not in available]
         if missing:
-            raise KeyError(
-                f"{data_file} has no dataset(s) {missing}; it has {available}."
-            )
+            raise KeyError(f"{data_file} has no dataset(s) {missing}; it has {available}.")
         try:
             return {k: f[k][()] for k in keys}
         except Exception as error:  # h5py raises OSError, TypeError, ... on damaged files
-            raise ValueError(f"{data_file}: could not read {keys} ({error}); the file may be "
-                             "damaged or truncated.") from None
+            raise ValueError(
+                f"{data_file}: could not read {keys} ({error}); the file may be "
+                "damaged or truncated."
+            ) from None
 
 
-def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=None,
-              limit=None):
+def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=None, limit=None):
     """Loads one split of a data set as raw images and integer labels.
 
     Args:
@@ -129,9 +128,11 @@ def load_data(dataset="mnist", split="test", x_key=None, y_key=None, image_size=
     if limit is not None:
         x, y = _limit(x, y, limit)
     if len(x) == 0:
-        raise ValueError(f"Data set {name!r} ({split} split) holds no images"
-                         f"{' within --limit' if limit is not None else ''}; pass data with "
-                         "images in it.")
+        raise ValueError(
+            f"Data set {name!r} ({split} split) holds no images"
+            f"{' within --limit' if limit is not None else ''}; pass data with "
+            "images in it."
+        )
     return check_images(x, name), y
 
 
@@ -171,8 +172,7 @@ def check_images(x, name="images"):
         x = x[..., None]
     if x.ndim != 4:
         raise ValueError(
-            f"{name}: expected images shaped (N, H, W, C) or (N, H, W); got "
-            f"shape {x.shape}."
+            f"{name}: expected images shaped (N, H, W, C) or (N, H, W); got shape {x.shape}."
         )
     if x.dtype != np.uint8:
         if not np.issubdtype(x.dtype, np.number):
@@ -206,16 +206,19 @@ def labels_to_int(y, name="labels"):
     if y.dtype == bool:
         y = y.astype(np.int64)
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
-        raise ValueError(f"{name}: labels must be numbers (integers or one-hot rows), got "
-                         f"{y.dtype}.")
+        raise ValueError(
+            f"{name}: labels must be numbers (integers or one-hot rows), got {y.dtype}."
+        )
     if y.size and not np.all(np.isfinite(y)):
         raise ValueError(f"{name}: labels contain NaN or inf values; clean them first.")
     if y.ndim == 2 and y.shape[1] > 1:
         empty = np.flatnonzero(np.max(y, axis=1) <= 0)
         if len(empty):
-            raise ValueError(f"{name}: {len(empty)} one-hot row(s) have no positive entry (the "
-                             f"first is row {empty[0]}), so they name no label; fix or drop "
-                             "those rows.")
+            raise ValueError(
+                f"{name}: {len(empty)} one-hot row(s) have no positive entry (the "
+                f"first is row {empty[0]}), so they name no label; fix or drop "
+                "those rows."
+            )
         return np.argmax(y, axis=1).astype(np.int64)
     if y.ndim > 2:
         raise ValueError(f"{name}: labels must be a vector or one-hot rows, got shape {y.shape}.")
@@ -295,13 +298,17 @@ def _load_arrays(path, split, x_key, y_key):
                 return store[key]
             except ValueError as error:
                 if "allow_pickle" in str(error):
-                    raise ValueError(f"{path}: array {key!r} is a pickled object array; nc-tf "
-                                     "never unpickles data files. Save plain numeric arrays "
-                                     "(np.savez with numbers).") from None
+                    raise ValueError(
+                        f"{path}: array {key!r} is a pickled object array; nc-tf "
+                        "never unpickles data files. Save plain numeric arrays "
+                        "(np.savez with numbers)."
+                    ) from None
                 raise ValueError(f"{path}: array {key!r} is unreadable ({error}).") from None
             except Exception as error:  # zipfile/zlib errors of a damaged archive
-                raise ValueError(f"{path}: array {key!r} is unreadable ({error}); the file "
-                                 "may be damaged or truncated.") from None
+                raise ValueError(
+                    f"{path}: array {key!r} is unreadable ({error}); the file "
+                    "may be damaged or truncated."
+                ) from None
     else:
         with _open_h5(path) as f:
             keys = _h5_datasets(f, path)
@@ -336,8 +343,11 @@ def _check_file(path):
 def _h5_datasets(f, path):
     """Names of the datasets at the top of an open h5 file (links to other files ignored)."""
     try:
-        return [k for k in f.keys() if isinstance(f.get(k, getlink=True), h5py.HardLink)
-                and isinstance(f[k], h5py.Dataset)]
+        return [
+            k
+            for k in f.keys()
+            if isinstance(f.get(k, getlink=True), h5py.HardLink) and isinstance(f[k], h5py.Dataset)
+        ]
     except Exception as e:  # damaged group structures raise from h5py
         raise ValueError(f"{path} is a damaged HDF5 file ({e}).") from None
 
@@ -360,8 +370,10 @@ def _read_image(path, size):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
     except Exception as error:  # PIL raises many types for damaged or hostile images
-        raise ValueError(f"{path} is not a readable image ({str(error).splitlines()[0][:200]}); "
-                         "remove or replace it.") from None
+        raise ValueError(
+            f"{path} is not a readable image ({str(error).splitlines()[0][:200]}); "
+            "remove or replace it."
+        ) from None
     return a[..., None] if a.ndim == 2 else a
 
 
@@ -374,8 +386,10 @@ def _load_gtsrb_folder(root, split, size):
         for cls in sorted(os.listdir(base)):
             csv_path = os.path.join(base, cls, f"GT-{cls}.csv")
             if os.path.exists(csv_path):
-                rows += [(os.path.join(base, cls, r["Filename"]), int(r["ClassId"]))
-                         for r in _read_csv(csv_path)]
+                rows += [
+                    (os.path.join(base, cls, r["Filename"]), int(r["ClassId"]))
+                    for r in _read_csv(csv_path)
+                ]
     else:
         base = os.path.join(root, "Final_Test", "Images")
         csv_path = os.path.join(base, "GT-final_test.csv")
@@ -386,8 +400,7 @@ def _load_gtsrb_folder(root, split, size):
                 "GTSRB test labels GT-final_test.csv not found in "
                 f"{base} or {root}; download it with the test images."
             )
-        rows = [(os.path.join(base, r["Filename"]), int(r["ClassId"]))
-                for r in _read_csv(csv_path)]
+        rows = [(os.path.join(base, r["Filename"]), int(r["ClassId"])) for r in _read_csv(csv_path)]
     if not rows:
         raise ValueError(f"No GTSRB {split} images found under {root}.")
     x = np.stack([_read_image(p, size) for p, _ in rows])

@@ -39,6 +39,7 @@ LOSSES = {
     "reference": lambda p: -math.log(1e-7) * (1 - p),
 }
 
+
 class ReverseEngine:
     """Reverse-engineers mask/pattern triggers for several labels at once.
 
@@ -98,27 +99,59 @@ class ReverseEngine:
     >>> results[1]["l1_norm"]  # the trigger of label 7  # doctest: +SKIP
     """
 
-    def __init__(self, model, x, y=None, intensity="raw", regularization="l1", init_cost=1e-3,
-                 steps=1000, mini_batch=31, batch_size=32, lr=0.1, upsample_size=1,
-                 attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
-                 reset_cost_to_zero=True, early_stop=True, early_stop_threshold=1.0,
-                 early_stop_patience=25, save_last=False, epsilon=1e-7, slots=8,
-                 steps_per_call=10, seed=0, mask_init="random", loss="ce",
-                 start_mini_batch=None):
+    def __init__(
+        self,
+        model,
+        x,
+        y=None,
+        intensity="raw",
+        regularization="l1",
+        init_cost=1e-3,
+        steps=1000,
+        mini_batch=31,
+        batch_size=32,
+        lr=0.1,
+        upsample_size=1,
+        attack_succ_threshold=0.99,
+        patience=5,
+        cost_multiplier=2.0,
+        reset_cost_to_zero=True,
+        early_stop=True,
+        early_stop_threshold=1.0,
+        early_stop_patience=25,
+        save_last=False,
+        epsilon=1e-7,
+        slots=8,
+        steps_per_call=10,
+        seed=0,
+        mask_init="random",
+        loss="ce",
+        start_mini_batch=None,
+    ):
         from nc_tf.models import outputs_probabilities
 
         if regularization not in REGULARIZATIONS:
-            raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got "
-                             f"{regularization!r}.")
-        for name, value in (("steps", steps), ("mini_batch", mini_batch),
-                            ("batch_size", batch_size), ("upsample_size", upsample_size),
-                            ("slots", slots), ("steps_per_call", steps_per_call),
-                            ("patience", patience)):
+            raise ValueError(
+                f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}."
+            )
+        for name, value in (
+            ("steps", steps),
+            ("mini_batch", mini_batch),
+            ("batch_size", batch_size),
+            ("upsample_size", upsample_size),
+            ("slots", slots),
+            ("steps_per_call", steps_per_call),
+            ("patience", patience),
+        ):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}.")
-        if not (mask_init == "random" or (isinstance(mask_init, (int, float))
-                                          and 0 < float(mask_init) < 1)):
-            raise ValueError(f"mask_init must be 'random' or a number in (0, 1), got {mask_init!r}.")
+        if not (
+            mask_init == "random"
+            or (isinstance(mask_init, (int, float)) and 0 < float(mask_init) < 1)
+        ):
+            raise ValueError(
+                f"mask_init must be 'random' or a number in (0, 1), got {mask_init!r}."
+            )
         self.mask_init = mask_init
         if cost_multiplier <= 1:
             raise ValueError(f"cost_multiplier must be > 1, got {cost_multiplier}.")
@@ -130,9 +163,12 @@ class ReverseEngine:
         self.from_logits = not outputs_probabilities(model, x, intensity)
         self.regularization = None if regularization == "none" else regularization
         self.cfg = dict(
-            init_cost=float(init_cost), steps=int(steps),
-            attack_succ_threshold=float(attack_succ_threshold), patience=int(patience),
-            cost_multiplier=float(cost_multiplier), early_stop=bool(early_stop),
+            init_cost=float(init_cost),
+            steps=int(steps),
+            attack_succ_threshold=float(attack_succ_threshold),
+            patience=int(patience),
+            cost_multiplier=float(cost_multiplier),
+            early_stop=bool(early_stop),
             early_stop_threshold=float(early_stop_threshold),
             early_stop_patience=int(early_stop_patience),
         )
@@ -153,9 +189,15 @@ class ReverseEngine:
         var = lambda shape, dtype=tf.float32: tf.Variable(tf.zeros(shape, dtype), trainable=False)  # noqa: E731
         self.mask_tanh = var((k,) + self.mask_shape + (1,))
         self.pattern_tanh = var((k, h, w, c))
-        self.adam = {name: var(v.shape) for name, v in
-                     (("m_mask", self.mask_tanh), ("v_mask", self.mask_tanh),
-                      ("m_pattern", self.pattern_tanh), ("v_pattern", self.pattern_tanh))}
+        self.adam = {
+            name: var(v.shape)
+            for name, v in (
+                ("m_mask", self.mask_tanh),
+                ("v_mask", self.mask_tanh),
+                ("m_pattern", self.pattern_tanh),
+                ("v_pattern", self.pattern_tanh),
+            )
+        }
         self.adam_t = var((k,))
         self.mask_best = var((k, h, w, 1))
         self.pattern_best = var((k, h, w, c))
@@ -166,10 +208,22 @@ class ReverseEngine:
         self.assigned = var((k,))
         self.state = {name: var((k,)) for name in STATE_KEYS}
         self.pool = var((k, self.num_classes))  # 1 = source class the slot samples from
-        self._slot_vars = ([self.mask_tanh, self.pattern_tanh, self.adam_t, self.mask_best,
-                            self.pattern_best, self.has_best, self.target, self.restart,
-                            self.succ_threshold, self.pool]
-                           + list(self.adam.values()) + list(self.state.values()))
+        self._slot_vars = (
+            [
+                self.mask_tanh,
+                self.pattern_tanh,
+                self.adam_t,
+                self.mask_best,
+                self.pattern_best,
+                self.has_best,
+                self.target,
+                self.restart,
+                self.succ_threshold,
+                self.pool,
+            ]
+            + list(self.adam.values())
+            + list(self.state.values())
+        )
         # batches per step, a variable so the short starts can take fewer without a retrace
         self._mini_batch = tf.Variable(self.mini_batch, trainable=False, dtype=tf.int32)
         self._run = tf.function(self._run_steps, reduce_retracing=True)
@@ -201,20 +255,33 @@ class ReverseEngine:
         # label's result does not depend on which labels share the graph.
         n = tf.shape(self.x)[0]
         targets = tf.gather(self.target, idx)
-        seeds = tf.stack([self.seed * 1_000_003 + targets + 7_919 * tf.gather(self.restart, idx),
-                          tf.cast(tf.gather(self.adam_t, idx), tf.int32)], axis=1)
+        seeds = tf.stack(
+            [
+                self.seed * 1_000_003 + targets + 7_919 * tf.gather(self.restart, idx),
+                tf.cast(tf.gather(self.adam_t, idx), tf.int32),
+            ],
+            axis=1,
+        )
         if self.y is None:
             picks = tf.map_fn(
                 lambda s: tf.random.stateless_uniform([self.batch_size], s, 0, n, dtype=tf.int32),
-                seeds, fn_output_signature=tf.int32)
+                seeds,
+                fn_output_signature=tf.int32,
+            )
         else:  # uniform over the samples of the slot's source classes
-            allowed = tf.gather(tf.gather(self.pool, idx), self.y, axis=1) > 0   # (k, N)
+            allowed = tf.gather(tf.gather(self.pool, idx), self.y, axis=1) > 0  # (k, N)
             logits = tf.where(allowed, 0.0, -1e9)
             picks = tf.map_fn(
-                lambda a: tf.cast(tf.random.stateless_categorical(
-                    a[0][None], self.batch_size, tf.cast(a[1], tf.int32))[0], tf.int32),
-                (logits, seeds), fn_output_signature=tf.int32)
-        xb = tf.gather(self.x, picks)                                  # (k, B, H, W, C)
+                lambda a: tf.cast(
+                    tf.random.stateless_categorical(
+                        a[0][None], self.batch_size, tf.cast(a[1], tf.int32)
+                    )[0],
+                    tf.int32,
+                ),
+                (logits, seeds),
+                fn_output_signature=tf.int32,
+            )
+        xb = tf.gather(self.x, picks)  # (k, B, H, W, C)
         cost = tf.gather(self.state["cost"], idx)
         with tf.GradientTape() as tape:
             mt = tf.gather(self.mask_tanh, idx)
@@ -245,8 +312,10 @@ class ReverseEngine:
         t = tf.gather(self.adam_t, idx) + 1.0
         self.adam_t.scatter_nd_update(idx[:, None], t)
         lr_t = self.lr * tf.sqrt(1 - b2**t) / (1 - b1**t)
-        for var, grad, m_name, v_name in ((self.mask_tanh, g_mask, "m_mask", "v_mask"),
-                                          (self.pattern_tanh, g_pattern, "m_pattern", "v_pattern")):
+        for var, grad, m_name, v_name in (
+            (self.mask_tanh, g_mask, "m_mask", "v_mask"),
+            (self.pattern_tanh, g_pattern, "m_pattern", "v_pattern"),
+        ):
             m = b1 * tf.gather(self.adam[m_name], idx) + (1 - b1) * grad
             v = b2 * tf.gather(self.adam[v_name], idx) + (1 - b2) * tf.square(grad)
             self.adam[m_name].scatter_nd_update(idx[:, None], m)
@@ -257,8 +326,7 @@ class ReverseEngine:
 
     def _run_steps(self, n_steps):
         """Up to `n_steps` optimisation steps of every active slot; returns their logs."""
-        logs = tf.TensorArray(tf.float32, size=0, dynamic_size=True,
-                              element_shape=[self.slots, 8])
+        logs = tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=[self.slots, 8])
         for _ in tf.range(n_steps):
             active = (self.assigned > 0) & (self.state["done"] == 0)
             if not tf.reduce_any(active):
@@ -274,26 +342,51 @@ class ReverseEngine:
             new, improved = cost_schedule_update(old, acc, reg, **cfg)
             mask_now = self._masks(tf.gather(self.mask_tanh, idx))
             pattern_now = self._patterns(tf.gather(self.pattern_tanh, idx))
-            keep_m = tf.where(improved[:, None, None, None], mask_now,
-                              tf.gather(self.mask_best, idx))
-            keep_p = tf.where(improved[:, None, None, None], pattern_now,
-                              tf.gather(self.pattern_best, idx))
+            keep_m = tf.where(
+                improved[:, None, None, None], mask_now, tf.gather(self.mask_best, idx)
+            )
+            keep_p = tf.where(
+                improved[:, None, None, None], pattern_now, tf.gather(self.pattern_best, idx)
+            )
             self.mask_best.scatter_nd_update(idx[:, None], keep_m)
             self.pattern_best.scatter_nd_update(idx[:, None], keep_p)
             self.has_best.scatter_nd_update(
-                idx[:, None], tf.maximum(tf.gather(self.has_best, idx), tf.cast(improved, tf.float32)))
+                idx[:, None],
+                tf.maximum(tf.gather(self.has_best, idx), tf.cast(improved, tf.float32)),
+            )
             for key, value in new.items():
                 self.state[key].scatter_nd_update(idx[:, None], value)
             # log row: slot, step, ce, reg, loss, acc, reg_best, cost (cost used in the step)
-            row = tf.stack([tf.cast(idx, tf.float32), new["step"], ce, reg, loss, acc,
-                            new["reg_best"], old["cost"]], axis=1)
-            logs = logs.write(logs.size(), tf.pad(row, [[0, self.slots - tf.shape(idx)[0]], [0, 0]],
-                                                  constant_values=-1.0))
+            row = tf.stack(
+                [
+                    tf.cast(idx, tf.float32),
+                    new["step"],
+                    ce,
+                    reg,
+                    loss,
+                    acc,
+                    new["reg_best"],
+                    old["cost"],
+                ],
+                axis=1,
+            )
+            logs = logs.write(
+                logs.size(),
+                tf.pad(row, [[0, self.slots - tf.shape(idx)[0]], [0, 0]], constant_values=-1.0),
+            )
         return logs.stack()
 
     # ------------------------------------------------------------- host
-    def _init_slot(self, slot, target, pattern_init=None, mask_init=None, sources=None, restart=0,
-                   threshold=None):
+    def _init_slot(
+        self,
+        slot,
+        target,
+        pattern_init=None,
+        mask_init=None,
+        sources=None,
+        restart=0,
+        threshold=None,
+    ):
         h, w, c = self.image_shape
         sources = None if sources is None else sorted(int(v) for v in sources)
         # per job: a label's randomness does not depend on the other jobs
@@ -310,7 +403,8 @@ class ReverseEngine:
         squash = 2 - self.epsilon
         self.mask_tanh[slot].assign(np.arctanh((np.clip(mask_init, 0, 1) - 0.5) * squash))
         self.pattern_tanh[slot].assign(
-            np.arctanh((np.clip(pattern_init, 0, 255) / 255.0 - 0.5) * squash))
+            np.arctanh((np.clip(pattern_init, 0, 255) / 255.0 - 0.5) * squash)
+        )
         for v in self.adam.values():
             v[slot].assign(tf.zeros(v.shape[1:]))
         self.adam_t[slot].assign(0.0)
@@ -323,7 +417,8 @@ class ReverseEngine:
         self.target[slot].assign(int(target))
         self.restart[slot].assign(int(restart))
         self.succ_threshold[slot].assign(
-            self.cfg["attack_succ_threshold"] if threshold is None else float(threshold))
+            self.cfg["attack_succ_threshold"] if threshold is None else float(threshold)
+        )
         pool = np.ones(self.num_classes, np.float32)
         if sources is not None:
             if self.y is None:
@@ -358,12 +453,12 @@ class ReverseEngine:
         labels = [int(t) for t in labels]
         for t in labels:
             if not 0 <= t < self.num_classes:
-                raise ValueError(f"Label {t} is out of range: the model has labels "
-                                 f"0..{self.num_classes - 1}.")
+                raise ValueError(
+                    f"Label {t} is out of range: the model has labels 0..{self.num_classes - 1}."
+                )
         return labels
 
-    def advance(self, labels, n_steps, states=None, sources=None, restarts=None,
-                thresholds=None):
+    def advance(self, labels, n_steps, states=None, sources=None, restarts=None, thresholds=None):
         """Runs `n_steps` more steps of each job (a short pass); returns its state.
 
         Used by the low-cost scan: jobs are swapped in and out of the slots,
@@ -395,8 +490,13 @@ class ReverseEngine:
             self.assigned.assign(tf.zeros(self.slots))
             for slot, i in enumerate(chunk):
                 if states[i] is None:
-                    self._init_slot(slot, labels[i], sources=sources[i], restart=restarts[i],
-                                    threshold=thresholds[i])
+                    self._init_slot(
+                        slot,
+                        labels[i],
+                        sources=sources[i],
+                        restart=restarts[i],
+                        threshold=thresholds[i],
+                    )
                 else:
                     self.load_slot(slot, states[i])
             self._run(tf.constant(int(n_steps)))
@@ -406,8 +506,9 @@ class ReverseEngine:
                 out.append((self.save_slot(slot), float(masks[slot].sum()), bool(done[slot] > 0)))
         return out
 
-    def best_starts(self, labels, starts, start_steps, sources=None, restarts=None,
-                    thresholds=None):
+    def best_starts(
+        self, labels, starts, start_steps, sources=None, restarts=None, thresholds=None
+    ):
         """Runs several starts of each job for a few steps and keeps the most promising.
 
         Every job is started `starts` times from different random triggers
@@ -441,10 +542,13 @@ class ReverseEngine:
         arms = [(j, k) for j in range(n) for k in range(starts)]
         self._mini_batch.assign(self.start_mini_batch)
         try:
-            out = self.advance([labels[j] for j, _ in arms], start_steps,
-                               sources=[sources[j] for j, _ in arms],
-                               restarts=[restarts[j] * starts + k for j, k in arms],
-                               thresholds=[thresholds[j] for j, _ in arms])
+            out = self.advance(
+                [labels[j] for j, _ in arms],
+                start_steps,
+                sources=[sources[j] for j, _ in arms],
+                restarts=[restarts[j] * starts + k for j, k in arms],
+                thresholds=[thresholds[j] for j, _ in arms],
+            )
         finally:
             self._mini_batch.assign(self.mini_batch)
         states, norms = [None] * n, [[] for _ in range(n)]
@@ -455,8 +559,17 @@ class ReverseEngine:
                 best[j], states[j] = l1, state
         return states, norms
 
-    def run(self, labels, pattern_init=None, mask_init=None, on_done=None, sources=None,
-            states=None, restarts=None, thresholds=None):
+    def run(
+        self,
+        labels,
+        pattern_init=None,
+        mask_init=None,
+        on_done=None,
+        sources=None,
+        states=None,
+        restarts=None,
+        thresholds=None,
+    ):
         """Optimises a trigger for each job (a target label); returns their results.
 
         Args:
@@ -500,8 +613,15 @@ class ReverseEngine:
             if queue:
                 job = queue.pop(0)
                 if states[job] is None:
-                    self._init_slot(slot, labels[job], pattern_init, mask_init, sources[job],
-                                    restarts[job], thresholds[job])
+                    self._init_slot(
+                        slot,
+                        labels[job],
+                        pattern_init,
+                        mask_init,
+                        sources[job],
+                        restarts[job],
+                        thresholds[job],
+                    )
                 else:
                     self.load_slot(slot, states[job])
                 slot_job[slot], started[slot], logs[job] = job, time.time(), []
@@ -513,14 +633,17 @@ class ReverseEngine:
             for row in rows.reshape(-1, 8):
                 if row[0] >= 0:
                     logs[slot_job[int(row[0])]].append(
-                        (int(row[1]),) + tuple(float(v) for v in row[2:]))
+                        (int(row[1]),) + tuple(float(v) for v in row[2:])
+                    )
             done = self.state["done"].numpy()
             for slot in [s for s in list(slot_job) if done[s] > 0]:
                 job = slot_job.pop(slot)
                 pattern, mask, raw = self._collect(slot)
                 results[job] = {
                     "label": labels[job],
-                    "sources": None if sources[job] is None else sorted(int(v) for v in sources[job]),
+                    "sources": None
+                    if sources[job] is None
+                    else sorted(int(v) for v in sources[job]),
                     "pattern": pattern,
                     "mask": mask,
                     "mask_raw": raw,

@@ -48,14 +48,22 @@ def build_data_loader(X, Y, batch_size=BATCH_SIZE, seed=None):
     X, Y = np.asarray(X), np.asarray(Y)
     if len(X) != len(Y) or len(X) == 0:
         raise ValueError(f"X and Y must be non-empty and equally long ({len(X)} vs {len(Y)}).")
-    return (tf.data.Dataset.from_tensor_slices((X, Y))
-            .shuffle(len(X), seed=seed, reshuffle_each_iteration=True)
-            .batch(int(batch_size)))
+    return (
+        tf.data.Dataset.from_tensor_slices((X, Y))
+        .shuffle(len(X), seed=seed, reshuffle_each_iteration=True)
+        .batch(int(batch_size))
+    )
 
 
-def visualize_trigger_w_mask(visualizer, gen, y_target, save_pattern_flag=True,
-                             result_dir=RESULT_DIR, img_filename_template=IMG_FILENAME_TEMPLATE,
-                             seed=None):
+def visualize_trigger_w_mask(
+    visualizer,
+    gen,
+    y_target,
+    save_pattern_flag=True,
+    result_dir=RESULT_DIR,
+    img_filename_template=IMG_FILENAME_TEMPLATE,
+    seed=None,
+):
     """Reverse-engineers the trigger of one label from a random start (reference example).
 
     The pattern starts uniform in [0, 255), the (super-pixel) mask uniform
@@ -91,8 +99,10 @@ def visualize_trigger_w_mask(visualizer, gen, y_target, save_pattern_flag=True,
     pattern, mask, mask_upsample = out[:3]
     logs = out[3] if len(out) > 3 else None
     if visualizer.verbose:
-        print("pattern, shape: %s, min: %f, max: %f"
-              % (str(pattern.shape), np.min(pattern), np.max(pattern)))
+        print(
+            "pattern, shape: %s, min: %f, max: %f"
+            % (str(pattern.shape), np.min(pattern), np.max(pattern))
+        )
         print("mask, shape: %s, min: %f, max: %f" % (str(mask.shape), np.min(mask), np.max(mask)))
         print("mask norm of label %d: %f" % (y_target, np.sum(np.abs(mask_upsample))))
         print("visualization cost %f seconds" % (time.time() - started))
@@ -101,8 +111,9 @@ def visualize_trigger_w_mask(visualizer, gen, y_target, save_pattern_flag=True,
     return pattern, mask_upsample, logs
 
 
-def save_pattern(pattern, mask, y_target, result_dir=RESULT_DIR,
-                 img_filename_template=IMG_FILENAME_TEMPLATE):
+def save_pattern(
+    pattern, mask, y_target, result_dir=RESULT_DIR, img_filename_template=IMG_FILENAME_TEMPLATE
+):
     """Writes a trigger's `pattern`, `mask` (x 255) and `fusion` (pattern x mask) PNGs.
 
     As the reference example, through `nc_tf.utils_backdoor.dump_image`
@@ -128,5 +139,4 @@ def save_pattern(pattern, mask, y_target, result_dir=RESULT_DIR,
     mask = np.asarray(mask)[..., None]
     images = {"pattern": pattern, "mask": mask * 255, "fusion": pattern * mask}
     for kind, image in images.items():
-        dump_image(image, os.path.join(result_dir, img_filename_template % (kind, y_target)),
-                   "png")
+        dump_image(image, os.path.join(result_dir, img_filename_template % (kind, y_target)), "png")

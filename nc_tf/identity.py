@@ -77,9 +77,12 @@ def identity(model, x, y=None, model_file=None):
     >>> sorted(identity(mnist_model(), np.zeros((2, 28, 28, 1))))
     ['data_sha256', 'model_file', 'model_sha256', 'weights_sha256']
     """
-    return {"model_file": None if model_file is None else str(model_file),
-            "model_sha256": loaded_sha256(model), "weights_sha256": weights_sha256(model),
-            "data_sha256": array_digest(x, None if y is None else np.asarray(y, np.int64))}
+    return {
+        "model_file": None if model_file is None else str(model_file),
+        "model_sha256": loaded_sha256(model),
+        "weights_sha256": weights_sha256(model),
+        "data_sha256": array_digest(x, None if y is None else np.asarray(y, np.int64)),
+    }
 
 
 def check_identity(previous, current, folder, what="results"):
@@ -98,19 +101,27 @@ def check_identity(previous, current, folder, what="results"):
             which, and what to do.
     """
     if not isinstance(previous, dict):
-        warnings.warn(f"{folder} holds {what} recorded without model and data digests, so "
-                      "nothing shows that it was made from this model and data; resuming it "
-                      "on trust (choose another --out to start afresh).", stacklevel=3)
+        warnings.warn(
+            f"{folder} holds {what} recorded without model and data digests, so "
+            "nothing shows that it was made from this model and data; resuming it "
+            "on trust (choose another --out to start afresh).",
+            stacklevel=3,
+        )
         return
-    changed = [name for key, name in (("weights_sha256", "model"), ("data_sha256", "data"))
-               if previous.get(key) and previous.get(key) != current.get(key)]
+    changed = [
+        name
+        for key, name in (("weights_sha256", "model"), ("data_sha256", "data"))
+        if previous.get(key) and previous.get(key) != current.get(key)
+    ]
     if not changed:
         return
     detail = "; ".join(
-        f"{name} sha256 {previous[key][:12]} there, {current[key][:12]} now" for key, name in
-        (("weights_sha256", "model weights"), ("data_sha256", "data"))
-        if previous.get(key) != current.get(key))
+        f"{name} sha256 {previous[key][:12]} there, {current[key][:12]} now"
+        for key, name in (("weights_sha256", "model weights"), ("data_sha256", "data"))
+        if previous.get(key) != current.get(key)
+    )
     raise FileExistsError(
         f"{folder} holds {what} of a different {' and '.join(changed)} ({detail}); choose "
         f"another --out for this {' and '.join(changed)}, or rerun with the {' and '.join(changed)} "
-        "that made it to resume.")
+        "that made it to resume."
+    )

@@ -28,8 +28,9 @@ def check_out_dir(path, force=False, resume=False, hint="pass --force to overwri
         raise FileExistsError(f"{path} is a file; --out needs a folder.")
     if os.path.isdir(path):
         if os.listdir(path) and not (force or resume):
-            raise FileExistsError(f"{path} already exists and is not empty; choose another "
-                                  f"--out or {hint}.")
+            raise FileExistsError(
+                f"{path} already exists and is not empty; choose another --out or {hint}."
+            )
         _probe(path, path)
         return
     parent = os.path.dirname(os.path.abspath(path))
@@ -45,8 +46,9 @@ def _probe(folder, path):
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".nc_tf_probe_", dir=folder))
     except OSError as error:
-        raise PermissionError(f"--out {path} is not writable ({error.strerror}); choose a "
-                              "folder you can write to.") from None
+        raise PermissionError(
+            f"--out {path} is not writable ({error.strerror}); choose a folder you can write to."
+        ) from None
 
 
 def prepare_out_dir(path, force=False, resume=False, hint="pass --force to overwrite its files"):

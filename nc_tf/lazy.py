@@ -23,6 +23,7 @@ def lazy_exports(package, exports):
 
     >>> __getattr__, __dir__ = lazy_exports(__name__, {"scan": "nc_tf.scan"})  # doctest: +SKIP
     """
+
     def __getattr__(name):
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")

@@ -24,8 +24,12 @@ INPUT_SHAPE = (IMG_ROWS, IMG_COLS, IMG_COLOR)
 NUM_CLASSES = 43
 
 
-def mask_png_norms(result_dir=RESULT_DIR, img_filename_template=IMG_FILENAME_TEMPLATE,
-                   num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE):
+def mask_png_norms(
+    result_dir=RESULT_DIR,
+    img_filename_template=IMG_FILENAME_TEMPLATE,
+    num_classes=NUM_CLASSES,
+    input_shape=INPUT_SHAPE,
+):
     """The L1 norms of the mask PNGs of labels `0 .. num_classes - 1` that exist.
 
     Each mask is read as the reference did: grayscale, resized (nearest) to
@@ -61,8 +65,13 @@ def mask_png_norms(result_dir=RESULT_DIR, img_filename_template=IMG_FILENAME_TEM
     return norms, idx_mapping
 
 
-def analyze_pattern_norm_dist(result_dir=RESULT_DIR, img_filename_template=IMG_FILENAME_TEMPLATE,
-                              num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE, verbose=True):
+def analyze_pattern_norm_dist(
+    result_dir=RESULT_DIR,
+    img_filename_template=IMG_FILENAME_TEMPLATE,
+    num_classes=NUM_CLASSES,
+    input_shape=INPUT_SHAPE,
+    verbose=True,
+):
     """The MAD outlier test on the mask PNGs of a result folder (reference).
 
     Reads the norms with `mask_png_norms`, prints `N labels found` and runs
@@ -93,12 +102,12 @@ def analyze_pattern_norm_dist(result_dir=RESULT_DIR, img_filename_template=IMG_F
     anomaly index: 3.652087
     flagged label list: 33: 16.117647
     """
-    norms, idx_mapping = mask_png_norms(result_dir, img_filename_template, num_classes,
-                                        input_shape)
+    norms, idx_mapping = mask_png_norms(result_dir, img_filename_template, num_classes, input_shape)
     if not norms:
         raise FileNotFoundError(
             f"{result_dir} has no mask PNG named like {img_filename_template % ('mask', 0)}; "
-            "pass the folder and file name template the masks were saved with.")
+            "pass the folder and file name template the masks were saved with."
+        )
     if verbose:
         print("%d labels found" % len(norms))
     return outlier_detection(norms, idx_mapping, verbose=verbose)

@@ -54,6 +54,7 @@ def restore_malloc_threshold(threshold=THRESHOLD):
 
     # One element through a generator dataset: TensorFlow applies its patch now.
     for _ in tf.data.Dataset.from_generator(
-            lambda: iter((0,)), output_signature=tf.TensorSpec((), tf.int32)):
+        lambda: iter((0,)), output_signature=tf.TensorSpec((), tf.int32)
+    ):
         pass
     return bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))

@@ -64,16 +64,23 @@ def check_clean_accuracy(value, accept_low_accuracy=False, name="the scan data")
     """
     import warnings
 
-    causes = ("the model's input scaling (--intensity raw|mnist|imagenet|inception), the "
-              "channel order (RGB/BGR) or the label mapping of the data")
+    causes = (
+        "the model's input scaling (--intensity raw|mnist|imagenet|inception), the "
+        "channel order (RGB/BGR) or the label mapping of the data"
+    )
     if value < MIN_ACCURACY and not accept_low_accuracy:
-        raise ValueError(f"The model's clean accuracy on {name} is {value:.1%} (below "
-                         f"{MIN_ACCURACY:.0%}), so any verdict would be meaningless; check "
-                         f"{causes}, or pass --accept-low-accuracy (accept_low_accuracy=True) "
-                         "to go on anyway.")
+        raise ValueError(
+            f"The model's clean accuracy on {name} is {value:.1%} (below "
+            f"{MIN_ACCURACY:.0%}), so any verdict would be meaningless; check "
+            f"{causes}, or pass --accept-low-accuracy (accept_low_accuracy=True) "
+            "to go on anyway."
+        )
     if value < WARN_ACCURACY:
-        warnings.warn(f"The model's clean accuracy on {name} is only {value:.1%}; if that is "
-                      f"unexpected, check {causes}.", stacklevel=2)
+        warnings.warn(
+            f"The model's clean accuracy on {name} is only {value:.1%}; if that is "
+            f"unexpected, check {causes}.",
+            stacklevel=2,
+        )
     return value
 
 
@@ -162,9 +169,14 @@ def evaluate_backdoor(model, x, y, triggers=(), intensity="raw", batch_size=256)
     per = []
     for trigger in triggers:
         rate = trigger_success_rate(
-            lambda images: predict_labels(model, images, intensity, batch_size), trigger, x, y)
-        per.append({"target": "i+1" if getattr(trigger, "all_to_all", None) else trigger.target,
-                    "attack_success_rate": rate})
+            lambda images: predict_labels(model, images, intensity, batch_size), trigger, x, y
+        )
+        per.append(
+            {
+                "target": "i+1" if getattr(trigger, "all_to_all", None) else trigger.target,
+                "attack_success_rate": rate,
+            }
+        )
     result["per_trigger"] = per
     result["attack_success_rate"] = (
         float(np.nanmean([p["attack_success_rate"] for p in per])) if per else None

@@ -178,8 +178,10 @@ def outputs_probabilities(model, x=None, intensity="raw"):
     if x is not None and len(x):
         from nc_tf.preprocess import preprocess
 
-        out = np.asarray(model(preprocess(np.asarray(x[:256], np.float32), intensity),
-                               training=False), np.float64)
+        out = np.asarray(
+            model(preprocess(np.asarray(x[:256], np.float32), intensity), training=False),
+            np.float64,
+        )
         return bool(np.all(out >= -1e-6) and np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
     layer = model.layers[-1]
     while isinstance(layer, keras.Model) and layer.layers:
@@ -214,8 +216,10 @@ def logits_twin(model):
     """
     last = model.layers[-1]
     if not outputs_probabilities(model):
-        raise ValueError("logits_twin needs a model whose last layer applies the softmax; "
-                         f"{model.name}'s last layer {last.name!r} does not.")
+        raise ValueError(
+            "logits_twin needs a model whose last layer applies the softmax; "
+            f"{model.name}'s last layer {last.name!r} does not."
+        )
 
     def clone(layer):
         if layer is not last:
@@ -258,7 +262,8 @@ def check_model_data(model, x, y=None, name="data"):
         if top >= num_classes:
             raise ValueError(
                 f"{name} has label {top} but the model has only {num_classes} "
-                "outputs (labels 0.." f"{num_classes - 1}). Check that data set "
+                "outputs (labels 0.."
+                f"{num_classes - 1}). Check that data set "
                 "and model belong together."
             )
     return num_classes

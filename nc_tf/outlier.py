@@ -82,8 +82,11 @@ def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY
     index = np.abs(robust_z(norms, median, mad))
     anomaly_index = float(np.abs(robust_z(np.min(norms), median, mad)))
     flagged = sorted(
-        ((labels[i], float(norms[i])) for i in range(len(norms))
-         if norms[i] < median and index[i] > threshold),
+        (
+            (labels[i], float(norms[i]))
+            for i in range(len(norms))
+            if norms[i] < median and index[i] > threshold
+        ),
         key=lambda item: item[1],
     )
     if verbose:
@@ -95,7 +98,8 @@ def outlier_detection(l1_norm_list, idx_mapping, verbose=True, threshold=ANOMALY
         "mad": mad,
         "anomaly_index": anomaly_index,
         "flagged": flagged,
-        "per_label": {labels[i]: float(np.sign(median - norms[i]) * index[i])
-                      for i in range(len(norms))},
+        "per_label": {
+            labels[i]: float(np.sign(median - norms[i]) * index[i]) for i in range(len(norms))
+        },
         "threshold": float(threshold),
     }

@@ -50,10 +50,27 @@ def job_key(sources, target):
     return f"{','.join(str(int(s)) for s in sorted(sources))}->{int(target)}"
 
 
-def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
-                 divide_and_conquer=False, beam=2, reference=None, preset="fast",
-                 intensity="raw", seed=0, slots=8, prefix="nc", progress=True, verbose=True,
-                 model_path=None, accept_low_accuracy=False, **overrides):
+def partial_scan(
+    model,
+    x,
+    y,
+    targets=None,
+    sources=None,
+    out_dir=None,
+    divide_and_conquer=False,
+    beam=2,
+    reference=None,
+    preset="fast",
+    intensity="raw",
+    seed=0,
+    slots=8,
+    prefix="nc",
+    progress=True,
+    verbose=True,
+    model_path=None,
+    accept_low_accuracy=False,
+    **overrides,
+):
     """Searches for source-specific backdoors over (source, target) pairs.
 
     Args:
@@ -101,8 +118,10 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
     if y is None:
         raise ValueError("A partial-backdoor scan needs the labels y of the scan data.")
     if preset == "fast":
-        overrides = {k: overrides[k] if overrides.get(k) is not None else PARTIAL_DEFAULTS.get(k)
-                     for k in set(overrides) | set(PARTIAL_DEFAULTS)}
+        overrides = {
+            k: overrides[k] if overrides.get(k) is not None else PARTIAL_DEFAULTS.get(k)
+            for k in set(overrides) | set(PARTIAL_DEFAULTS)
+        }
     settings = scan_settings(preset, **overrides)
     x, y, num_classes = check_scan_inputs(model, x, y, settings, intensity)
     clean_accuracy, output_form = check_scan_model(model, x, y, intensity, accept_low_accuracy)
@@ -111,15 +130,24 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
     sources = sorted(present) if sources is None else sorted(int(s) for s in sources)
     for label in targets + sources:
         if not 0 <= label < num_classes:
-            raise ValueError(f"Label {label} is out of range: the model has labels "
-                             f"0..{num_classes - 1}.")
+            raise ValueError(
+                f"Label {label} is out of range: the model has labels 0..{num_classes - 1}."
+            )
     missing = [s for s in sources if s not in present]
     if missing:
         raise ValueError(f"The scan data has no samples of source label(s) {missing}.")
-    record = new_record(settings, preset, intensity, seed, x, num_classes, prefix,
-                        scan_identity(model, x, y, model_path, out_dir),
-                        partial="divide-and-conquer" if divide_and_conquer else "pairs",
-                        beam=beam if divide_and_conquer else None)
+    record = new_record(
+        settings,
+        preset,
+        intensity,
+        seed,
+        x,
+        num_classes,
+        prefix,
+        scan_identity(model, x, y, model_path, out_dir),
+        partial="divide-and-conquer" if divide_and_conquer else "pairs",
+        beam=beam if divide_and_conquer else None,
+    )
     folder, triggers = open_scan_folder(out_dir, record)
     record = folder.record
     record.update(clean_accuracy=clean_accuracy, output=output_form)
@@ -127,9 +155,21 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
 
     def run(jobs):
         todo = [j for j in jobs if j[0] not in record["labels"]]
-        run_jobs(engine, todo, folder, triggers, model, x, y, intensity, prefix,
-                 progress=progress, restarts=settings["restarts"], starts=settings["starts"],
-                 start_steps=settings["start_steps"])
+        run_jobs(
+            engine,
+            todo,
+            folder,
+            triggers,
+            model,
+            x,
+            y,
+            intensity,
+            prefix,
+            progress=progress,
+            restarts=settings["restarts"],
+            starts=settings["starts"],
+            start_steps=settings["start_steps"],
+        )
         return {job[0]: record["labels"][job[0]]["l1_norm"] for job in jobs}
 
     if not divide_and_conquer:
@@ -138,8 +178,9 @@ def partial_scan(model, x, y, targets=None, sources=None, out_dir=None,
         info = {"mode": "pairs", "jobs": len(pairs)}
     else:
         counts = {int(c): int(n) for c, n in zip(*np.unique(y, return_counts=True))}
-        norms, info = _divide_and_conquer(run, targets, sources, beam, reference, seed, counts,
-                                          settings["attack_succ_threshold"])
+        norms, info = _divide_and_conquer(
+            run, targets, sources, beam, reference, seed, counts, settings["attack_succ_threshold"]
+        )
     scores = _source_normalised(norms)
     for k, v in scores.items():
         record["labels"][k]["score"] = v
@@ -202,8 +243,11 @@ def _divide_and_conquer(run, targets, sources, beam, reference, seed, counts, th
         children = [(_split(g), t) for g, t in frontier if len(g) > 1]
         if not children:
             break
-        jobs = [(job_key(h, t), t, h, group_threshold(h, counts, threshold) if len(h) > 1 else None)
-                for (a, b), t in children for h in (a, b)]
+        jobs = [
+            (job_key(h, t), t, h, group_threshold(h, counts, threshold) if len(h) > 1 else None)
+            for (a, b), t in children
+            for h in (a, b)
+        ]
         norms = run(jobs)
         jobs_run += len(jobs)
         scored = []
@@ -212,7 +256,9 @@ def _divide_and_conquer(run, targets, sources, beam, reference, seed, counts, th
             scored += [(math.log(na / nb), a, t), (math.log(nb / na), b, t)]
         scored.sort(key=lambda item: item[0])
         keep = scored[:beam]
-        levels.append({"jobs": len(jobs), "kept": [[job_key(g, t), round(s, 3)] for s, g, t in keep]})
+        levels.append(
+            {"jobs": len(jobs), "kept": [[job_key(g, t), round(s, 3)] for s, g, t in keep]}
+        )
         frontier = [(g, t) for _, g, t in keep]
     # Reference pairs: each reached source towards random other targets, so every
     # reached pair is scored against its own source (a thin "1" flips to anything
@@ -230,7 +276,13 @@ def _divide_and_conquer(run, targets, sources, beam, reference, seed, counts, th
     leaf_norms = run([(job_key([s], t), t, [s]) for s, t in sorted(reached)])  # already run
     norms = dict(ref_norms, **leaf_norms)
     all_pairs = [(s, t) for t in targets for s in sources if s != t]
-    info = {"mode": "divide-and-conquer", "jobs": jobs_run, "beam": beam, "levels": levels,
-            "reached": sorted(leaf_norms), "reference_pairs": [j[0] for j in ref_jobs],
-            "pair_scan_jobs": len(all_pairs)}
+    info = {
+        "mode": "divide-and-conquer",
+        "jobs": jobs_run,
+        "beam": beam,
+        "levels": levels,
+        "reached": sorted(leaf_norms),
+        "reference_pairs": [j[0] for j in ref_jobs],
+        "pair_scan_jobs": len(all_pairs),
+    }
     return norms, info

@@ -36,22 +36,53 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The file format Keras reads for each extension.
 FORMATS = {".keras": "zip", ".h5": "hdf5", ".hdf5": "hdf5"}
 # Classes that deserialise Python code, or look code up by a name in the file.
-CODE_CLASSES = frozenset({
-    "Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer",
-    "FlaxLayer", "__lambda__", "function", "__typespec__", "TypeSpec", "CompositeTensor",
-})
+CODE_CLASSES = frozenset(
+    {
+        "Lambda",
+        "TFOpLambda",
+        "SlicingOpLambda",
+        "TFSMLayer",
+        "TorchModuleWrapper",
+        "JaxLayer",
+        "FlaxLayer",
+        "__lambda__",
+        "function",
+        "__typespec__",
+        "TypeSpec",
+        "CompositeTensor",
+    }
+)
 # Plain values that Keras's (de)serialisers wrap in class nodes.
-VALUE_CLASSES = frozenset({
-    "__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__",
-    "__tuple__", "TensorShape",
-})
+VALUE_CLASSES = frozenset(
+    {
+        "__keras_tensor__",
+        "__tensor__",
+        "__numpy__",
+        "__bytes__",
+        "__ellipsis__",
+        "__slice__",
+        "__tuple__",
+        "TensorShape",
+    }
+)
 # A model configuration is JSON text; anything larger is refused unread (zip bombs).
 MAX_CONFIG_BYTES = 64 * 2**20
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 # Keras subpackages a model's configuration may name (as keras.X or keras.src.X).
-MODELLING_PACKAGES = ("layers", "initializers", "regularizers", "constraints", "activations",
-                      "dtype_policies", "mixed_precision", "models", "optimizers", "losses",
-                      "metrics", "ops")
+MODELLING_PACKAGES = (
+    "layers",
+    "initializers",
+    "regularizers",
+    "constraints",
+    "activations",
+    "dtype_policies",
+    "mixed_precision",
+    "models",
+    "optimizers",
+    "losses",
+    "metrics",
+    "ops",
+)
 _LOADED = weakref.WeakKeyDictionary()  # model -> sha256 of the file it was loaded from
 
 
@@ -105,7 +136,8 @@ def load_model(path, trust_model=False):
             raise UntrustedModelError(
                 f"{path}: {problem}, which can run code chosen by whoever made the file; "
                 "refused. Pass --trust-model (Python: trust_model=True) only if you trust "
-                "where the file came from.")
+                "where the file came from."
+            )
     extension = ".keras" if kind == "zip" else ".h5"
     with tempfile.TemporaryDirectory(prefix="nc_tf_model_") as folder:
         copy = os.path.join(folder, "model" + extension)
@@ -114,9 +146,11 @@ def load_model(path, trust_model=False):
         try:
             model = keras.saving.load_model(copy, compile=False, safe_mode=not trust_model)
         except Exception as error:  # Keras raises many types for bad files
-            raise ValueError(f"{path} could not be loaded as a Keras model "
-                             f"({_first_line(error)}); check that it is a whole model file "
-                             "saved by Keras.") from None
+            raise ValueError(
+                f"{path} could not be loaded as a Keras model "
+                f"({_first_line(error)}); check that it is a whole model file "
+                "saved by Keras."
+            ) from None
     check_classifier(model, path)
     _check_runs(model, path)
     _LOADED[model] = hashlib.sha256(data).hexdigest()
@@ -155,24 +189,33 @@ def file_format(path, data, trust_model=False):
         raise UntrustedModelError(
             f"{path} is both an HDF5 file and a zip archive (a polyglot): what it holds depends "
             "on who reads it; refused. Pass --trust-model (Python: trust_model=True) only if "
-            "you trust where the file came from.")
+            "you trust where the file came from."
+        )
     found = "zip" if is_zip else "hdf5" if is_hdf5 else None
     if extension not in FORMATS:
-        hint = {"zip": " it is a zip archive: rename it to .keras",
-                "hdf5": " it is an HDF5 file: rename it to .h5"}.get(found, "")
-        raise ValueError(f"{path}: unknown model extension {extension or '(none)'!r}; nc-tf "
-                         f"reads .keras and .h5/.hdf5 files;{hint or ' it is neither format'}.")
+        hint = {
+            "zip": " it is a zip archive: rename it to .keras",
+            "hdf5": " it is an HDF5 file: rename it to .h5",
+        }.get(found, "")
+        raise ValueError(
+            f"{path}: unknown model extension {extension or '(none)'!r}; nc-tf "
+            f"reads .keras and .h5/.hdf5 files;{hint or ' it is neither format'}."
+        )
     expected = FORMATS[extension]
     if found is None:
-        raise ValueError(f"{path} is neither a .keras (zip) archive nor an HDF5 file; it may be "
-                         "corrupt or truncated.")
+        raise ValueError(
+            f"{path} is neither a .keras (zip) archive nor an HDF5 file; it may be "
+            "corrupt or truncated."
+        )
     if is_zip and is_hdf5:
         return expected
     if found != expected:
         rename = ".keras" if found == "zip" else ".h5"
-        raise ValueError(f"{path} is a {'zip archive' if found == 'zip' else 'HDF5 file'} "
-                         f"named {extension}: Keras would read it as the other format; rename "
-                         f"it to {rename}.")
+        raise ValueError(
+            f"{path} is a {'zip archive' if found == 'zip' else 'HDF5 file'} "
+            f"named {extension}: Keras would read it as the other format; rename "
+            f"it to {rename}."
+        )
     return found
 
 
@@ -184,15 +227,26 @@ def model_config(path, data, kind):
                 size = archive.getinfo("config.json").file_size
                 raw = archive.read("config.json") if size <= MAX_CONFIG_BYTES else None
         except KeyError:
-            raise ValueError(f"{path} is a zip archive without config.json, not a .keras "
-                             "model.") from None
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
-                ValueError, zlib.error) as error:
-            raise ValueError(f"{path} is a damaged .keras archive ({_first_line(error)}).") \
-                from None
+            raise ValueError(
+                f"{path} is a zip archive without config.json, not a .keras model."
+            ) from None
+        except (
+            zipfile.BadZipFile,
+            OSError,
+            EOFError,
+            NotImplementedError,
+            RuntimeError,
+            ValueError,
+            zlib.error,
+        ) as error:
+            raise ValueError(
+                f"{path} is a damaged .keras archive ({_first_line(error)})."
+            ) from None
         if raw is None:
-            raise ValueError(f"{path}: its config.json unpacks to {size} bytes, far more than a "
-                             f"model configuration (at most {MAX_CONFIG_BYTES} accepted).")
+            raise ValueError(
+                f"{path}: its config.json unpacks to {size} bytes, far more than a "
+                f"model configuration (at most {MAX_CONFIG_BYTES} accepted)."
+            )
         config = _parse(path, raw, "config.json")
         if isinstance(config, dict):
             config = {k: v for k, v in config.items() if k != "compile_config"}
@@ -205,9 +259,11 @@ def model_config(path, data, kind):
     except Exception as error:  # h5py raises OSError, KeyError, ... on damaged files
         raise ValueError(f"{path} is a damaged HDF5 file ({_first_line(error)}).") from None
     if raw is None:
-        raise ValueError(f"{path} is an HDF5 file without a model architecture (no "
-                         "'model_config'): it may hold only weights or data. Build the "
-                         "architecture (nc_tf.models.build_model) and call load_weights.")
+        raise ValueError(
+            f"{path} is an HDF5 file without a model architecture (no "
+            "'model_config'): it may hold only weights or data. Build the "
+            "architecture (nc_tf.models.build_model) and call load_weights."
+        )
     return _parse(path, raw, "model_config")
 
 
@@ -249,12 +305,14 @@ def check_classifier(model, name="the model"):
         raise ValueError(
             f"{name} has {len(inputs)} input(s) and {len(outputs)} output(s); nc-tf needs a "
             "classifier with one image input and one output of class scores. Save a model "
-            "that keeps only those, e.g. keras.Model(model.inputs[0], model.outputs[0]).")
+            "that keeps only those, e.g. keras.Model(model.inputs[0], model.outputs[0])."
+        )
     if len(inputs[0].shape) != 4 or len(outputs[0].shape) != 2:
         raise ValueError(
             f"{name} maps inputs shaped {tuple(inputs[0].shape[1:])} to outputs shaped "
             f"{tuple(outputs[0].shape[1:])}; nc-tf needs images (H, W, C) in and one score "
-            "per class out.")
+            "per class out."
+        )
 
 
 def _check_runs(model, path):
@@ -267,9 +325,11 @@ def _check_runs(model, path):
     try:
         model(np.zeros((1,) + shape, np.float32), training=False)
     except Exception as error:  # a damaged configuration fails in TensorFlow in many ways
-        raise ValueError(f"{path} loads but cannot classify an image of its input shape "
-                         f"{shape} ({_first_line(error)}); the file is damaged or not a "
-                         "classifier.") from None
+        raise ValueError(
+            f"{path} loads but cannot classify an image of its input shape "
+            f"{shape} ({_first_line(error)}); the file is damaged or not a "
+            "classifier."
+        ) from None
 
 
 def _class_problem(node, owner):
@@ -310,8 +370,17 @@ def _keras_class(name):
 
     if name in MODEL_CLASSES:
         return True
-    for package in ("layers", "initializers", "regularizers", "constraints", "dtype_policies",
-                    "mixed_precision", "optimizers", "losses", "metrics"):
+    for package in (
+        "layers",
+        "initializers",
+        "regularizers",
+        "constraints",
+        "dtype_policies",
+        "mixed_precision",
+        "optimizers",
+        "losses",
+        "metrics",
+    ):
         obj = getattr(getattr(keras, package), name, None)
         if isinstance(obj, type):
             return True
@@ -322,7 +391,7 @@ def _has_hdf5_signature(data):
     # HDF5 looks for its superblock at 0, 512, 1024, 2048, ... bytes.
     offset = 0
     while offset + len(HDF5_SIGNATURE) <= len(data):
-        if data[offset:offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
+        if data[offset : offset + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE:
             return True
         offset = 512 if offset == 0 else offset * 2
     return False
@@ -333,8 +402,10 @@ def _parse(path, raw, what):
         text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
         return json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ValueError(f"{path}: its {what} is not valid JSON ({_first_line(error)}); the "
-                         "file is damaged or not a Keras model.") from None
+        raise ValueError(
+            f"{path}: its {what} is not valid JSON ({_first_line(error)}); the "
+            "file is damaged or not a Keras model."
+        ) from None
 
 
 def _first_line(error):

@@ -48,10 +48,24 @@ PRESETS = {
     # The published GTSRB configuration (gtsrb_visualize_example.py), with the
     # loss that code effectively minimised (see `nc_tf.engine.LOSSES`).
     "reference": dict(
-        steps=1000, batch_size=32, nb_sample=1000, lr=0.1, init_cost=1e-3,
-        regularization="l1", attack_succ_threshold=0.99, patience=5, cost_multiplier=2.0,
-        early_stop_threshold=1.0, early_stop_patience=25, upsample_size=1, restarts=1,
-        mask_init="random", loss="reference", starts=1, start_steps=0, start_nb_sample=1000,
+        steps=1000,
+        batch_size=32,
+        nb_sample=1000,
+        lr=0.1,
+        init_cost=1e-3,
+        regularization="l1",
+        attack_succ_threshold=0.99,
+        patience=5,
+        cost_multiplier=2.0,
+        early_stop_threshold=1.0,
+        early_stop_patience=25,
+        upsample_size=1,
+        restarts=1,
+        mask_init="random",
+        loss="reference",
+        starts=1,
+        start_steps=0,
+        start_nb_sample=1000,
     ),
     # The default: fewer images per step and at most 300 steps, and four choices
     # that make the verdict independent of the seed (bench/detection.py):
@@ -65,17 +79,42 @@ PRESETS = {
     #   several times larger than a good one by then;
     # - the reference code's effective loss 16.12 (1 - p_t) (see `ReverseEngine`).
     "fast": dict(
-        steps=300, batch_size=32, nb_sample=128, lr=0.1, init_cost=1e-3,
-        regularization="l1", attack_succ_threshold=0.95, patience=5, cost_multiplier=2.0,
-        early_stop_threshold=1.0, early_stop_patience=25, upsample_size=1, restarts=1,
-        mask_init=0.1, loss="reference", starts=5, start_steps=40, start_nb_sample=128,
+        steps=300,
+        batch_size=32,
+        nb_sample=128,
+        lr=0.1,
+        init_cost=1e-3,
+        regularization="l1",
+        attack_succ_threshold=0.95,
+        patience=5,
+        cost_multiplier=2.0,
+        early_stop_threshold=1.0,
+        early_stop_patience=25,
+        upsample_size=1,
+        restarts=1,
+        mask_init=0.1,
+        loss="reference",
+        starts=5,
+        start_steps=40,
+        start_nb_sample=128,
     ),
 }
 # The valid range of each numeric setting (`nc_tf.validation.check_scalar` arguments).
 SETTING_RANGES = {
-    **{key: dict(kind=numbers.Integral, low=1) for key in (
-        "steps", "batch_size", "nb_sample", "patience", "early_stop_patience", "upsample_size",
-        "restarts", "starts", "start_nb_sample")},
+    **{
+        key: dict(kind=numbers.Integral, low=1)
+        for key in (
+            "steps",
+            "batch_size",
+            "nb_sample",
+            "patience",
+            "early_stop_patience",
+            "upsample_size",
+            "restarts",
+            "starts",
+            "start_nb_sample",
+        )
+    },
     "start_steps": dict(kind=numbers.Integral, low=0),
     "lr": dict(low=0, include="neither"),
     "cost_multiplier": dict(low=0, include="neither"),
@@ -98,17 +137,41 @@ def scan_settings(preset="fast", **overrides):
     for key, spec in SETTING_RANGES.items():
         check_scalar(settings[key], key, **spec, hint=f" (CLI: --{key.replace('_', '-')})")
     if settings["mask_init"] != "random":
-        check_scalar(settings["mask_init"], "mask_init", low=0, high=1, include="neither",
-                     what="'random' or a number", hint=" (CLI: --mask-init)")
+        check_scalar(
+            settings["mask_init"],
+            "mask_init",
+            low=0,
+            high=1,
+            include="neither",
+            what="'random' or a number",
+            hint=" (CLI: --mask-init)",
+        )
     if settings["nb_sample"] < settings["batch_size"]:
-        raise ValueError(f"nb_sample ({settings['nb_sample']}) must be >= batch_size "
-                         f"({settings['batch_size']}).")
+        raise ValueError(
+            f"nb_sample ({settings['nb_sample']}) must be >= batch_size ({settings['batch_size']})."
+        )
     return settings
 
 
-def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fast",
-         intensity="raw", seed=0, slots=8, prefix="nc", progress=True, verbose=True,
-         model_path=None, low_cost=False, accept_low_accuracy=False, **overrides):
+def scan(
+    model,
+    x,
+    y=None,
+    labels=None,
+    suspected=None,
+    out_dir=None,
+    preset="fast",
+    intensity="raw",
+    seed=0,
+    slots=8,
+    prefix="nc",
+    progress=True,
+    verbose=True,
+    model_path=None,
+    low_cost=False,
+    accept_low_accuracy=False,
+    **overrides,
+):
     """Reverse-engineers a trigger for every label and tests for outliers.
 
     Args:
@@ -172,13 +235,22 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
     labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
     for label in labels + ([suspected] if suspected is not None else []):
         if not 0 <= label < num_classes:
-            raise ValueError(f"Label {label} is out of range: the model has labels "
-                             f"0..{num_classes - 1}.")
+            raise ValueError(
+                f"Label {label} is out of range: the model has labels 0..{num_classes - 1}."
+            )
     if suspected is not None:
         labels = [int(suspected)] + [v for v in labels if v != suspected]
-    record = new_record(settings, preset, intensity, seed, x, num_classes, prefix,
-                        scan_identity(model, x, y, model_path, out_dir),
-                        low_cost=bool(low_cost))
+    record = new_record(
+        settings,
+        preset,
+        intensity,
+        seed,
+        x,
+        num_classes,
+        prefix,
+        scan_identity(model, x, y, model_path, out_dir),
+        low_cost=bool(low_cost),
+    )
     folder, triggers = open_scan_folder(out_dir, record)
     record = folder.record
     record.update(clean_accuracy=clean_accuracy, output=output_form)
@@ -194,16 +266,33 @@ def scan(model, x, y=None, labels=None, suspected=None, out_dir=None, preset="fa
         with folder.running(0, "low-cost", progress=False):
             start = time.time()
             chosen, states, info = low_cost_selection(
-                engine, labels, seed, progress=progress,
-                **(low_cost if isinstance(low_cost, dict) else {}))
+                engine,
+                labels,
+                seed,
+                progress=progress,
+                **(low_cost if isinstance(low_cost, dict) else {}),
+            )
             info["short_pass_seconds"] = round(time.time() - start, 2)
         record["low_cost"] = info
         todo = [v for v in chosen if str(v) not in record["labels"]]
         states = [states[v] for v in todo]
     jobs = [(str(v), v, None) for v in todo]
-    run_jobs(engine, jobs, folder, triggers, model, x, y, intensity, prefix,
-             progress=progress, states=states, restarts=settings["restarts"],
-             starts=settings["starts"], start_steps=settings["start_steps"])
+    run_jobs(
+        engine,
+        jobs,
+        folder,
+        triggers,
+        model,
+        x,
+        y,
+        intensity,
+        prefix,
+        progress=progress,
+        states=states,
+        restarts=settings["restarts"],
+        starts=settings["starts"],
+        start_steps=settings["start_steps"],
+    )
     record["outlier"] = detect(record, verbose=verbose) if len(record["labels"]) >= 3 else None
     folder.save()
     record["triggers"] = triggers
@@ -220,11 +309,14 @@ def check_scan_inputs(model, x, y, settings, intensity):
         if len(y) != len(x):
             raise ValueError(f"{len(x)} images but {len(y)} labels.")
         if len(np.unique(y)) < 2:
-            raise ValueError("The scan data holds a single class; use clean samples of many "
-                             "classes (e.g. the test set).")
+            raise ValueError(
+                "The scan data holds a single class; use clean samples of many "
+                "classes (e.g. the test set)."
+            )
     if len(x) < settings["batch_size"]:
-        raise ValueError(f"Only {len(x)} images; a scan needs at least batch_size "
-                         f"({settings['batch_size']}).")
+        raise ValueError(
+            f"Only {len(x)} images; a scan needs at least batch_size ({settings['batch_size']})."
+        )
     return x, y, num_classes
 
 
@@ -250,9 +342,17 @@ def check_scan_model(model, x, y, intensity, accept_low_accuracy=False):
 def new_record(settings, preset, intensity, seed, x, num_classes, prefix, identity, **extra):
     """The `results.json` skeleton: every setting that made the scan, and what it scanned."""
     return {
-        "settings": dict(settings, preset=preset, intensity=intensity, seed=seed,
-                         n_samples=int(len(x)), image_shape=list(x.shape[1:]),
-                         num_classes=num_classes, prefix=prefix, **extra),
+        "settings": dict(
+            settings,
+            preset=preset,
+            intensity=intensity,
+            seed=seed,
+            n_samples=int(len(x)),
+            image_shape=list(x.shape[1:]),
+            num_classes=num_classes,
+            prefix=prefix,
+            **extra,
+        ),
         "identity": identity,
         "labels": {},
     }
@@ -266,16 +366,26 @@ def scan_identity(model, x, y, model_path, out_dir):
 def make_engine(model, x, y, settings, intensity, seed, slots):
     """A `ReverseEngine` configured from scan settings (reference names)."""
     return ReverseEngine(
-        model, x, y, intensity=intensity, regularization=settings["regularization"],
-        init_cost=settings["init_cost"], steps=settings["steps"],
+        model,
+        x,
+        y,
+        intensity=intensity,
+        regularization=settings["regularization"],
+        init_cost=settings["init_cost"],
+        steps=settings["steps"],
         mini_batch=settings["nb_sample"] // settings["batch_size"],
-        batch_size=settings["batch_size"], lr=settings["lr"],
+        batch_size=settings["batch_size"],
+        lr=settings["lr"],
         upsample_size=settings["upsample_size"],
         attack_succ_threshold=settings["attack_succ_threshold"],
-        patience=settings["patience"], cost_multiplier=settings["cost_multiplier"],
+        patience=settings["patience"],
+        cost_multiplier=settings["cost_multiplier"],
         early_stop_threshold=settings["early_stop_threshold"],
-        early_stop_patience=settings["early_stop_patience"], slots=slots, seed=seed,
-        mask_init=settings["mask_init"], loss=settings["loss"],
+        early_stop_patience=settings["early_stop_patience"],
+        slots=slots,
+        seed=seed,
+        mask_init=settings["mask_init"],
+        loss=settings["loss"],
         start_mini_batch=max(1, settings["start_nb_sample"] // settings["batch_size"]),
     )
 
@@ -287,14 +397,29 @@ def open_scan_folder(out_dir, record):
     previous scan, and the finished jobs' exact triggers (key ->
     `(mask, pattern)`). Finished labels whose arrays are missing run again.
     """
-    folder = ScanFolder.open(out_dir, record, force=None,
-                             keep=lambda path, key: os.path.exists(reversed_path(path, key)))
+    folder = ScanFolder.open(
+        out_dir, record, force=None, keep=lambda path, key: os.path.exists(reversed_path(path, key))
+    )
     triggers = {key: load_reversed(out_dir, key) for key in folder.labels}
     return folder, triggers
 
 
-def run_jobs(engine, jobs, folder, triggers, model, x, y, intensity, prefix,
-             progress=True, states=None, restarts=1, starts=1, start_steps=0):
+def run_jobs(
+    engine,
+    jobs,
+    folder,
+    triggers,
+    model,
+    x,
+    y,
+    intensity,
+    prefix,
+    progress=True,
+    states=None,
+    restarts=1,
+    starts=1,
+    start_steps=0,
+):
     """Optimises `jobs` (key, target label, source classes or None[, success threshold]).
 
     Each job runs `restarts` times from different random triggers; the
@@ -331,15 +456,19 @@ def run_jobs(engine, jobs, folder, triggers, model, x, y, intensity, prefix,
         stamped = injection_func(result["mask"][..., None], result["pattern"], x[keep])
         asr = attack_success_rate(predict_labels(model, stamped, intensity), y_ref[keep], label)
         entry = {
-            "label": label, "l1_norm": result["l1_norm"], "attack_success_rate": asr,
-            "found": result["found"], "steps": result["steps"],
+            "label": label,
+            "l1_norm": result["l1_norm"],
+            "attack_success_rate": asr,
+            "found": result["found"],
+            "steps": result["steps"],
             "seconds": round(sum(r["seconds"] for r in tries), 2),
         }
         if "start_norms" in result:
             entry["start_norms"] = result["start_norms"]
         if restarts > 1:
-            entry["restarts"] = [{"l1_norm": r["l1_norm"], "found": r["found"], "steps": r["steps"]}
-                                 for r in tries]
+            entry["restarts"] = [
+                {"l1_norm": r["l1_norm"], "found": r["found"], "steps": r["steps"]} for r in tries
+            ]
         if sources is not None:
             entry["sources"] = sorted(int(v) for v in sources)
         if len(jobs[job]) > 3 and jobs[job][3] is not None:
@@ -364,22 +493,36 @@ def run_jobs(engine, jobs, folder, triggers, model, x, y, intensity, prefix,
                 if bar is not None:
                     bar.set_postfix_str(f"{len(fresh) * int(starts)} starts")
                 chosen, norms = engine.best_starts(
-                    [jobs[runs[i][0]][1] for i in fresh], starts, start_steps,
+                    [jobs[runs[i][0]][1] for i in fresh],
+                    starts,
+                    start_steps,
                     sources=[jobs[runs[i][0]][2] for i in fresh],
                     restarts=[runs[i][1] for i in fresh],
-                    thresholds=[thresholds[i] for i in fresh])
+                    thresholds=[thresholds[i] for i in fresh],
+                )
                 for i, state, norm in zip(fresh, chosen, norms):
                     run_states[i], start_norms[i] = state, norm
-            engine.run([jobs[runs[i][0]][1] for i in part],
-                       on_done=lambda k, result, part=part: on_done(part[k], result),
-                       states=[run_states[i] for i in part],
-                       sources=[jobs[runs[i][0]][2] for i in part],
-                       restarts=[runs[i][1] for i in part],
-                       thresholds=[thresholds[i] for i in part])
+            engine.run(
+                [jobs[runs[i][0]][1] for i in part],
+                on_done=lambda k, result, part=part: on_done(part[k], result),
+                states=[run_states[i] for i in part],
+                sources=[jobs[runs[i][0]][2] for i in part],
+                restarts=[runs[i][1] for i in part],
+                thresholds=[thresholds[i] for i in part],
+            )
 
 
-def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None,
-                       random_sample=None, short_steps=2, max_iterations=100, progress=True):
+def low_cost_selection(
+    engine,
+    labels,
+    seed=0,
+    top_k=None,
+    overlap_patience=None,
+    random_sample=None,
+    short_steps=2,
+    max_iterations=100,
+    progress=True,
+):
     """The low-cost scan's short pass (NC paper §IV): which labels to optimise fully.
 
     All labels advance `short_steps` steps per iteration (swapped through the
@@ -435,11 +578,18 @@ def low_cost_selection(engine, labels, seed=0, top_k=None, overlap_patience=None
         bar.close()
     rest = [v for v in labels if v not in previous]
     rng = np.random.default_rng(seed)
-    sample = sorted(int(v) for v in rng.choice(rest, size=random_sample, replace=False)) if rest else []
+    sample = (
+        sorted(int(v) for v in rng.choice(rest, size=random_sample, replace=False)) if rest else []
+    )
     ranked = sorted(previous, key=lambda v: norms[v])
-    info = {"iterations": it, "short_steps": short_steps, "top_k": top_k,
-            "overlap_patience": overlap_patience, "top": [int(v) for v in ranked],
-            "random": sample}
+    info = {
+        "iterations": it,
+        "short_steps": short_steps,
+        "top_k": top_k,
+        "overlap_patience": overlap_patience,
+        "top": [int(v) for v in ranked],
+        "random": sample,
+    }
     return ranked + sample, {v: states[v] for v in ranked + sample}, info
 
 
@@ -457,21 +607,27 @@ def detect(record, verbose=True):
         from nc_tf.gangsweep import PERSISTENCE_THRESHOLD, gangsweep_outliers
 
         judged = record.get("outlier") or {}
-        result = gangsweep_outliers(record["labels"],
-                                    judged.get("persistence_threshold", PERSISTENCE_THRESHOLD),
-                                    statistic=judged.get("statistic", "paper"), verbose=verbose)
+        result = gangsweep_outliers(
+            record["labels"],
+            judged.get("persistence_threshold", PERSISTENCE_THRESHOLD),
+            statistic=judged.get("statistic", "paper"),
+            verbose=verbose,
+        )
         result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
         return result
     if "partial" in record:
         keys = sorted(k for k, v in record["labels"].items() if "score" in v)
-        result = outlier_detection([record["labels"][k]["score"] for k in keys], keys,
-                                   verbose=verbose)
+        result = outlier_detection(
+            [record["labels"][k]["score"] for k in keys], keys, verbose=verbose
+        )
         result["flagged"] = [[k, n] for k, n in result["flagged"]]
         return result
-    items = sorted(((k, v) for k, v in record["labels"].items() if k.isdigit()),
-                   key=lambda kv: int(kv[0]))
-    result = outlier_detection([v["l1_norm"] for _, v in items], [int(k) for k, _ in items],
-                               verbose=verbose)
+    items = sorted(
+        ((k, v) for k, v in record["labels"].items() if k.isdigit()), key=lambda kv: int(kv[0])
+    )
+    result = outlier_detection(
+        [v["l1_norm"] for _, v in items], [int(k) for k, _ in items], verbose=verbose
+    )
     result["flagged"] = [[label, norm] for label, norm in result["flagged"]]
     result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
     return result
@@ -503,8 +659,10 @@ def detect_dir(scan_dir, verbose=True):
             with Image.open(os.path.join(scan_dir, name)) as im:
                 norms[int(match.group(1))] = float(np.sum(np.asarray(im.convert("L"))) / 255.0)
     if not norms:
-        raise FileNotFoundError(f"{scan_dir} has neither {RESULTS} nor *_mask_label_N.png files; "
-                                "run `nc-tf scan` first.")
+        raise FileNotFoundError(
+            f"{scan_dir} has neither {RESULTS} nor *_mask_label_N.png files; "
+            "run `nc-tf scan` first."
+        )
     return detect({"labels": {str(k): {"l1_norm": v} for k, v in norms.items()}}, verbose)
 
 
@@ -525,18 +683,27 @@ def scan_triggers(scan_dir, labels=None, verbose=False):
     """
     record = read_scan_record(scan_dir)
     if record.get("method") == "gangsweep":
-        raise ValueError(f"{scan_dir} holds a GangSweep scan: it has generators, not reversed "
-                         "triggers. Repair with its generators (`nc-tf mitigate --method "
-                         "gangsweep --scan DIR`), or scan with Neural Cleanse for this method.")
+        raise ValueError(
+            f"{scan_dir} holds a GangSweep scan: it has generators, not reversed "
+            "triggers. Repair with its generators (`nc-tf mitigate --method "
+            "gangsweep --scan DIR`), or scan with Neural Cleanse for this method."
+        )
     if labels is None:
         labels = [key for key, _ in detect(record, verbose)["flagged"]]
     out = []
     for key in labels:
         entry = record["labels"].get(str(key))
         if entry is None:
-            raise ValueError(f"Label {key} is not in {scan_dir}; scanned: "
-                             f"{', '.join(sorted(record['labels']))}.")
+            raise ValueError(
+                f"Label {key} is not in {scan_dir}; scanned: {', '.join(sorted(record['labels']))}."
+            )
         mask, pattern = load_reversed(scan_dir, key)
-        out.append(Trigger(np.clip(mask, 0, 1), np.clip(pattern, 0, 255), entry["label"],
-                           sources=entry.get("sources")))
+        out.append(
+            Trigger(
+                np.clip(mask, 0, 1),
+                np.clip(pattern, 0, 255),
+                entry["label"],
+                sources=entry.get("sources"),
+            )
+        )
     return out

@@ -60,8 +60,10 @@ def read_scan_record(scan_dir):
     record = io.read_json(path, "scan results")
     problem = _record_problem(record)
     if problem:
-        raise ValueError(f"not a scan folder: {path} is not nc-tf scan results ({problem}); pass "
-                         "a folder written by `nc-tf scan`, or choose another --out.")
+        raise ValueError(
+            f"not a scan folder: {path} is not nc-tf scan results ({problem}); pass "
+            "a folder written by `nc-tf scan`, or choose another --out."
+        )
     return record
 
 
@@ -72,8 +74,11 @@ def _record_problem(record):
         if not isinstance(record.get(key), dict):
             return f"no {key!r} object"
     partial = "partial" in record
-    needed = _REQUIRED["partial" if partial else method_of(record)] \
-        if method_of(record) in _REQUIRED else None
+    needed = (
+        _REQUIRED["partial" if partial else method_of(record)]
+        if method_of(record) in _REQUIRED
+        else None
+    )
     if needed is None:
         return f"unknown method {record.get('method')!r}"
     for key, entry in record["labels"].items():
@@ -127,7 +132,7 @@ def tile(rows, gap=2, fill=128.0):
     canvas = np.full((len(rows) * (h + gap) - gap, n * (w + gap) - gap, c), fill, np.float32)
     for r, images in enumerate(rows):
         for i, image in enumerate(images):
-            canvas[r * (h + gap):r * (h + gap) + h, i * (w + gap):i * (w + gap) + w] = image
+            canvas[r * (h + gap) : r * (h + gap) + h, i * (w + gap) : i * (w + gap) + w] = image
     return canvas
 
 
@@ -164,8 +169,16 @@ class ScanFolder:
         self._bar = None
 
     @classmethod
-    def open(cls, path, record, force=False, keep=None, defaults=None, drop=(),
-             hint="choose another --out to keep both, or rerun with the same settings to resume"):
+    def open(
+        cls,
+        path,
+        record,
+        force=False,
+        keep=None,
+        defaults=None,
+        drop=(),
+        hint="choose another --out to keep both, or rerun with the same settings to resume",
+    ):
         """Creates the folder, or resumes the scan of the same method and settings in it.
 
         A folder holding another method's scan, a scan of another model or
@@ -196,8 +209,13 @@ class ScanFolder:
         if path is None:
             return cls(None, record)
         if force or not os.path.exists(os.path.join(path, RESULTS)):
-            io.prepare_out_dir(path, force=bool(force), hint="empty it" if force is None else
-                               "(from Python) pass force=True to replace its files")
+            io.prepare_out_dir(
+                path,
+                force=bool(force),
+                hint="empty it"
+                if force is None
+                else "(from Python) pass force=True to replace its files",
+            )
             return cls(path, record)
         io.check_out_dir(path, resume=True)
         previous = read_scan_record(path)
@@ -205,20 +223,23 @@ class ScanFolder:
         if method_of(previous) != method_of(record):
             raise FileExistsError(
                 f"{path} holds a {method_of(previous)} scan, not a {method_of(record)} scan; "
-                "choose another --out" + ("." if force is None else
-                                          " (or, from Python, pass force=True to replace it)."))
+                "choose another --out"
+                + ("." if force is None else " (or, from Python, pass force=True to replace it).")
+            )
         check_identity(previous.get("identity"), record["identity"], path, what)
         old = dict(defaults or {}, **previous["settings"])
         for name in drop:
             old.pop(name, None)
         changed = settings_difference(old, record["settings"])
         if changed:
-            raise FileExistsError(f"{path} holds {what} with different settings "
-                                  f"({', '.join(changed)}); {hint}.")
+            raise FileExistsError(
+                f"{path} holds {what} with different settings ({', '.join(changed)}); {hint}."
+            )
         previous["settings"], previous["identity"] = record["settings"], record["identity"]
         if keep is not None:
-            previous["labels"] = {key: entry for key, entry in previous["labels"].items()
-                                  if keep(path, key)}
+            previous["labels"] = {
+                key: entry for key, entry in previous["labels"].items() if keep(path, key)
+            }
         return cls(path, previous)
 
     @property
@@ -268,8 +289,9 @@ class ScanFolder:
             from tqdm import tqdm
 
             total = len(self.labels) + todo
-            self._bar = tqdm(total=total, initial=total - todo, unit=unit, desc=desc,
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, initial=total - todo, unit=unit, desc=desc, dynamic_ncols=True
+            )
         try:
             yield self._bar
         finally:
@@ -318,8 +340,9 @@ def save_trigger_pngs(out_dir, prefix, label, pattern, mask):
         "fusion": np.asarray(pattern) * mask3,
     }
     for kind, image in images.items():
-        save_png(os.path.join(out_dir, f"{prefix}_visualize_{kind}_label_{file_key(label)}.png"),
-                 image)
+        save_png(
+            os.path.join(out_dir, f"{prefix}_visualize_{kind}_label_{file_key(label)}.png"), image
+        )
 
 
 def reversed_path(scan_dir, label):
@@ -348,9 +371,13 @@ def load_reversed(scan_dir, label):
         with np.load(path, allow_pickle=False) as z:
             mask, pattern = np.asarray(z["mask"], np.float32), np.asarray(z["pattern"], np.float32)
     except Exception as error:  # numpy and zipfile raise many types for damaged files
-        raise ValueError(f"{path} is damaged ({str(error).splitlines()[0][:200]}); rescan the "
-                         "label into a new folder.") from None
+        raise ValueError(
+            f"{path} is damaged ({str(error).splitlines()[0][:200]}); rescan the "
+            "label into a new folder."
+        ) from None
     if mask.ndim != 2 or pattern.ndim != 3 or mask.shape != pattern.shape[:2]:
-        raise ValueError(f"{path} holds a mask {mask.shape} and a pattern {pattern.shape} that "
-                         "do not fit together; rescan the label into a new folder.")
+        raise ValueError(
+            f"{path} holds a mask {mask.shape} and a pattern {pattern.shape} that "
+            "do not fit together; rescan the label into a new folder."
+        )
     return mask, pattern

@@ -12,9 +12,17 @@ import tensorflow as tf
 
 # Per-slot schedule state, in the order of `cost_schedule_update`'s dict.
 STATE_KEYS = (
-    "cost", "cost_set_counter", "cost_up_counter", "cost_down_counter",
-    "cost_up_flag", "cost_down_flag", "reg_best", "early_stop_counter",
-    "early_stop_reg_best", "step", "done",
+    "cost",
+    "cost_set_counter",
+    "cost_up_counter",
+    "cost_down_counter",
+    "cost_up_flag",
+    "cost_down_flag",
+    "reg_best",
+    "early_stop_counter",
+    "early_stop_reg_best",
+    "step",
+    "done",
 )
 
 
@@ -27,9 +35,20 @@ def initial_state(n, init_cost, reset_cost_to_zero=True):
     return state
 
 
-def cost_schedule_update(state, acc, reg, *, init_cost, steps, attack_succ_threshold=0.99,
-                         patience=10, cost_multiplier=1.5, early_stop=True,
-                         early_stop_threshold=0.99, early_stop_patience=20):
+def cost_schedule_update(
+    state,
+    acc,
+    reg,
+    *,
+    init_cost,
+    steps,
+    attack_succ_threshold=0.99,
+    patience=10,
+    cost_multiplier=1.5,
+    early_stop=True,
+    early_stop_threshold=0.99,
+    early_stop_patience=20,
+):
     """One end-of-step update of the reference cost schedule, for every slot.
 
     Follows the reference `Visualizer.visualize` loop exactly:
@@ -77,8 +96,11 @@ def cost_schedule_update(state, acc, reg, *, init_cost, steps, attack_succ_thres
         stalled = reg_best >= early_stop_threshold * es_best
         es_counter = tf.where(valid, tf.where(stalled, es_counter + 1, zero), es_counter)
         es_best = tf.minimum(reg_best, es_best)
-        stop = (s["cost_down_flag"] > 0) & (s["cost_up_flag"] > 0) & (
-            es_counter >= early_stop_patience)
+        stop = (
+            (s["cost_down_flag"] > 0)
+            & (s["cost_up_flag"] > 0)
+            & (es_counter >= early_stop_patience)
+        )
 
     # 3. cost schedule
     cost = s["cost"]

@@ -50,8 +50,7 @@ class Trigger:
     7
     """
 
-    def __init__(self, mask, pattern, target, spec=None, sources=None, delta=None,
-                 all_to_all=None):
+    def __init__(self, mask, pattern, target, spec=None, sources=None, delta=None, all_to_all=None):
         pattern = np.asarray(pattern, dtype=np.float32)
         mask = np.asarray(mask, dtype=np.float32)
         if mask.ndim == 2:
@@ -68,20 +67,26 @@ class Trigger:
         if delta is not None:
             delta = np.asarray(delta, dtype=np.float32)
             if delta.shape != pattern.shape or np.abs(delta).max() > 255:
-                raise ValueError(f"delta must be shaped like the pattern {pattern.shape} with "
-                                 f"values in [-255, 255]; got {delta.shape}.")
+                raise ValueError(
+                    f"delta must be shaped like the pattern {pattern.shape} with "
+                    f"values in [-255, 255]; got {delta.shape}."
+                )
         if all_to_all is not None and (int(all_to_all) < 2 or sources is not None):
             raise ValueError("all_to_all takes the number of classes (>= 2) and excludes sources.")
         self.mask, self.pattern, self.delta = mask, pattern, delta
         self.all_to_all = None if all_to_all is None else int(all_to_all)
         self.target = -1 if self.all_to_all else int(target)
         self.sources = None if sources is None else sorted(int(v) for v in sources)
-        self.spec = dict(spec) if spec is not None else {
-            "kind": "arrays",
-            "target": self.target,
-            "mask": encode_array(mask),
-            "pattern": encode_array(pattern),
-        }
+        self.spec = (
+            dict(spec)
+            if spec is not None
+            else {
+                "kind": "arrays",
+                "target": self.target,
+                "mask": encode_array(mask),
+                "pattern": encode_array(pattern),
+            }
+        )
         if delta is not None and "delta" not in self.spec and self.spec["kind"] == "arrays":
             self.spec["delta"] = encode_array(delta)
         if self.sources is not None:
@@ -135,8 +140,7 @@ class Trigger:
         images = np.asarray(images)
         if images.shape[-3:] != self.pattern.shape:
             raise ValueError(
-                f"Trigger is for images shaped {self.pattern.shape}, got "
-                f"{images.shape[-3:]}."
+                f"Trigger is for images shaped {self.pattern.shape}, got {images.shape[-3:]}."
             )
         out = injection_func(self.mask, self.pattern, images.astype(np.float32))
         if self.delta is not None:
@@ -159,12 +163,21 @@ class Trigger:
         kind = spec.get("kind")
         if kind == "arrays":
             delta = decode_array(spec["delta"]) if "delta" in spec else None
-            return cls(decode_array(spec["mask"]), decode_array(spec["pattern"]),
-                       spec["target"], spec, spec.get("sources"), delta, spec.get("all_to_all"))
+            return cls(
+                decode_array(spec["mask"]),
+                decode_array(spec["pattern"]),
+                spec["target"],
+                spec,
+                spec.get("sources"),
+                delta,
+                spec.get("all_to_all"),
+            )
         if kind not in cls.builders:
             known = ", ".join(sorted({"arrays", *cls.builders}))
-            raise ValueError(f"Unknown trigger kind {kind!r} in spec; expected one of {known} "
-                             "(import injection for square, shape and blend).")
+            raise ValueError(
+                f"Unknown trigger kind {kind!r} in spec; expected one of {known} "
+                "(import injection for square, shape and blend)."
+            )
         t = cls.builders[kind](spec)
         if spec.get("all_to_all"):
             t = t.to_all_to_all(spec["all_to_all"])

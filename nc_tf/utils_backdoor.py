@@ -101,6 +101,8 @@ def fix_gpu_memory(mem_fraction=1):
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
-            raise RuntimeError("fix_gpu_memory must run before TensorFlow uses the GPU; call it "
-                               "at the start of the script.") from None
+            raise RuntimeError(
+                "fix_gpu_memory must run before TensorFlow uses the GPU; call it "
+                "at the start of the script."
+            ) from None
     return gpus

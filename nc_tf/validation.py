@@ -13,8 +13,9 @@ import numpy as np
 _BRACKETS = {"both": "[]", "left": "[)", "right": "(]", "neither": "()"}
 
 
-def check_scalar(value, name, kind=numbers.Real, low=None, high=None, include="both",
-                 what=None, hint=""):
+def check_scalar(
+    value, name, kind=numbers.Real, low=None, high=None, include="both", what=None, hint=""
+):
     """Returns `value` (as int or float) if it has the right type and lies in range, else raises.
 
     Args:
@@ -59,8 +60,12 @@ def check_scalar(value, name, kind=numbers.Real, low=None, high=None, include="b
     else:
         span = ""
     message = f"{name} must be {what}{span}, got {value!r}{hint}."
-    if (isinstance(value, bool) or not isinstance(value, kind) or value != value
-            or value in (math.inf, -math.inf)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or value != value
+        or value in (math.inf, -math.inf)
+    ):
         raise ValueError(message)
     too_low = low is not None and (value < low if left == "[" else value <= low)
     too_high = high is not None and (value > high if right == "]" else value >= high)
@@ -104,18 +109,12 @@ def check_image_batch(images, caller):
     """
     images = np.asarray(images)
     if images.ndim != 4:
-        hint = (
-            " Add the channel axis with images[..., None]."
-            if images.ndim == 3
-            else ""
-        )
+        hint = " Add the channel axis with images[..., None]." if images.ndim == 3 else ""
         raise ValueError(
             f"{caller} needs a batch of images shaped (N, H, W, C); got an "
             f"array of shape {images.shape}.{hint}"
         )
-    if images.dtype != np.uint8 and not np.issubdtype(
-        images.dtype, np.floating
-    ):
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
         raise ValueError(
             f"{caller} needs uint8 or float images; got dtype "
             f"{images.dtype}. Convert with images.astype('float32')."
@@ -170,9 +169,7 @@ def check_class_labels(y, count, caller):
                 "floats. Pass class indices, e.g. y.argmax(axis=1)."
             )
     elif y.size and not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"{caller} needs integer class labels; got dtype {y.dtype}."
-        )
+        raise ValueError(f"{caller} needs integer class labels; got dtype {y.dtype}.")
     y = y.astype(np.int64)
     if y.size and y.min() < 0:
         raise ValueError(f"{caller} got negative labels; use 0..K-1.")

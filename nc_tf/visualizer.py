@@ -106,22 +106,50 @@ class Visualizer:
     TMP_DIR = "tmp"
     RAW_INPUT_FLAG = False
 
-    def __init__(self, model, intensity_range, regularization, input_shape, init_cost, steps,
-                 mini_batch, lr, num_classes, upsample_size=UPSAMPLE_SIZE,
-                 attack_succ_threshold=ATTACK_SUCC_THRESHOLD, patience=PATIENCE,
-                 cost_multiplier=COST_MULTIPLIER, reset_cost_to_zero=RESET_COST_TO_ZERO,
-                 mask_min=MASK_MIN, mask_max=MASK_MAX, color_min=COLOR_MIN, color_max=COLOR_MAX,
-                 img_color=IMG_COLOR, shuffle=SHUFFLE, batch_size=BATCH_SIZE, verbose=VERBOSE,
-                 return_logs=RETURN_LOGS, save_last=SAVE_LAST, epsilon=EPSILON,
-                 early_stop=EARLY_STOP, early_stop_threshold=EARLY_STOP_THRESHOLD,
-                 early_stop_patience=EARLY_STOP_PATIENCE, save_tmp=SAVE_TMP, tmp_dir=TMP_DIR,
-                 raw_input_flag=RAW_INPUT_FLAG, seed=0):
+    def __init__(
+        self,
+        model,
+        intensity_range,
+        regularization,
+        input_shape,
+        init_cost,
+        steps,
+        mini_batch,
+        lr,
+        num_classes,
+        upsample_size=UPSAMPLE_SIZE,
+        attack_succ_threshold=ATTACK_SUCC_THRESHOLD,
+        patience=PATIENCE,
+        cost_multiplier=COST_MULTIPLIER,
+        reset_cost_to_zero=RESET_COST_TO_ZERO,
+        mask_min=MASK_MIN,
+        mask_max=MASK_MAX,
+        color_min=COLOR_MIN,
+        color_max=COLOR_MAX,
+        img_color=IMG_COLOR,
+        shuffle=SHUFFLE,
+        batch_size=BATCH_SIZE,
+        verbose=VERBOSE,
+        return_logs=RETURN_LOGS,
+        save_last=SAVE_LAST,
+        epsilon=EPSILON,
+        early_stop=EARLY_STOP,
+        early_stop_threshold=EARLY_STOP_THRESHOLD,
+        early_stop_patience=EARLY_STOP_PATIENCE,
+        save_tmp=SAVE_TMP,
+        tmp_dir=TMP_DIR,
+        raw_input_flag=RAW_INPUT_FLAG,
+        seed=0,
+    ):
         if tuple(input_shape)[-1] != img_color:
-            raise ValueError(f"input_shape {tuple(input_shape)} has {tuple(input_shape)[-1]} "
-                             f"channels but img_color is {img_color}; make them agree.")
+            raise ValueError(
+                f"input_shape {tuple(input_shape)} has {tuple(input_shape)[-1]} "
+                f"channels but img_color is {img_color}; make them agree."
+            )
         if int(model.output_shape[-1]) != int(num_classes):
-            raise ValueError(f"num_classes is {num_classes} but the model has "
-                             f"{model.output_shape[-1]} outputs.")
+            raise ValueError(
+                f"num_classes is {num_classes} but the model has {model.output_shape[-1]} outputs."
+            )
         self.model = model
         self.intensity_range, self.regularization = intensity_range, regularization
         self.input_shape = tuple(input_shape)
@@ -135,13 +163,25 @@ class Visualizer:
         self.save_tmp, self.tmp_dir = save_tmp, tmp_dir
         self.raw_input_flag, self.shuffle = raw_input_flag, shuffle
         self.engine_kwargs = dict(
-            intensity=intensity_range, regularization=regularization, init_cost=init_cost,
-            steps=steps, mini_batch=mini_batch, batch_size=batch_size, lr=lr,
-            upsample_size=upsample_size, attack_succ_threshold=attack_succ_threshold,
-            patience=patience, cost_multiplier=cost_multiplier,
-            reset_cost_to_zero=reset_cost_to_zero, early_stop=early_stop,
-            early_stop_threshold=early_stop_threshold, early_stop_patience=early_stop_patience,
-            save_last=save_last, epsilon=epsilon, slots=1, seed=seed,
+            intensity=intensity_range,
+            regularization=regularization,
+            init_cost=init_cost,
+            steps=steps,
+            mini_batch=mini_batch,
+            batch_size=batch_size,
+            lr=lr,
+            upsample_size=upsample_size,
+            attack_succ_threshold=attack_succ_threshold,
+            patience=patience,
+            cost_multiplier=cost_multiplier,
+            reset_cost_to_zero=reset_cost_to_zero,
+            early_stop=early_stop,
+            early_stop_threshold=early_stop_threshold,
+            early_stop_patience=early_stop_patience,
+            save_last=save_last,
+            epsilon=epsilon,
+            slots=1,
+            seed=seed,
         )
         self._engine, self._engine_data = None, None
         # The current trigger (what `save_tmp_func` writes): the initial one after
@@ -153,10 +193,11 @@ class Visualizer:
         """Raw [0, 255] images from an array, `(x, y)`, PyDataset, tf.data or generator."""
         x = collect_images(gen, limit=20000)
         if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"The data has images shaped {x.shape[1:]}, the Visualizer "
-                             f"was built for {self.input_shape}.")
-        return x if self.raw_input_flag else np.asarray(
-            reverse_preprocess(x, self.intensity_range))
+            raise ValueError(
+                f"The data has images shaped {x.shape[1:]}, the Visualizer "
+                f"was built for {self.input_shape}."
+            )
+        return x if self.raw_input_flag else np.asarray(reverse_preprocess(x, self.intensity_range))
 
     def reset_opt(self):
         """Zeroes the optimiser state: Adam's moments and step count (reference `reset_opt`).
@@ -201,13 +242,16 @@ class Visualizer:
         if mask.shape[:2] == self.input_shape[:2] and u > 1:
             mask = mask[::u, ::u]
         if mask.shape[:2] != self.mask_size:
-            raise ValueError(f"mask_init is shaped {mask.shape}; expected {self.mask_size} "
-                             f"(or {self.input_shape[:2]}).")
+            raise ValueError(
+                f"mask_init is shaped {mask.shape}; expected {self.mask_size} "
+                f"(or {self.input_shape[:2]})."
+            )
         self.mask = np.clip(mask.reshape(self.mask_size), self.mask_min, self.mask_max)
         h, w = self.input_shape[:2]
         self.mask_upsample = np.repeat(np.repeat(self.mask, u, 0), u, 1)[:h, :w]
-        self.pattern_raw = np.clip(np.asarray(pattern_init, np.float32), self.color_min,
-                                   self.color_max)
+        self.pattern_raw = np.clip(
+            np.asarray(pattern_init, np.float32), self.color_min, self.color_max
+        )
         self.reset_opt()
 
     def save_tmp_func(self, step):
@@ -233,8 +277,11 @@ class Visualizer:
         os.makedirs(self.tmp_dir, exist_ok=True)
         mask = self.mask_upsample[..., None]
         dump_image(mask * 255, os.path.join(self.tmp_dir, f"tmp_mask_step_{step}.png"), "png")
-        dump_image(mask * self.pattern_raw,
-                   os.path.join(self.tmp_dir, f"tmp_fusion_step_{step}.png"), "png")
+        dump_image(
+            mask * self.pattern_raw,
+            os.path.join(self.tmp_dir, f"tmp_fusion_step_{step}.png"),
+            "png",
+        )
 
     def visualize(self, gen, y_target, pattern_init, mask_init):
         """Reverse-engineers the trigger of `y_target` on the data of `gen`.
@@ -263,14 +310,21 @@ class Visualizer:
         result = engine.run([y_target], pattern_init=self.pattern_raw, mask_init=self.mask)[0]
         self.cost = float(engine.state["cost"][0].numpy())
         self.pattern_raw, self.mask, self.mask_upsample = (
-            result["pattern"], result["mask_raw"], result["mask"])
+            result["pattern"],
+            result["mask_raw"],
+            result["mask"],
+        )
         if self.verbose >= 2:
             for row in result["logs"]:
-                print("step: %3d, cost: %.2E, attack: %.3f, loss: %f, ce: %f, reg: %f, reg_best: %f"
-                      % (row[0], row[6], row[4], row[3], row[1], row[2], row[5]))
+                print(
+                    "step: %3d, cost: %.2E, attack: %.3f, loss: %f, ce: %f, reg: %f, reg_best: %f"
+                    % (row[0], row[6], row[4], row[3], row[1], row[2], row[5])
+                )
         if self.verbose:
-            print(f"label {y_target}: {'found' if result['found'] else 'no valid trigger'}, "
-                  f"l1 {result['l1_norm']:.3f}, {result['steps']} steps")
+            print(
+                f"label {y_target}: {'found' if result['found'] else 'no valid trigger'}, "
+                f"l1 {result['l1_norm']:.3f}, {result['steps']} steps"
+            )
         if self.save_tmp:
             self.save_tmp_func(result["steps"])
         if not self.return_logs:
@@ -298,8 +352,10 @@ def collect_images(gen, limit=None):
     elif hasattr(gen, "__iter__") or hasattr(gen, "__next__"):
         batches = iter(gen)
     else:
-        raise TypeError(f"Cannot read images from {type(gen).__name__}; pass a numpy array, "
-                        "(x, y), a keras.utils.PyDataset or a tf.data.Dataset.")
+        raise TypeError(
+            f"Cannot read images from {type(gen).__name__}; pass a numpy array, "
+            "(x, y), a keras.utils.PyDataset or a tf.data.Dataset."
+        )
     out, count = [], 0
     for batch in batches:
         xb = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch)

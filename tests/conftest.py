@@ -119,9 +119,13 @@ def tiny_partial(tmp_path_factory, mnist_small):
         inject_backdoor(model, x, y, [trigger], ratio=0.5, epochs=4, seed=2, verbose=0)
         return model, trigger
 
-    return _shared(tmp_path_factory, "tiny_partial", build,
-                   lambda value, folder: _save_model_and_trigger(*value, folder),
-                   lambda folder: _load_model_and_trigger(folder)[:2])
+    return _shared(
+        tmp_path_factory,
+        "tiny_partial",
+        build,
+        lambda value, folder: _save_model_and_trigger(*value, folder),
+        lambda folder: _load_model_and_trigger(folder)[:2],
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -163,11 +167,20 @@ def tiny_scan(tmp_path_factory, mnist_small, tiny_backdoored):
 # `--dist loadfile` hands each worker the next file when it is free, so a
 # long file started last would leave the other worker idle at the end.
 FILE_SECONDS = {
-    "test_cli.py": 450, "test_verdict.py": 400, "test_attacks.py": 397, "test_gangsweep.py": 270,
-    "test_trojan_invisible.py": 205, "test_partial_lowcost.py": 205, "test_mitigation.py": 200,
-    "test_scan.py": 190, "test_backdoor_e2e.py": 30, "test_linf_fine_pruning.py": 15,
+    "test_cli.py": 450,
+    "test_verdict.py": 400,
+    "test_attacks.py": 397,
+    "test_gangsweep.py": 270,
+    "test_trojan_invisible.py": 205,
+    "test_partial_lowcost.py": 205,
+    "test_mitigation.py": 200,
+    "test_scan.py": 190,
+    "test_backdoor_e2e.py": 30,
+    "test_linf_fine_pruning.py": 15,
 }
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))  # stable: order kept within a file
+    items.sort(
+        key=lambda item: -FILE_SECONDS.get(item.path.name, 0)
+    )  # stable: order kept within a file

@@ -18,8 +18,17 @@ def tiny_backdoored_model(x, y, x_test, y_test, seed=1):
     model = mnist_model()
     # ratio 0.25 (20% of the images poisoned, the paper's upper end), so the
     # tiny model's backdoor clears the scan's success threshold.
-    history = inject_backdoor(model, x, y, [trigger], ratio=0.25, epochs=3, seed=seed,
-                              validation_data=(x_test, y_test), verbose=0)
+    history = inject_backdoor(
+        model,
+        x,
+        y,
+        [trigger],
+        ratio=0.25,
+        epochs=3,
+        seed=seed,
+        validation_data=(x_test, y_test),
+        verbose=0,
+    )
     return model, trigger, history
 
 

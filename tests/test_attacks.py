@@ -42,9 +42,21 @@ def mnist_8k():
 
 
 def test_catalogue_covers_the_issue():
-    assert set(ATTACKS) == {"badnets", "noisy", "shape", "all-to-all", "multi-trigger",
-                            "multi-label", "dynamic", "partial", "blend", "trojan-square",
-                            "trojan-watermark", "invisible-l2", "invisible-l0"}
+    assert set(ATTACKS) == {
+        "badnets",
+        "noisy",
+        "shape",
+        "all-to-all",
+        "multi-trigger",
+        "multi-label",
+        "dynamic",
+        "partial",
+        "blend",
+        "trojan-square",
+        "trojan-watermark",
+        "invisible-l2",
+        "invisible-l0",
+    }
     assert needs_model("trojan-square") and not needs_model("blend")
     assert abs(default_ratio("invisible-l2") / (1 + default_ratio("invisible-l2")) - 0.05) < 1e-9
 
@@ -58,10 +70,12 @@ def test_specs_round_trip_bit_identically(name):
         again = Trigger.from_spec(json.loads(json.dumps(t.spec)))
         assert again.spec["attack"] == name
         np.testing.assert_array_equal(again.apply(images), t.apply(images))
-        np.testing.assert_array_equal(again.apply(images.astype(np.float32)),
-                                      t.apply(images.astype(np.float32)))
-        np.testing.assert_array_equal(again.poison_labels(np.arange(10)),
-                                      t.poison_labels(np.arange(10)))
+        np.testing.assert_array_equal(
+            again.apply(images.astype(np.float32)), t.apply(images.astype(np.float32))
+        )
+        np.testing.assert_array_equal(
+            again.poison_labels(np.arange(10)), t.poison_labels(np.arange(10))
+        )
 
 
 def test_variant_structure():
@@ -169,4 +183,6 @@ def test_every_variant_implants_a_backdoor(name, mnist_8k, request):
     if name == "partial":
         others = (yt != 3) & (yt != 7)
         kept = predict_labels(model, triggers[0].apply(xt[others]))
-        assert np.mean(kept == yt[others]) >= 0.85, "non-source labels keep their label when stamped"
+        assert np.mean(kept == yt[others]) >= 0.85, (
+            "non-source labels keep their label when stamped"
+        )

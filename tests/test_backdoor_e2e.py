@@ -34,8 +34,16 @@ def test_train_and_save_fine_tunes_a_copy_of_a_base_model(tmp_path, mnist_small,
     model.save(base)
     digest = hashlib.sha256(base.read_bytes()).hexdigest()
     new_trigger = square_trigger((28, 28, 1), 3, position="top-left")
-    report = train_and_save(str(tmp_path / "ft"), "mnist", [new_trigger], epochs=1, limit=2000,
-                            ratio=0.25, base_model=str(base), verbose=0)
+    report = train_and_save(
+        str(tmp_path / "ft"),
+        "mnist",
+        [new_trigger],
+        epochs=1,
+        limit=2000,
+        ratio=0.25,
+        base_model=str(base),
+        verbose=0,
+    )
     assert report["training"]["base_model"] == str(base) and report["arch"] == "base_model"
     tuned = load_model(str(tmp_path / "ft" / "model.keras"))
     _, _, xt, yt = mnist_small
@@ -46,5 +54,12 @@ def test_train_and_save_fine_tunes_a_copy_of_a_base_model(tmp_path, mnist_small,
     assert report["clean_accuracy"] >= 0.9
     assert hashlib.sha256(base.read_bytes()).hexdigest() == digest  # the base file is untouched
     with pytest.raises(ValueError, match="base_model takes"):
-        train_and_save(str(tmp_path / "bad"), "mnist", [new_trigger], epochs=1, limit=50,
-                       base_model=mnist_model(num_classes=5), verbose=0)
+        train_and_save(
+            str(tmp_path / "bad"),
+            "mnist",
+            [new_trigger],
+            epochs=1,
+            limit=50,
+            base_model=mnist_model(num_classes=5),
+            verbose=0,
+        )

@@ -22,8 +22,17 @@ import pytest
 from nc_tf.cli import main
 from nc_tf.io import to_json
 
-SCAN = ["--steps", "3", "--starts", "1", "--labels", "0,1,2", "--limit", "96",
-        "--accept-low-accuracy"]
+SCAN = [
+    "--steps",
+    "3",
+    "--starts",
+    "1",
+    "--labels",
+    "0,1,2",
+    "--limit",
+    "96",
+    "--accept-low-accuracy",
+]
 
 
 # ----------------------------------------------------------------- helpers
@@ -71,17 +80,27 @@ def files(tmp_path_factory):
     keras.utils.set_random_seed(0)
 
     def tiny(units):
-        model = keras.Sequential([
-            keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255.0),
-            keras.layers.Conv2D(units, 3, activation="relu"), keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Rescaling(1 / 255.0),
+                keras.layers.Conv2D(units, 3, activation="relu"),
+                keras.layers.MaxPooling2D(2),
+                keras.layers.Flatten(),
+                keras.layers.Dense(10, activation="softmax"),
+            ]
+        )
         model.compile("adam", "sparse_categorical_crossentropy")
         model.fit(x, y, epochs=2, batch_size=64, verbose=0)
         return model
 
     model, other = tiny(4), tiny(6)
-    paths = {"keras": root / "model.keras", "h5": root / "model.h5",
-             "other": root / "other.keras", "data": root / "data.h5"}
+    paths = {
+        "keras": root / "model.keras",
+        "h5": root / "model.h5",
+        "other": root / "other.keras",
+        "data": root / "data.h5",
+    }
     model.save(paths["keras"])
     model.save(paths["h5"])
     other.save(paths["other"])
@@ -110,9 +129,14 @@ def payload_fn(marker):
 
 
 def lambda_model(path, marker):
-    model = keras.Sequential([keras.Input((28, 28, 1)),
-                              keras.layers.Lambda(payload_fn(marker), name="hook"),
-                              keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Lambda(payload_fn(marker), name="hook"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.save(path)
     if os.path.exists(marker):  # building the model ran the function once
         os.remove(marker)
@@ -142,11 +166,12 @@ def test_resume_is_refused_for_a_replaced_model_and_allowed_for_a_copy(capsys, f
     code, _, err = run(capsys, "scan", "model.keras", "--out", "scan", *SCAN)
     assert code == 0, err
     first = json.load(open("scan/results.json"))
-    assert first["identity"]["model_sha256"] == hashlib.sha256(
-        open(files["keras"], "rb").read()).hexdigest()
+    assert (
+        first["identity"]["model_sha256"]
+        == hashlib.sha256(open(files["keras"], "rb").read()).hexdigest()
+    )
     shutil.copy(files["other"], "model.keras")  # another model at the same path
-    refused(capsys, work, "scan", "model.keras", "--out", "scan", *SCAN,
-            match="different model")
+    refused(capsys, work, "scan", "model.keras", "--out", "scan", *SCAN, match="different model")
     code, _, err = run(capsys, "scan", files["keras"], "--out", "scan", *SCAN)  # same bytes
     assert code == 0, err
     again = json.load(open("scan/results.json"))
@@ -155,27 +180,59 @@ def test_resume_is_refused_for_a_replaced_model_and_allowed_for_a_copy(capsys, f
         x, y = f["X_test"][()], f["Y_test"][()]
     x[0] = 255 - x[0]  # one image changed, same count
     changed = write_h5(work / "changed.h5", X_test=x, Y_test=y)
-    refused(capsys, work, "scan", files["keras"], "--out", "scan", *SCAN, "--dataset", changed,
-            match="different data")
+    refused(
+        capsys,
+        work,
+        "scan",
+        files["keras"],
+        "--out",
+        "scan",
+        *SCAN,
+        "--dataset",
+        changed,
+        match="different data",
+    )
 
 
 def test_empty_data_is_refused(capsys, files, work):
-    empty = write_h5(work / "empty.h5", X_test=np.zeros((0, 28, 28, 1), np.uint8),
-                     Y_test=np.zeros((0, 10), np.float32))
+    empty = write_h5(
+        work / "empty.h5",
+        X_test=np.zeros((0, 28, 28, 1), np.uint8),
+        Y_test=np.zeros((0, 10), np.float32),
+    )
     refused(capsys, work, "evaluate", files["keras"], "--dataset", empty, match="holds no images")
     refused(capsys, work, "evaluate", files["keras"], "--limit", "0", match="--limit: must be >= 1")
-    refused(capsys, work, "scan", files["keras"], "--dataset", empty, "--out", "o",
-            match="holds no images")
+    refused(
+        capsys,
+        work,
+        "scan",
+        files["keras"],
+        "--dataset",
+        empty,
+        "--out",
+        "o",
+        match="holds no images",
+    )
     assert not os.path.exists("o")
 
 
 def test_json_output_is_strict_json(capsys, files, work):
     assert json.loads(to_json({"a": float("nan"), "b": [np.float32("inf"), 1.5]})) == {
-        "a": None, "b": [None, 1.5]}
+        "a": None,
+        "b": [None, 1.5],
+    }
     code, out, _ = run(capsys, "evaluate", files["keras"], "--dataset", files["data"], "--json")
     assert code == 0 and json.loads(out)["accuracy"] > 0.5
-    _, out = refused(capsys, work, "evaluate", files["keras"], "--dataset", "missing.h5",
-                     "--json", match="not found")
+    _, out = refused(
+        capsys,
+        work,
+        "evaluate",
+        files["keras"],
+        "--dataset",
+        "missing.h5",
+        "--json",
+        match="not found",
+    )
     assert "not found" in json.loads(out)["error"]
 
 
@@ -184,18 +241,40 @@ def test_all_zero_one_hot_rows_are_refused(capsys, files, work):
         x, y = f["X_test"][()], f["Y_test"][()]
     y[5] = 0
     data = write_h5(work / "zero.h5", X_test=x, Y_test=y)
-    refused(capsys, work, "evaluate", files["keras"], "--dataset", data,
-            match="1 one-hot row(s) have no positive entry (the first is row 5)")
+    refused(
+        capsys,
+        work,
+        "evaluate",
+        files["keras"],
+        "--dataset",
+        data,
+        match="1 one-hot row(s) have no positive entry (the first is row 5)",
+    )
 
 
 def test_wrong_intensity_warns_in_evaluate_and_stops_mitigate(capsys, files, work):
     with pytest.warns(UserWarning, match=r"clean accuracy .* is only .*--intensity"):
-        code, _, _ = run(capsys, "evaluate", files["keras"], "--dataset", files["data"],
-                         "--intensity", "mnist")
+        code, _, _ = run(
+            capsys, "evaluate", files["keras"], "--dataset", files["data"], "--intensity", "mnist"
+        )
     assert code == 0
-    refused(capsys, work, "mitigate", files["keras"], "--method", "fine-prune", "--intensity",
-            "mnist", "--train-limit", "800", "--limit", "200", "--out", "fixed",
-            match="--accept-low-accuracy")
+    refused(
+        capsys,
+        work,
+        "mitigate",
+        files["keras"],
+        "--method",
+        "fine-prune",
+        "--intensity",
+        "mnist",
+        "--train-limit",
+        "800",
+        "--limit",
+        "200",
+        "--out",
+        "fixed",
+        match="--accept-low-accuracy",
+    )
     assert not os.path.exists("fixed")
 
 
@@ -208,8 +287,9 @@ def test_polyglot_hdf5_with_a_zip_appended_is_refused(capsys, files, work):
     for name in ("poly.h5", "poly.keras"):
         if name != "poly.h5":
             shutil.copy(path, name)
-        line, _ = refused(capsys, work, "evaluate", name, "--dataset", files["data"],
-                          match="polyglot")
+        line, _ = refused(
+            capsys, work, "evaluate", name, "--dataset", files["data"], match="polyglot"
+        )
         assert "--trust-model" in line
     assert not marker.exists()
 
@@ -218,22 +298,48 @@ def test_polyglot_hdf5_with_a_zip_appended_is_refused(capsys, files, work):
 def test_lambda_layer_is_refused_and_runs_only_with_trust(capsys, files, work, suffix):
     marker = work / "pwned"
     path = lambda_model(work / f"hook{suffix}", marker)
-    line, _ = refused(capsys, work, "evaluate", path, "--dataset", files["data"],
-                      match="layer 'hook' is a Lambda layer")
+    line, _ = refused(
+        capsys,
+        work,
+        "evaluate",
+        path,
+        "--dataset",
+        files["data"],
+        match="layer 'hook' is a Lambda layer",
+    )
     assert "--trust-model" in line and not marker.exists()
     # The payload is real: trusting the file runs it.
     run(capsys, "evaluate", path, "--dataset", files["data"], "--trust-model")
     assert marker.exists()
 
 
-@pytest.mark.parametrize("node, match", [
-    ({"module": "builtins", "class_name": "function", "config": "exec",
-      "registered_name": "exec"}, "'function' node"),
-    ({"module": "os", "class_name": "system", "config": {}, "registered_name": None},
-     "from module 'os', outside Keras"),
-    ({"module": "keras.layers", "class_name": "ReLU", "config": {},
-      "registered_name": "attacker>ReLU"}, "registered custom object 'attacker>ReLU'"),
-])
+@pytest.mark.parametrize(
+    "node, match",
+    [
+        (
+            {
+                "module": "builtins",
+                "class_name": "function",
+                "config": "exec",
+                "registered_name": "exec",
+            },
+            "'function' node",
+        ),
+        (
+            {"module": "os", "class_name": "system", "config": {}, "registered_name": None},
+            "from module 'os', outside Keras",
+        ),
+        (
+            {
+                "module": "keras.layers",
+                "class_name": "ReLU",
+                "config": {},
+                "registered_name": "attacker>ReLU",
+            },
+            "registered custom object 'attacker>ReLU'",
+        ),
+    ],
+)
 def test_config_nodes_outside_keras_are_refused(capsys, files, work, node, match):
     def edit(config):
         dense_config(config)["config"]["activation"] = node
@@ -251,8 +357,15 @@ def test_unknown_layer_class_in_a_legacy_h5_is_refused(capsys, files, work):
         config = json.loads(f.attrs["model_config"])
         config["config"]["layers"][-1]["class_name"] = "EvilDense"
         f.attrs["model_config"] = json.dumps(config)
-    refused(capsys, work, "evaluate", path, "--dataset", files["data"],
-            match="'EvilDense', which is not one of Keras's own")
+    refused(
+        capsys,
+        work,
+        "evaluate",
+        path,
+        "--dataset",
+        files["data"],
+        match="'EvilDense', which is not one of Keras's own",
+    )
 
 
 def test_extension_must_match_the_bytes(capsys, files, work):
@@ -271,8 +384,15 @@ def test_pickled_data_is_never_unpickled(capsys, files, work):
 
     with open("data.npz", "wb") as f:
         np.savez(f, x_test=np.array([Payload()], dtype=object), y_test=np.zeros(1))
-    refused(capsys, work, "evaluate", files["keras"], "--dataset", "data.npz",
-            match="data.npz: array 'x_test' is a pickled object array")
+    refused(
+        capsys,
+        work,
+        "evaluate",
+        files["keras"],
+        "--dataset",
+        "data.npz",
+        match="data.npz: array 'x_test' is a pickled object array",
+    )
     assert not marker.exists()
 
 
@@ -296,34 +416,64 @@ def read_only(work):
 
 
 def test_read_only_out_is_refused_before_any_work(capsys, files, work, read_only):
-    line, _ = refused(capsys, work, "scan", files["keras"], "--out", read_only, *SCAN,
-                      match="is not writable")
-    refused(capsys, work, "scan", files["keras"], "--out", read_only / "sub", *SCAN,
-            match="is not writable")
+    line, _ = refused(
+        capsys, work, "scan", files["keras"], "--out", read_only, *SCAN, match="is not writable"
+    )
+    refused(
+        capsys,
+        work,
+        "scan",
+        files["keras"],
+        "--out",
+        read_only / "sub",
+        *SCAN,
+        match="is not writable",
+    )
 
 
 def test_invalid_settings_leave_no_out_folder(capsys, files, work):
-    refused(capsys, work, "scan", files["keras"], "--out", "o", "--nb-sample", "8", *SCAN,
-            match="nb_sample (8) must be >= batch_size (32)")
+    refused(
+        capsys,
+        work,
+        "scan",
+        files["keras"],
+        "--out",
+        "o",
+        "--nb-sample",
+        "8",
+        *SCAN,
+        match="nb_sample (8) must be >= batch_size (32)",
+    )
     assert not os.path.exists("o")
 
 
 def test_scan_does_not_suggest_a_force_option_it_lacks(capsys, files, work):
     os.mkdir("full")
     open("full/notes.txt", "w").close()
-    line, _ = refused(capsys, work, "scan", files["keras"], "--out", "full", *SCAN,
-                      match="already exists and is not empty")
+    line, _ = refused(
+        capsys,
+        work,
+        "scan",
+        files["keras"],
+        "--out",
+        "full",
+        *SCAN,
+        match="already exists and is not empty",
+    )
     assert "--force" not in line
 
 
 # ---------------------------------------------- messages, not tracebacks
-@pytest.mark.parametrize("argv, match", [
-    (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
-    (["--lr", "-1"], "--lr: must be > 0, got -1"),
-    (["--attack-succ-threshold", "2"], "--attack-succ-threshold: must be in (0, 1], got 2"),
-    (["--labels", "0,0"], "--labels: label(s) 0 given more than once"),
-    (["--mask-init", "abc"], "expected 'random' or a number in (0, 1), got 'abc'"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+        (["--lr", "-1"], "--lr: must be > 0, got -1"),
+        (["--attack-succ-threshold", "2"], "--attack-succ-threshold: must be in (0, 1], got 2"),
+        (["--labels", "0,0"], "--labels: label(s) 0 given more than once"),
+        (["--mask-init", "abc"], "expected 'random' or a number in (0, 1), got 'abc'"),
+    ],
+)
 def test_invalid_options_are_refused(capsys, files, work, argv, match):
     refused(capsys, work, "scan", files["keras"], "--out", "o", *argv, match=match)
     assert not os.path.exists("o")
@@ -334,29 +484,66 @@ def test_model_with_two_outputs_is_refused(capsys, files, work):
     flat = keras.layers.Flatten()(inputs)
     model = keras.Model(inputs, [keras.layers.Dense(10)(flat), keras.layers.Dense(2)(flat)])
     model.save("two.keras")
-    refused(capsys, work, "scan", "two.keras", "--out", "o", *SCAN,
-            match="has 1 input(s) and 2 output(s)")
+    refused(
+        capsys,
+        work,
+        "scan",
+        "two.keras",
+        "--out",
+        "o",
+        *SCAN,
+        match="has 1 input(s) and 2 output(s)",
+    )
 
 
 def test_foreign_results_json_is_not_a_scan_folder(capsys, files, work):
     os.mkdir("foreign")
     with open("foreign/results.json", "w") as f:
         json.dump([1, 2, 3], f)
-    refused(capsys, work, "scan", files["keras"], "--out", "foreign", *SCAN,
-            match="not a scan folder: foreign/results.json")
+    refused(
+        capsys,
+        work,
+        "scan",
+        files["keras"],
+        "--out",
+        "foreign",
+        *SCAN,
+        match="not a scan folder: foreign/results.json",
+    )
     refused(capsys, work, "detect", "foreign", match="not a scan folder")
-    refused(capsys, work, "mitigate", files["keras"], "--method", "unlearn", "--scan", "foreign",
-            "--out", "fixed", match="not a scan folder")
+    refused(
+        capsys,
+        work,
+        "mitigate",
+        files["keras"],
+        "--method",
+        "unlearn",
+        "--scan",
+        "foreign",
+        "--out",
+        "fixed",
+        match="not a scan folder",
+    )
     assert not os.path.exists("fixed")
 
 
-@pytest.mark.parametrize("drop, match", [
-    ("margin", "trigger 0 (square) has no margin field"),
-    ("triggers", "has no 'triggers' list"),
-])
+@pytest.mark.parametrize(
+    "drop, match",
+    [
+        ("margin", "trigger 0 (square) has no margin field"),
+        ("triggers", "has no 'triggers' list"),
+    ],
+)
 def test_attack_file_fields_are_named(capsys, files, work, drop, match):
-    spec = {"kind": "square", "image_shape": [28, 28, 1], "target": 7, "size": 4, "margin": 1,
-            "position": "bottom-right", "color": [255.0]}
+    spec = {
+        "kind": "square",
+        "image_shape": [28, 28, 1],
+        "target": 7,
+        "size": 4,
+        "margin": 1,
+        "position": "bottom-right",
+        "color": [255.0],
+    }
     attack = {"intensity": "raw", "triggers": [spec]}
     if drop == "triggers":
         del attack["triggers"]
@@ -368,15 +555,23 @@ def test_attack_file_fields_are_named(capsys, files, work, drop, match):
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(
-        capsys, files, work, monkeypatch):
+    capsys, files, work, monkeypatch
+):
     import nc_tf.metrics
 
     def broken(*args, **kwargs):
         raise TypeError("boom\nsecond line")
 
     monkeypatch.setattr(nc_tf.metrics, "evaluate_backdoor", broken)
-    line, _ = refused(capsys, work, "evaluate", files["keras"], "--dataset", files["data"],
-                      match="unexpected TypeError: boom; rerun with --debug")
+    line, _ = refused(
+        capsys,
+        work,
+        "evaluate",
+        files["keras"],
+        "--dataset",
+        files["data"],
+        match="unexpected TypeError: boom; rerun with --debug",
+    )
     assert "second line" not in line
     code, _, err = run(capsys, "evaluate", files["keras"], "--dataset", files["data"], "--debug")
     assert code == 2 and "Traceback" in err and "second line" in err
@@ -411,35 +606,73 @@ def test_mitigate_refuses_a_scan_of_another_model_and_foreign_options(capsys, fi
     code, _, err = run(capsys, "scan", files["keras"], "--out", "scan", *SCAN)
     assert code == 0, err
     common = ["--limit", "200", "--train-limit", "800", "--labels", "0"]
-    refused(capsys, work, "mitigate", files["other"], "--method", "filter", "--scan", "scan",
-            "--out", "fixed", *common, match="was made from another model")
-    refused(capsys, work, "mitigate", files["keras"], "--method", "flip", "--fpr", "0.1",
-            "--out", "fixed", *common[:4], match="--fpr belong(s) to --method filter")
+    refused(
+        capsys,
+        work,
+        "mitigate",
+        files["other"],
+        "--method",
+        "filter",
+        "--scan",
+        "scan",
+        "--out",
+        "fixed",
+        *common,
+        match="was made from another model",
+    )
+    refused(
+        capsys,
+        work,
+        "mitigate",
+        files["keras"],
+        "--method",
+        "flip",
+        "--fpr",
+        "0.1",
+        "--out",
+        "fixed",
+        *common[:4],
+        match="--fpr belong(s) to --method filter",
+    )
     assert not os.path.exists("fixed")
 
 
-def test_mitigate_refuses_an_unknown_layer_before_reading_data(capsys, files, work,
-                                                               monkeypatch):
+def test_mitigate_refuses_an_unknown_layer_before_reading_data(capsys, files, work, monkeypatch):
     import nc_tf.datasets
 
     def unread(*args, **kwargs):
         raise AssertionError("the data was read before the layer was checked")
 
     monkeypatch.setattr(nc_tf.datasets, "load_data", unread)
-    refused(capsys, work, "mitigate", files["keras"], "--method", "fine-prune", "--layer", "zzz",
-            "--out", "fixed", match="No layer named 'zzz'")
+    refused(
+        capsys,
+        work,
+        "mitigate",
+        files["keras"],
+        "--method",
+        "fine-prune",
+        "--layer",
+        "zzz",
+        "--out",
+        "fixed",
+        match="No layer named 'zzz'",
+    )
     assert not os.path.exists("fixed")
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--epochs", "0"], "--epochs: must be >= 1, got 0"),
-    (["--position", "a,b"], "--position takes a name"),
-    (["--target", "7", "--target", "7"], "--target 7 given more than once"),
-    (["--target", "12"], "Label(s) [12] are out of range"),
-    (["--color", "1", "2"], "--color has 2 values but the images have 1 channel(s)"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--epochs", "0"], "--epochs: must be >= 1, got 0"),
+        (["--position", "a,b"], "--position takes a name"),
+        (["--target", "7", "--target", "7"], "--target 7 given more than once"),
+        (["--target", "12"], "Label(s) [12] are out of range"),
+        (["--color", "1", "2"], "--color has 2 values but the images have 1 channel(s)"),
+    ],
+)
 def test_inject_refuses_bad_attack_options_before_training(capsys, work, argv, match):
     argv = argv if "--target" in argv else ["--target", "7", *argv]
-    refused(capsys, work, "inject", *argv, "--limit", "300", "--epochs", "1", "--out", "o",
-            match=match)
+    refused(
+        capsys, work, "inject", *argv, "--limit", "300", "--epochs", "1", "--out", "o", match=match
+    )
     assert not os.path.exists("o")

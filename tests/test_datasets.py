@@ -82,14 +82,18 @@ def test_gtsrb_official_folder_layout(tmp_path):
         d.mkdir(parents=True)
         rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
         for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (40, 45, 3), dtype=np.uint8)).save(d / f"00000_{i:05d}.ppm")
+            Image.fromarray(rng.integers(0, 256, (40, 45, 3), dtype=np.uint8)).save(
+                d / f"00000_{i:05d}.ppm"
+            )
             rows.append(f"00000_{i:05d}.ppm;45;40;5;5;35;40;{cls}")
         (d / f"GT-{cls:05d}.csv").write_text("\n".join(rows))
     test = tmp_path / "Final_Test" / "Images"
     test.mkdir(parents=True)
     rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
     for i, cls in enumerate((2, 0)):
-        Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)).save(test / f"{i:05d}.ppm")
+        Image.fromarray(rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)).save(
+            test / f"{i:05d}.ppm"
+        )
         rows.append(f"{i:05d}.ppm;50;50;5;5;45;45;{cls}")
     (test / "GT-final_test.csv").write_text("\n".join(rows))
     x, y = load_data(str(tmp_path), "train")
@@ -127,9 +131,12 @@ def test_bad_inputs(tmp_path):
     assert labels_to_int(np.eye(3)[[2, 0]]).tolist() == [2, 0]
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..",
-                                                    "shared", "data", "gtsrb_dataset.h5")),
-                    reason="needs ../shared/data/gtsrb_dataset.h5")
+@pytest.mark.skipif(
+    not os.path.exists(
+        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gtsrb_dataset.h5")
+    ),
+    reason="needs ../shared/data/gtsrb_dataset.h5",
+)
 def test_real_gtsrb_h5():
     from conftest import GTSRB_H5
 

@@ -20,8 +20,15 @@ from nc_tf.gangsweep import (
 from nc_tf.metrics import evaluate_backdoor, predict_labels
 
 # 300 scan images, a narrow generator, at most 10 epochs of one pass each.
-FAST = dict(epochs=10, batch_size=32, filters=8, residual_blocks=1, progress=False,
-            verbose=False, min_steps_per_epoch=0)
+FAST = dict(
+    epochs=10,
+    batch_size=32,
+    filters=8,
+    residual_blocks=1,
+    progress=False,
+    verbose=False,
+    min_steps_per_epoch=0,
+)
 N_SCAN = 300
 # The infected scan trains 6 of the 10 generators: 7, the target, and the
 # five clean labels whose generators persist most on this model (the
@@ -57,8 +64,9 @@ def infected_scan(tmp_path_factory, mnist_small, tiny_backdoored):
     """(record, folder) of a GangSweep scan of `SCAN_LABELS` of the backdoored model."""
     _, _, xt, yt = mnist_small
     out = str(tmp_path_factory.mktemp("gangsweep") / "scan")
-    record = gangsweep_scan(tiny_backdoored[0], xt[:N_SCAN], yt[:N_SCAN], labels=SCAN_LABELS,
-                            out_dir=out, **FAST)
+    record = gangsweep_scan(
+        tiny_backdoored[0], xt[:N_SCAN], yt[:N_SCAN], labels=SCAN_LABELS, out_dir=out, **FAST
+    )
     return record, out
 
 
@@ -97,7 +105,8 @@ def test_label_statistics_of_the_true_trigger_and_of_nothing(mnist_small, tiny_b
     # V_relative is V over the mean squared logit shift.
     assert 0.0 <= stats["V_relative"] <= 1.0
     assert stats["V_relative"] * np.mean(np.square(_shift(model, real, x[y != 7]))) == (
-        pytest.approx(stats["V"], rel=1e-4))
+        pytest.approx(stats["V"], rel=1e-4)
+    )
 
 
 def _shift(model, generator, x):
@@ -177,14 +186,21 @@ def test_scan_finds_the_backdoor_generator(infected_scan, mnist_small):
     assert saved["method"] == "gangsweep" and saved["settings"]["filters"] == FAST["filters"]
     assert saved["labels"]["7"]["persistence"] == pytest.approx(persistence[7])
     for t in SCAN_LABELS:
-        for name in (f"gangsweep_perturbation_label_{t}.png", f"gangsweep_samples_label_{t}.png",
-                     os.path.join("generators", f"label_{t}.weights.h5")):
+        for name in (
+            f"gangsweep_perturbation_label_{t}.png",
+            f"gangsweep_samples_label_{t}.png",
+            os.path.join("generators", f"label_{t}.weights.h5"),
+        ):
             assert os.path.exists(os.path.join(out, name)), name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Known shortfall: on the tiny model the paper's persistence gate holds the backdoor label "
-    "back (docs/gangsweep.md)."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Known shortfall: on the tiny model the paper's persistence gate holds the backdoor label "
+        "back (docs/gangsweep.md)."
+    ),
+)
 def test_scan_flags_the_backdoor_label(infected_scan):
     record, _ = infected_scan
     assert record["outlier"]["infected"]
@@ -203,8 +219,9 @@ def test_clean_model_is_not_flagged(clean_tiny, mnist_small, infected_scan):
     assert top <= infected_scan[0]["labels"]["7"]["persistence"] - 0.2
 
 
-def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_small,
-                                                        tiny_backdoored, tmp_path, monkeypatch):
+def test_scan_folder_resumes_and_refuses_other_settings(
+    infected_scan, mnist_small, tiny_backdoored, tmp_path, monkeypatch
+):
     record, out = infected_scan
     model = tiny_backdoored[0]
     _, _, xt, yt = mnist_small
@@ -226,7 +243,8 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
     for t in SCAN_LABELS[:-1]:
         assert resumed["labels"][str(t)]["seconds"] == record["labels"][str(t)]["seconds"]
     assert resumed["labels"]["9"]["persistence"] == pytest.approx(
-        record["labels"]["9"]["persistence"])
+        record["labels"]["9"]["persistence"]
+    )
     # A finished scan: nothing is trained again.
     again = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **FAST)
     assert trained == [9] and again["outlier"] == resumed["outlier"]
@@ -235,8 +253,9 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
     saved = io.read_json(os.path.join(folder, "results.json"))
     margins = {k: v.pop("margin") for k, v in saved["labels"].items()}
     io.write_json(os.path.join(folder, "results.json"), saved)
-    judged = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, statistic="margin",
-                            **FAST)
+    judged = gangsweep_scan(
+        model, x, y, labels=SCAN_LABELS, out_dir=folder, statistic="margin", **FAST
+    )
     assert trained == [9] and judged["outlier"]["statistic"] == "margin"
     for k, value in margins.items():
         assert judged["labels"][k]["margin"] == pytest.approx(value, rel=1e-4, abs=1e-5)
@@ -244,16 +263,26 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
     assert io.read_json(os.path.join(folder, "results.json"))["outlier"]["statistic"] == "margin"
     # The persistence gate is a judging setting too: no training, and a gate of 0.8
     # lets label 7 through, where the margin flags it.
-    lowered = gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, statistic="margin",
-                             persistence_threshold=0.8, **FAST)
+    lowered = gangsweep_scan(
+        model,
+        x,
+        y,
+        labels=SCAN_LABELS,
+        out_dir=folder,
+        statistic="margin",
+        persistence_threshold=0.8,
+        **FAST,
+    )
     assert trained == [9] and lowered["outlier"]["persistence_threshold"] == 0.8
     assert lowered["outlier"]["persistent"] == [
-        t for t in SCAN_LABELS if lowered["labels"][str(t)]["persistence"] >= 0.8]
+        t for t in SCAN_LABELS if lowered["labels"][str(t)]["persistence"] >= 0.8
+    ]
     assert lowered["outlier"]["flagged"][0][0] == 7
     for bad in (90, 0, "0.9"):
         with pytest.raises(ValueError, match="persistence_threshold must be a fraction"):
-            gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder,
-                           persistence_threshold=bad, **FAST)
+            gangsweep_scan(
+                model, x, y, labels=SCAN_LABELS, out_dir=folder, persistence_threshold=bad, **FAST
+            )
     with pytest.raises(ValueError, match="Unknown statistic"):
         gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, statistic="ai", **FAST)
     # A folder written before `min_steps_per_epoch` existed ran one pass per epoch (0),
@@ -264,8 +293,9 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
     gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **FAST)
     for key, value in (("min_steps_per_epoch", 32), ("alpha_gate", 0.9)):
         with pytest.raises(FileExistsError, match=key):
-            gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder,
-                           **dict(FAST, **{key: value}))
+            gangsweep_scan(
+                model, x, y, labels=SCAN_LABELS, out_dir=folder, **dict(FAST, **{key: value})
+            )
     # Other settings, or another method's scan, are refused with the fix named.
     with pytest.raises(FileExistsError, match=r"epochs.*--out.*force=True"):
         gangsweep_scan(model, x, y, labels=SCAN_LABELS, out_dir=folder, **dict(FAST, epochs=11))
@@ -278,7 +308,8 @@ def test_scan_folder_resumes_and_refuses_other_settings(infected_scan, mnist_sma
 
 
 def test_an_interrupted_scan_keeps_its_finished_labels_and_their_time(
-        mnist_small, tiny_backdoored, tmp_path, monkeypatch):
+    mnist_small, tiny_backdoored, tmp_path, monkeypatch
+):
     model = tiny_backdoored[0]
     _, _, xt, yt = mnist_small
     x, y, settings = xt[:100], yt[:100], dict(FAST, epochs=1)
@@ -302,8 +333,9 @@ def test_an_interrupted_scan_keeps_its_finished_labels_and_their_time(
     assert resumed["wall_time_s"] >= sum(v["seconds"] for v in resumed["labels"].values())
 
 
-def test_load_generators_rebuilds_the_scanned_generators(infected_scan, mnist_small,
-                                                         tiny_backdoored):
+def test_load_generators_rebuilds_the_scanned_generators(
+    infected_scan, mnist_small, tiny_backdoored
+):
     record, out = infected_scan
     _, _, xt, yt = mnist_small
     generators = load_generators(out, labels=[7])
@@ -316,8 +348,9 @@ def test_load_generators_rebuilds_the_scanned_generators(infected_scan, mnist_sm
         load_generators(out, labels=[11])
 
 
-def test_small_image_sets_get_at_least_min_steps_per_epoch(mnist_small, tiny_backdoored,
-                                                           monkeypatch):
+def test_small_image_sets_get_at_least_min_steps_per_epoch(
+    mnist_small, tiny_backdoored, monkeypatch
+):
     model = tiny_backdoored[0]
     _, _, xt, yt = mnist_small
     x = xt[:100][yt[:100] != 7]  # 89 images: 3 steps a pass at batch 32
@@ -355,15 +388,16 @@ def _expected_alphas(history, gate):
     for pert, adv, success in zip(history["l_pert"], history["l_adv"], history["success"]):
         lower = pert > adv and (gate is None or success >= gate)
         expected.append(gs.ALPHA_LOW if lower else gs.ALPHA_HIGH)
-    return expected[:len(history["alpha"])]
+    return expected[: len(history["alpha"])]
 
 
 def test_alpha_gate_keeps_alpha_high_until_the_target_is_reached(mnist_small, tiny_backdoored):
     model = tiny_backdoored[0]
     _, _, xt, yt = mnist_small
     x = xt[:100][yt[:100] != 7]
-    common = dict(epochs=5, batch_size=32, filters=4, residual_blocks=1, patience=5,
-                  min_steps_per_epoch=0)
+    common = dict(
+        epochs=5, batch_size=32, filters=4, residual_blocks=1, patience=5, min_steps_per_epoch=0
+    )
     _, paper = gs.train_generator(model, x, 7, **common)
     assert paper["alpha"] == _expected_alphas(paper, None)
     assert gs.ALPHA_LOW in paper["alpha"], "the paper's rule lowers alpha on this model"
@@ -384,8 +418,13 @@ def test_scan_warns_about_collapsed_generators(mnist_small, tiny_backdoored, mon
 
     def fake_fit(self, x01, target, *args):  # label 2's generator collapses in epoch 2
         dead = int(target) == 2
-        return {"l_pert": [2.0, 0.01 if dead else 1.5], "l_adv": [1.0, 9.0 if dead else 0.5],
-                "success": [0.3, 0.0 if dead else 0.8], "alpha": [2.0, 0.5], "kept_epoch": 1}
+        return {
+            "l_pert": [2.0, 0.01 if dead else 1.5],
+            "l_adv": [1.0, 9.0 if dead else 0.5],
+            "success": [0.3, 0.0 if dead else 0.8],
+            "alpha": [2.0, 0.5],
+            "kept_epoch": 1,
+        }
 
     monkeypatch.setattr(gs.GeneratorTrainer, "fit", fake_fit)
     with pytest.warns(UserWarning, match=r"labels \[2\] collapsed.*alpha_gate=0\.9"):
@@ -440,21 +479,43 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
     path = tmp_path / "model.keras"
     model.save(path)
     out = tmp_path / "gs"
-    small = ["--dataset", "mnist", "--limit", "120", "--labels", "6,7,8", "--epochs", "2",
-             "--filters", "4", "--residual-blocks", "1", "--min-steps-per-epoch", "3",
-             "--alpha-gate", "0.9"]
+    small = [
+        "--dataset",
+        "mnist",
+        "--limit",
+        "120",
+        "--labels",
+        "6,7,8",
+        "--epochs",
+        "2",
+        "--filters",
+        "4",
+        "--residual-blocks",
+        "1",
+        "--min-steps-per-epoch",
+        "3",
+        "--alpha-gate",
+        "0.9",
+    ]
     # Neural Cleanse flags with --method gangsweep, and the reverse, are refused by name.
-    assert main(["scan", str(path), "--method", "gangsweep", "--steps", "5", "--out", str(out),
-                 *small]) == 2
+    assert (
+        main(
+            ["scan", str(path), "--method", "gangsweep", "--steps", "5", "--out", str(out), *small]
+        )
+        == 2
+    )
     assert "--steps" in capsys.readouterr().err and not out.exists()
     assert main(["scan", str(path), "--k", "1", "--out", str(out)]) == 2
     assert "--k" in capsys.readouterr().err
-    assert main(["scan", str(path), "--method", "gangsweep", "--out", str(out), "--json",
-                 *small]) == 0
+    assert (
+        main(["scan", str(path), "--method", "gangsweep", "--out", str(out), "--json", *small]) == 0
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["method"] == "gangsweep" and sorted(record["labels"], key=int) == ["6", "7", "8"]
     assert record["settings"]["epochs"] == 2 and record["settings"]["n_samples"] == 120
-    assert record["settings"]["min_steps_per_epoch"] == 3 and record["settings"]["alpha_gate"] == 0.9
+    assert (
+        record["settings"]["min_steps_per_epoch"] == 3 and record["settings"]["alpha_gate"] == 0.9
+    )
     assert (out / "generators" / "label_7.weights.h5").exists()
     # detect reads a GangSweep folder with GangSweep's own test.
     assert main(["detect", str(out), "--json"]) == 0
@@ -462,46 +523,145 @@ def test_cli_scan_detect_and_patch(tmp_path, capsys, tiny_backdoored, infected_s
     assert verdict["persistence_threshold"] == 0.9 and set(verdict["per_label"]) == {"6", "7", "8"}
     assert verdict["statistic"] == "paper"
     # Judged again with the margin statistic (no training); detect follows the folder.
-    assert main(["scan", str(path), "--method", "gangsweep", "--out", str(out), "--json",
-                 "--statistic", "margin", *small]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(path),
+                "--method",
+                "gangsweep",
+                "--out",
+                str(out),
+                "--json",
+                "--statistic",
+                "margin",
+                *small,
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["outlier"]["statistic"] == "margin"
     assert main(["detect", str(out), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
-    assert verdict["statistic"] == "margin" and verdict["per_label"]["7"]["AI"] == (
-        verdict["per_label"]["7"]["Z_M"])
+    assert (
+        verdict["statistic"] == "margin"
+        and verdict["per_label"]["7"]["AI"] == (verdict["per_label"]["7"]["Z_M"])
+    )
     # So is the persistence gate.
-    assert main(["scan", str(path), "--method", "gangsweep", "--out", str(out), "--json",
-                 "--statistic", "margin", "--persistence-threshold", "0.05", *small]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(path),
+                "--method",
+                "gangsweep",
+                "--out",
+                str(out),
+                "--json",
+                "--statistic",
+                "margin",
+                "--persistence-threshold",
+                "0.05",
+                *small,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["detect", str(out), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["statistic"] == "margin" and verdict["persistence_threshold"] == 0.05
-    assert verdict["persistent"] == [int(t) for t, v in sorted(verdict["per_label"].items())
-                                     if v["persistence"] >= 0.05]
-    assert main(["scan", str(path), "--method", "gangsweep", "--out", str(out),
-                 "--persistence-threshold", "1.5", *small]) == 2
+    assert verdict["persistent"] == [
+        int(t) for t, v in sorted(verdict["per_label"].items()) if v["persistence"] >= 0.05
+    ]
+    assert (
+        main(
+            [
+                "scan",
+                str(path),
+                "--method",
+                "gangsweep",
+                "--out",
+                str(out),
+                "--persistence-threshold",
+                "1.5",
+                *small,
+            ]
+        )
+        == 2
+    )
     assert "--persistence-threshold: must be in (0, 1], got 1.5" in capsys.readouterr().err
-    assert main(["scan", str(path), "--method", "gangsweep", "--out", str(tmp_path / "gs2"),
-                 *small, "--alpha-gate", "0"]) == 2
+    assert (
+        main(
+            [
+                "scan",
+                str(path),
+                "--method",
+                "gangsweep",
+                "--out",
+                str(tmp_path / "gs2"),
+                *small,
+                "--alpha-gate",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--alpha-gate: must be in (0, 1], got 0" in capsys.readouterr().err
     assert not (tmp_path / "gs2").exists()
-    for flag, value in (("--statistic", "margin"), ("--persistence-threshold", "0.8"),
-                        ("--alpha-gate", "0.9")):
+    for flag, value in (
+        ("--statistic", "margin"),
+        ("--persistence-threshold", "0.8"),
+        ("--alpha-gate", "0.9"),
+    ):
         assert main(["scan", str(path), flag, value, "--out", str(tmp_path / "nc")]) == 2
         assert flag in capsys.readouterr().err
     # NC-only repairs refuse a GangSweep folder; patching uses its generators.
     common = ["--dataset", "mnist", "--train-limit", "1000", "--limit", "300"]
-    assert main(["mitigate", str(path), "--method", "unlearn", "--scan", str(out), "--out",
-                 str(tmp_path / "u"), *common]) == 2
+    assert (
+        main(
+            [
+                "mitigate",
+                str(path),
+                "--method",
+                "unlearn",
+                "--scan",
+                str(out),
+                "--out",
+                str(tmp_path / "u"),
+                *common,
+            ]
+        )
+        == 2
+    )
     assert "GangSweep scan" in capsys.readouterr().err
     attack = tmp_path / "attack.json"
     attack.write_text(json.dumps({"intensity": "raw", "targets": [7], "triggers": [trigger.spec]}))
     fixed = tmp_path / "patched"
-    assert main(["mitigate", str(path), "--method", "gangsweep", "--scan", infected_scan[1],
-                 "--labels", "7", "--attack", str(attack), "--out", str(fixed), "--json",
-                 "--no-verify", *common]) == 0  # verification: tests/test_cli.py
+    assert (
+        main(
+            [
+                "mitigate",
+                str(path),
+                "--method",
+                "gangsweep",
+                "--scan",
+                infected_scan[1],
+                "--labels",
+                "7",
+                "--attack",
+                str(attack),
+                "--out",
+                str(fixed),
+                "--json",
+                "--no-verify",
+                *common,
+            ]
+        )
+        == 0
+    )  # verification: tests/test_cli.py
     report = json.loads(capsys.readouterr().out)
     assert report["details"]["labels"] == [7] and len(report["details"]["history"]["loss"]) == 3
     assert set(report["details"]["generated_success_after"]) == {"7"}
-    assert (report["after"]["asr_original"][0] < report["before"]["asr_original"][0] - 0.3)
+    assert report["after"]["asr_original"][0] < report["before"]["asr_original"][0] - 0.3
     assert (fixed / "model.keras").exists() and (fixed / "mitigation.json").exists()

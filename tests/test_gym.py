@@ -191,9 +191,7 @@ def test_seed_pipeline_gives_transforms_distinct_draws():
     gym.seed_pipeline(pipeline, 0)
     params = pipeline(image=np.zeros((32, 32, 3), np.uint8))
     first, second = (p for _, p in params["applied_transforms"])
-    assert first["size"] != second["size"] or first["offset"] != second[
-        "offset"
-    ]
+    assert first["size"] != second["size"] or first["offset"] != second["offset"]
 
 
 @pytest.mark.parametrize("shape", SMALL_SHAPES)
@@ -252,16 +250,11 @@ def test_gym_finetune_tunes_a_copy():
     y = np.arange(20) % 10
     model = _tiny_model()
     original = [w.copy() for w in model.get_weights()]
-    tuned = gym.gym_finetune(
-        model, x, y, epochs=1, batch_size=10, intensity="mnist", verbose=0
-    )
+    tuned = gym.gym_finetune(model, x, y, epochs=1, batch_size=10, intensity="mnist", verbose=0)
     assert tuned is not model
     for before, now in zip(original, model.get_weights()):
         np.testing.assert_array_equal(before, now)
-    assert any(
-        not np.array_equal(a, b)
-        for a, b in zip(original, tuned.get_weights())
-    )
+    assert any(not np.array_equal(a, b) for a, b in zip(original, tuned.get_weights()))
     assert isinstance(tuned.optimizer, keras.optimizers.Adadelta)
     # The notebook compiles with Adadelta(lr = 0.03) before fine-tuning.
     assert float(tuned.optimizer.learning_rate) == pytest.approx(0.03)
@@ -271,8 +264,13 @@ def test_gym_finetune_tunes_a_copy():
 def test_gym_finetune_uses_logits_loss_for_logit_models():
     x = _images((28, 28, 1), np.uint8, count=10)
     tuned = gym.gym_finetune(
-        _tiny_model(activation=None), x, np.arange(10), epochs=1,
-        batch_size=10, intensity="mnist", verbose=0,
+        _tiny_model(activation=None),
+        x,
+        np.arange(10),
+        epochs=1,
+        batch_size=10,
+        intensity="mnist",
+        verbose=0,
     )
     assert tuned.loss.from_logits is True
 
@@ -280,9 +278,7 @@ def test_gym_finetune_uses_logits_loss_for_logit_models():
 def test_output_kind_detection():
     assert outputs_probabilities(_tiny_model())
     assert not outputs_probabilities(_tiny_model(activation=None))
-    softmax_layer = keras.Sequential(
-        [_tiny_model(activation=None), keras.layers.Softmax()]
-    )
+    softmax_layer = keras.Sequential([_tiny_model(activation=None), keras.layers.Softmax()])
     assert outputs_probabilities(softmax_layer)
 
 
@@ -313,9 +309,7 @@ def test_shrink_pad_shrinks_and_pads(shape, dtype):
         assert image.sum() == 255 * (height - 4) * (width - 4) * shape[2]
         offsets.add((top, left))
     assert len(offsets) > 1  # random offsets
-    np.testing.assert_array_equal(
-        out, defended_inference.shrink_pad(white, pad=4, seed=0)
-    )
+    np.testing.assert_array_equal(out, defended_inference.shrink_pad(white, pad=4, seed=0))
     with pytest.raises(ValueError, match="pad"):
         defended_inference.shrink_pad(white, pad=height)
 
@@ -368,10 +362,13 @@ def test_scaled_pixel_sizes_match_the_published_ones_at_224_and_shrink_below():
     assert scaled_sizes(32) == (None, None)  # 5 px -> 0.7 px: no median; 0.25 -> 1.75: none
     big = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
     for build in (intensive_pipeline, lightweight_pipeline):
-        np.testing.assert_array_equal(augment(big, build(seed=3, image_size=224)),
-                                      augment(big, build(seed=3)))
+        np.testing.assert_array_equal(
+            augment(big, build(seed=3, image_size=224)), augment(big, build(seed=3))
+        )
     small = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
-    assert len(intensive_pipeline(0, image_size=32).transforms) < len(intensive_pipeline(0).transforms)
+    assert len(intensive_pipeline(0, image_size=32).transforms) < len(
+        intensive_pipeline(0).transforms
+    )
     import albumentations as A
 
     from mitigation.gym import ResizeMedianResize

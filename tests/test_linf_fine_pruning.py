@@ -36,8 +36,16 @@ def reversed_trigger(tiny_backdoored, split):
     """Neural Cleanse's reversed trigger for the infected label 7 (a short run)."""
     model, _, _ = tiny_backdoored
     xc = split[0]
-    engine = ReverseEngine(model, xc[:256], steps=60, mini_batch=2, slots=1,
-                           attack_succ_threshold=0.95, early_stop_patience=10, seed=0)
+    engine = ReverseEngine(
+        model,
+        xc[:256],
+        steps=60,
+        mini_batch=2,
+        slots=1,
+        attack_succ_threshold=0.95,
+        early_stop_patience=10,
+        seed=0,
+    )
     result = engine.run([7])[0]
     return Trigger(np.clip(result["mask"], 0, 1), np.clip(result["pattern"], 0, 255), 7)
 
@@ -52,8 +60,18 @@ def linf_run(request, tiny_backdoored, split, reversed_trigger):
         kwargs = {"x_trigger": reversed_trigger}
     else:  # can the backdoor be pruned away at all, knowing the trigger?
         kwargs = {"x_trigger": trigger.apply(xc), "y_trigger": yc, "target": trigger.target}
-    pruned, report = linf_prune(model, xc, yc, layer="last_conv", max_acc_loss=MAX_ACC_LOSS,
-                                steps=20, x_val=xv, y_val=yv, triggers_eval=[trigger], **kwargs)
+    pruned, report = linf_prune(
+        model,
+        xc,
+        yc,
+        layer="last_conv",
+        max_acc_loss=MAX_ACC_LOSS,
+        steps=20,
+        x_val=xv,
+        y_val=yv,
+        triggers_eval=[trigger],
+        **kwargs,
+    )
     return pruned, report, weights
 
 
@@ -63,8 +81,7 @@ def _channel_weights(model, units):
 
 
 # ------------------------------------------------------------ norms
-def test_activation_norms_shapes_and_linf_separates_best(tiny_backdoored, split,
-                                                         reversed_trigger):
+def test_activation_norms_shapes_and_linf_separates_best(tiny_backdoored, split, reversed_trigger):
     model, trigger, _ = tiny_backdoored
     xc = split[0]
     assert evaluate_backdoor(model, xc, split[1], [reversed_trigger])["attack_success_rate"] > 0.5
@@ -80,8 +97,9 @@ def test_activation_norms_shapes_and_linf_separates_best(tiny_backdoored, split,
     # ℓ∞ of a map is its largest entry (ReLU maps are non-negative).
     probe = keras.Model(model.inputs[0], resolve_layer(model, "last_conv").output)
     maps = np.asarray(probe(xc[:5].astype(np.float32)))
-    np.testing.assert_allclose(result["norms"]["clean"]["linf"][:5], maps.max(axis=(1, 2)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        result["norms"]["clean"]["linf"][:5], maps.max(axis=(1, 2)), rtol=1e-6
+    )
     for name in ("reversed", "original"):
         score = result["separation"][name]
         assert score["linf"] >= score["mean"], score
@@ -121,8 +139,9 @@ def test_linf_prune_removes_backdoor_within_budget(linf_run, tiny_backdoored, sp
     clean_linf = layer_activations(model, "last_conv", split[0], reduce="linf")
     assert report["settings"]["start_threshold"] == pytest.approx(float(clean_linf.max()))
     # The budget is honoured by the choice and the choice is the best feasible row.
-    feasible = [report["baseline"]] + [r for r in sweep
-                                       if r["accuracy_loss"] <= MAX_ACC_LOSS + 1e-9]
+    feasible = [report["baseline"]] + [
+        r for r in sweep if r["accuracy_loss"] <= MAX_ACC_LOSS + 1e-9
+    ]
     assert chosen in feasible
     assert chosen["attack_success_rate"] == min(r["attack_success_rate"] for r in feasible)
 
@@ -134,8 +153,11 @@ def test_linf_pruned_model_saves_and_reloads(linf_run, split, tmp_path):
     pruned.save(path)
     loaded = load_model(path)
     np.testing.assert_array_equal(predict_labels(loaded, xv), predict_labels(pruned, xv))
-    np.testing.assert_allclose(np.asarray(loaded(xv[:64].astype(np.float32))),
-                               np.asarray(pruned(xv[:64].astype(np.float32))), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(loaded(xv[:64].astype(np.float32))),
+        np.asarray(pruned(xv[:64].astype(np.float32))),
+        atol=1e-6,
+    )
     units = linf_run[1]["chosen"]["pruned"]
     kernel, bias = _channel_weights(loaded, units)
     assert not kernel.any() and not bias.any()
@@ -156,8 +178,16 @@ def test_fine_prune_stops_before_the_accuracy_budget(tiny_backdoored, mnist_smal
     x, y = mnist_small[0], mnist_small[1]
     _, _, xv, yv = split
     weights = [w.copy() for w in model.get_weights()]
-    tuned, report = fine_prune(model, xv, yv, acc_drop=ACC_DROP, finetune_epochs=1,
-                               x_train=x[:512], y_train=y[:512], triggers_eval=[trigger])
+    tuned, report = fine_prune(
+        model,
+        xv,
+        yv,
+        acc_drop=ACC_DROP,
+        finetune_epochs=1,
+        x_train=x[:512],
+        y_train=y[:512],
+        triggers_eval=[trigger],
+    )
     for before, now in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(before, now)
 
@@ -174,7 +204,7 @@ def test_fine_prune_stops_before_the_accuracy_budget(tiny_backdoored, mnist_smal
     assert report["pruned"] == [int(c) for c in order[:k]]
     assert report["pruned_ratio"] == pytest.approx(k / 32)
     more = copy_model(model)
-    prune_units(more, "last_conv", order[:k + 1])
+    prune_units(more, "last_conv", order[: k + 1])
     assert base - evaluate_backdoor(more, xv, yv)["accuracy"] > ACC_DROP
 
     # KeepPruned held the pruned channels at exactly zero through the fit epoch.
@@ -187,9 +217,14 @@ def test_keep_pruned_holds_channels_at_zero_during_fit():
     # would revive without the callback.
     def build():
         keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3),
-                                  keras.layers.Flatten(),
-                                  keras.layers.Dense(3, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                keras.layers.Conv2D(4, 3),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
         model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
         prune_units(model, 0, [1, 3])
         return model
@@ -212,8 +247,10 @@ def test_plots_write_pngs(linf_run, tiny_backdoored, split, tmp_path):
     pytest.importorskip("matplotlib")
     model, trigger, _ = tiny_backdoored
     norms = activation_norms(model, {"clean": split[0][:50], "original": trigger})
-    for path in (plot_norm_histograms(norms, tmp_path / "norms.png"),
-                 plot_sweep(linf_run[1], tmp_path / "new" / "sweep.png")):
+    for path in (
+        plot_norm_histograms(norms, tmp_path / "norms.png"),
+        plot_sweep(linf_run[1], tmp_path / "new" / "sweep.png"),
+    ):
         with open(path, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 

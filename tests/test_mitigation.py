@@ -57,20 +57,31 @@ def test_pruning_removes_the_backdoor_and_saves(tmp_path, tiny_backdoored, tiny_
     _, _, xt, yt = mnist_small
     before = evaluate_backdoor(model, xt, yt, [trigger])
     original = [w.copy() for w in model.get_weights()]
-    pruned, report = prune(model, xt[:500], yt[:500], scan_triggers(tiny_scan[1]),
-                           layer="last_conv", stop_asr=0.1, max_ratio=0.5, step=1 / 32)
+    pruned, report = prune(
+        model,
+        xt[:500],
+        yt[:500],
+        scan_triggers(tiny_scan[1]),
+        layer="last_conv",
+        stop_asr=0.1,
+        max_ratio=0.5,
+        step=1 / 32,
+    )
     after = evaluate_backdoor(pruned, xt[500:], yt[500:], [trigger])
     assert before["attack_success_rate"] > 0.9
     assert after["attack_success_rate"] < ASR_REMOVED
     assert after["accuracy"] >= before["accuracy"] - ACC_BUDGET
-    assert report["curve"][0]["pruned"] == 0 and report["chosen"]["pruned"] == len(report["neurons"])
+    assert report["curve"][0]["pruned"] == 0 and report["chosen"]["pruned"] == len(
+        report["neurons"]
+    )
     assert max(report["chosen"]["asr_reversed"]) <= 0.1
     assert max(report["curve"][-2]["asr_reversed"]) > 0.1  # stopped at the first step below
     assert all(np.array_equal(a, b) for a, b in zip(original, model.get_weights()))
     pruned.save(tmp_path / "pruned.keras")
     reloaded = load_model(str(tmp_path / "pruned.keras"))
-    np.testing.assert_allclose(reloaded.predict(xt[:64], verbose=0), pruned.predict(xt[:64], verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        reloaded.predict(xt[:64], verbose=0), pruned.predict(xt[:64], verbose=0), atol=1e-6
+    )
 
 
 def test_pruning_callback_keeps_neurons_silent_during_fit(tiny_backdoored, tiny_scan, mnist_small):
@@ -79,8 +90,9 @@ def test_pruning_callback_keeps_neurons_silent_during_fit(tiny_backdoored, tiny_
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     copy.compile("adam", "sparse_categorical_crossentropy")
-    cb = NeuronPruning(xt[:300], yt[:300], scan_triggers(tiny_scan[1]), layer="last_conv",
-                       ratio=0.25)
+    cb = NeuronPruning(
+        xt[:300], yt[:300], scan_triggers(tiny_scan[1]), layer="last_conv", ratio=0.25
+    )
     copy.fit(x[:640], y[:640], epochs=1, batch_size=64, callbacks=[cb], verbose=0)
     assert len(cb.report["neurons"]) == 8
     act = layer_activations(copy, "last_conv", xt[:100], reduce="linf")
@@ -110,7 +122,9 @@ def test_unlearning_dataset_restamps_a_fresh_share_each_epoch(tiny_backdoored, m
     data.on_epoch_end()
     assert data.stamped.sum() == 100 and not np.array_equal(first, data.stamped)
     stamped_rows = data.data[data.stamped]
-    np.testing.assert_array_equal(stamped_rows, trigger.apply(x[:500][data.stamped].astype(np.float32)))
+    np.testing.assert_array_equal(
+        stamped_rows, trigger.apply(x[:500][data.stamped].astype(np.float32))
+    )
     with pytest.raises(ValueError, match="at least one trigger"):
         UnlearningDataset(x[:10], y[:10], [])
 
@@ -120,9 +134,13 @@ def test_unlearning_callback_in_plain_fit(tiny_backdoored, tiny_scan, mnist_smal
     x, y, xt, yt = mnist_small
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    copy.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    copy.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     cb = Unlearning(x[:2000], y[:2000], scan_triggers(tiny_scan[1]))
-    history = copy.fit(x[2000:4000], y[2000:4000], batch_size=32, epochs=1, callbacks=[cb], verbose=0)
+    history = copy.fit(
+        x[2000:4000], y[2000:4000], batch_size=32, epochs=1, callbacks=[cb], verbose=0
+    )
     assert cb.steps_taken == 63
     after = evaluate_backdoor(copy, xt, yt, [trigger])
     assert after["attack_success_rate"] < ASR_REMOVED
@@ -146,16 +164,26 @@ def test_input_filter_flags_stamped_inputs(tmp_path, tiny_backdoored, tiny_scan,
     assert [r["fnr"] for r in rows] == sorted([r["fnr"] for r in rows], reverse=True)
 
 
-def test_mitigate_writes_the_report_and_never_touches_the_source(tmp_path, tiny_backdoored,
-                                                                tiny_scan, mnist_small):
+def test_mitigate_writes_the_report_and_never_touches_the_source(
+    tmp_path, tiny_backdoored, tiny_scan, mnist_small
+):
     model, trigger, _ = tiny_backdoored
     x, y, xt, yt = mnist_small
     data = split_data(x, y, xt, yt, val_ratio=0.1)
     original = [w.copy() for w in model.get_weights()]
     out = tmp_path / "prune"
     # peeling and verification: tests/test_cli.py
-    pruned, report = mitigate("prune", model, data, scan_triggers(tiny_scan[1]), [trigger],
-                              out_dir=str(out), layer="last_conv", verbose=False, verify=False)
+    pruned, report = mitigate(
+        "prune",
+        model,
+        data,
+        scan_triggers(tiny_scan[1]),
+        [trigger],
+        out_dir=str(out),
+        layer="last_conv",
+        verbose=False,
+        verify=False,
+    )
     saved = json.loads((out / "mitigation.json").read_text())
     assert saved["before"]["asr_original"][0] > 0.9
     assert saved["after"]["asr_original"][0] < saved["before"]["asr_original"][0]
@@ -181,8 +209,9 @@ def test_measure_counts_only_source_labels_of_partial_triggers(tiny_backdoored, 
     assert row["asr_original"] == [pytest.approx(expected)]
 
 
-def test_iterative_repair_peels_unlearns_checks_the_residue_and_resumes(tmp_path, tiny_backdoored,
-                                                                         mnist_small):
+def test_iterative_repair_peels_unlearns_checks_the_residue_and_resumes(
+    tmp_path, tiny_backdoored, mnist_small
+):
     from mitigation.peeling import MAX_PIECES
     from mitigation.repair import repair
 
@@ -191,9 +220,16 @@ def test_iterative_repair_peels_unlearns_checks_the_residue_and_resumes(tmp_path
     data = split_data(x, y, xt, yt, val_ratio=0.25)
     quick = dict(steps=80, nb_sample=64)
     out = tmp_path / "repair"
-    fixed, details = repair(model, data, rounds=2, out_dir=str(out), scan_options=quick,
-                            attack_triggers=[trigger], unlearn_options={"data_ratio": 1.0},
-                            verbose=False)
+    fixed, details = repair(
+        model,
+        data,
+        rounds=2,
+        out_dir=str(out),
+        scan_options=quick,
+        attack_triggers=[trigger],
+        unlearn_options={"data_ratio": 1.0},
+        verbose=False,
+    )
     first, unlearned = details["rounds"][:2]
     assert first["flagged"] == [7] == details["labels"]
     # peeling ran on the flagged trigger: it goes on while the pieces are anomalously
@@ -211,13 +247,22 @@ def test_iterative_repair_peels_unlearns_checks_the_residue_and_resumes(tmp_path
     assert (out / "round_0" / "scan" / "results.json").exists()
     saved = out / "round_1" / "model.keras"
     stamp = saved.stat().st_mtime_ns
-    again, details2 = repair(model, data, rounds=2, out_dir=str(out), scan_options=quick,
-                             unlearn_options={"data_ratio": 1.0}, verbose=False)
+    again, details2 = repair(
+        model,
+        data,
+        rounds=2,
+        out_dir=str(out),
+        scan_options=quick,
+        unlearn_options={"data_ratio": 1.0},
+        verbose=False,
+    )
     assert saved.stat().st_mtime_ns == stamp  # resumed: the round's model was reused
     assert [r.get("flagged") for r in details2["rounds"]] == [
-        r.get("flagged") for r in details["rounds"]]
-    np.testing.assert_allclose(again.predict(xt[:32], verbose=0), fixed.predict(xt[:32], verbose=0),
-                               atol=1e-5)
+        r.get("flagged") for r in details["rounds"]
+    ]
+    np.testing.assert_allclose(
+        again.predict(xt[:32], verbose=0), fixed.predict(xt[:32], verbose=0), atol=1e-5
+    )
 
 
 # What each method's report holds beyond the common fields (mitigation.methods.METHODS).
@@ -229,13 +274,18 @@ REPORT_FIELDS = {
     "shrinkpad": {"after": ("accuracy", "asr_original"), "details": ()},
     "flip": {"after": ("accuracy", "asr_original"), "details": ()},
 }
-OPTIONS = {"filter": {"layer": "last_conv"}, "linf-prune": {"layer": "last_conv"},
-           "fine-prune": {"layer": "last_conv"}, "gym": {"epochs": 1, "n_samples": 200}}
+OPTIONS = {
+    "filter": {"layer": "last_conv"},
+    "linf-prune": {"layer": "last_conv"},
+    "fine-prune": {"layer": "last_conv"},
+    "gym": {"epochs": 1, "n_samples": 200},
+}
 
 
 @pytest.mark.parametrize("method", sorted(REPORT_FIELDS))
 def test_every_method_runs_through_mitigate_and_leaves_the_source_file_alone(
-        tmp_path, tiny_backdoored, tiny_scan, mnist_small, method):
+    tmp_path, tiny_backdoored, tiny_scan, mnist_small, method
+):
     import hashlib
 
     from mitigation.methods import METHODS
@@ -249,8 +299,17 @@ def test_every_method_runs_through_mitigate_and_leaves_the_source_file_alone(
     data = split_data(x[:1500], y[:1500], xt[:300], yt[:300], val_ratio=0.2)
     triggers = scan_triggers(tiny_scan[1]) if METHODS[method].needs == "scan" else []
     out = tmp_path / method
-    result, report = mitigate(method, source, data, triggers, [trigger], out_dir=str(out),
-                              verbose=False, verify=False, **OPTIONS.get(method, {}))
+    result, report = mitigate(
+        method,
+        source,
+        data,
+        triggers,
+        [trigger],
+        out_dir=str(out),
+        verbose=False,
+        verify=False,
+        **OPTIONS.get(method, {}),
+    )
     saved = json.loads((out / "mitigation.json").read_text())
     assert saved["method"] == method and saved["identity"]["model_sha256"] == digest
     assert saved["before"]["asr_original"][0] > 0.9

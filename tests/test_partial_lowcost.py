@@ -25,9 +25,18 @@ def test_partial_trigger_fires_for_its_source_only(mnist_small, tiny_partial):
 def test_pair_scan_finds_the_source_specific_pair(tmp_path, mnist_small, tiny_partial):
     _, _, xt, yt = mnist_small
     model, _ = tiny_partial
-    record = partial_scan(model, xt, yt, sources=[3, 8], targets=[7, 1, 2, 5], progress=False,
-                          verbose=False, out_dir=str(tmp_path / "p"), steps=300,
-                          early_stop_patience=10)
+    record = partial_scan(
+        model,
+        xt,
+        yt,
+        sources=[3, 8],
+        targets=[7, 1, 2, 5],
+        progress=False,
+        verbose=False,
+        out_dir=str(tmp_path / "p"),
+        steps=300,
+        early_stop_patience=10,
+    )
     scores = {k: v["score"] for k, v in record["labels"].items()}
     assert len(scores) == 8 and min(scores, key=scores.get) == "3->7"
     assert record["labels"]["3->7"]["attack_success_rate"] >= 0.9
@@ -37,8 +46,17 @@ def test_pair_scan_finds_the_source_specific_pair(tmp_path, mnist_small, tiny_pa
 def test_divide_and_conquer_costs_less_than_all_pairs(mnist_small, tiny_partial):
     _, _, xt, yt = mnist_small
     model, _ = tiny_partial
-    record = partial_scan(model, xt, yt, divide_and_conquer=True, beam=1, reference=4,
-                          progress=False, verbose=False, **QUICK)
+    record = partial_scan(
+        model,
+        xt,
+        yt,
+        divide_and_conquer=True,
+        beam=1,
+        reference=4,
+        progress=False,
+        verbose=False,
+        **QUICK,
+    )
     info = record["partial"]
     assert info["pair_scan_jobs"] == 90
     # 2 jobs per target at the first level, 2*beam per deeper level, then the references.
@@ -48,14 +66,27 @@ def test_divide_and_conquer_costs_less_than_all_pairs(mnist_small, tiny_partial)
     assert job_key([3], 7) == "3->7" and job_key([2, 0], 7) == "0,2->7"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Known shortfall: on the tiny partial model divide-and-conquer descends into another "
-    "source's groups and misses the 3->7 pair that the pair scan finds."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Known shortfall: on the tiny partial model divide-and-conquer descends into another "
+        "source's groups and misses the 3->7 pair that the pair scan finds."
+    ),
+)
 def test_divide_and_conquer_flags_the_source_specific_pair(mnist_small, tiny_partial):
     _, _, xt, yt = mnist_small
     model, _ = tiny_partial
-    record = partial_scan(model, xt, yt, divide_and_conquer=True, beam=2, reference=4,
-                          progress=False, verbose=False, **QUICK)
+    record = partial_scan(
+        model,
+        xt,
+        yt,
+        divide_and_conquer=True,
+        beam=2,
+        reference=4,
+        progress=False,
+        verbose=False,
+        **QUICK,
+    )
     assert "3->7" in record["partial"]["reached"]
     assert record["outlier"]["flagged"][0][0] == "3->7"
 
@@ -63,8 +94,14 @@ def test_divide_and_conquer_flags_the_source_specific_pair(mnist_small, tiny_par
 def test_low_cost_scan_gives_the_full_scans_verdict(mnist_small, tiny_backdoored, tiny_scan):
     _, _, xt, yt = mnist_small
     model, trigger, _ = tiny_backdoored
-    record = scan(model, xt, yt, progress=False, verbose=False,
-                  low_cost=dict(top_k=3, random_sample=3, short_steps=2))
+    record = scan(
+        model,
+        xt,
+        yt,
+        progress=False,
+        verbose=False,
+        low_cost=dict(top_k=3, random_sample=3, short_steps=2),
+    )
     info = record["low_cost"]
     assert trigger.target in info["top"]
     assert len(record["labels"]) == 6 and info["iterations"] >= info["overlap_patience"]

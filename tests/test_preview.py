@@ -67,8 +67,16 @@ def test_cli_reads_an_image_file_and_refuses_to_overwrite(tmp_path, capsys):
     Image.fromarray(_images(1, 32, 3)[0]).save(source)
     assert load_images(source).shape == (1, 32, 32, 3)
     out = tmp_path / "grid.png"
-    args = ["preview", "--pipeline", "lightweight", str(source), "--out", str(out),
-            "--variants", "2"]
+    args = [
+        "preview",
+        "--pipeline",
+        "lightweight",
+        str(source),
+        "--out",
+        str(out),
+        "--variants",
+        "2",
+    ]
     assert main(args) == 0
     with Image.open(out) as png:
         assert png.size == (3 * 96 + 2 * 2, 96)
@@ -87,8 +95,9 @@ def test_cli_takes_the_first_test_images_of_a_data_set(tmp_path):
     x = _images(5, 28, 1)
     np.savez(data, x_test=x, y_test=np.arange(5))
     out = tmp_path / "grid.png"
-    assert main(["preview", str(data), "--out", str(out), "--n-images", "2",
-                 "--variants", "1"]) == 0
+    assert (
+        main(["preview", str(data), "--out", str(out), "--n-images", "2", "--variants", "1"]) == 0
+    )
     with Image.open(out) as png:
         grid = np.asarray(png)
     assert grid.shape == (2 * 84 + 2, 2 * 84 + 2)

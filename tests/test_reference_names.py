@@ -26,8 +26,13 @@ def _png(path):
 
 def _constant_model(label, classes=3):
     """A classifier that predicts `label` for every input."""
-    model = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(),
-                              keras.layers.Dense(classes, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input(SHAPE),
+            keras.layers.Flatten(),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
     kernel, bias = model.layers[-1].get_weights()
     bias[:] = 0.0
     bias[label] = 5.0
@@ -46,10 +51,25 @@ def images():
 def viz(images):
     """A Visualizer on a tiny random model, run once (its engine is compiled once)."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(),
-                              keras.layers.Dense(3, activation="softmax")])
-    v = Visualizer(model, "raw", "l1", SHAPE, 1e-3, 4, 1, 0.1, 3, upsample_size=2, patience=3,
-                   img_color=1, batch_size=8, verbose=0)
+    model = keras.Sequential(
+        [keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")]
+    )
+    v = Visualizer(
+        model,
+        "raw",
+        "l1",
+        SHAPE,
+        1e-3,
+        4,
+        1,
+        0.1,
+        3,
+        upsample_size=2,
+        patience=3,
+        img_color=1,
+        batch_size=8,
+        verbose=0,
+    )
     rng = np.random.default_rng(1)
     v.visualize(images[0], 2, rng.random(SHAPE) * 255, rng.random((4, 4)))
     return v
@@ -90,16 +110,38 @@ def test_fix_gpu_memory_sets_growth_on_every_gpu():
 # ---------------------------------------------------------------- Visualizer
 def test_visualizer_class_constants_are_the_reference_defaults(viz):
     expected = dict(
-        UPSAMPLE_SIZE=1, INTENSITY_RANGE="raw", REGULARIZATION="l1", ATTACK_SUCC_THRESHOLD=0.99,
-        PATIENCE=10, COST_MULTIPLIER=1.5, RESET_COST_TO_ZERO=True, MASK_MIN=0, MASK_MAX=1,
-        COLOR_MIN=0, COLOR_MAX=255, IMG_COLOR=3, SHUFFLE=True, BATCH_SIZE=32, VERBOSE=1,
-        RETURN_LOGS=True, SAVE_LAST=False, EPSILON=1e-7, EARLY_STOP=True,
-        EARLY_STOP_THRESHOLD=0.99, EARLY_STOP_PATIENCE=20, SAVE_TMP=False, TMP_DIR="tmp",
-        RAW_INPUT_FLAG=False)
+        UPSAMPLE_SIZE=1,
+        INTENSITY_RANGE="raw",
+        REGULARIZATION="l1",
+        ATTACK_SUCC_THRESHOLD=0.99,
+        PATIENCE=10,
+        COST_MULTIPLIER=1.5,
+        RESET_COST_TO_ZERO=True,
+        MASK_MIN=0,
+        MASK_MAX=1,
+        COLOR_MIN=0,
+        COLOR_MAX=255,
+        IMG_COLOR=3,
+        SHUFFLE=True,
+        BATCH_SIZE=32,
+        VERBOSE=1,
+        RETURN_LOGS=True,
+        SAVE_LAST=False,
+        EPSILON=1e-7,
+        EARLY_STOP=True,
+        EARLY_STOP_THRESHOLD=0.99,
+        EARLY_STOP_PATIENCE=20,
+        SAVE_TMP=False,
+        TMP_DIR="tmp",
+        RAW_INPUT_FLAG=False,
+    )
     assert {k: getattr(Visualizer, k) for k in expected} == expected
     # every constant is its parameter's default (intensity_range and regularization are required)
-    defaults = {name: p.default for name, p in inspect.signature(Visualizer).parameters.items()
-                if name.upper() in expected and p.default is not p.empty}
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(Visualizer).parameters.items()
+        if name.upper() in expected and p.default is not p.empty
+    }
     assert defaults == {name: expected[name.upper()] for name in defaults} and len(defaults) == 22
     # early stop patience stays 20 whatever patience is (3 here), as in the reference
     assert viz.engine_kwargs["early_stop_patience"] == 20 and viz.engine_kwargs["patience"] == 3
@@ -164,7 +206,8 @@ def test_build_data_loader_yields_shuffled_batches_of_the_data():
 
 def test_visualize_trigger_w_mask_runs_and_saves(viz, images, tmp_path):
     pattern, mask_upsample, logs = example.visualize_trigger_w_mask(
-        viz, images[0], 2, result_dir=str(tmp_path), seed=0)
+        viz, images[0], 2, result_dir=str(tmp_path), seed=0
+    )
     assert pattern.shape == SHAPE and mask_upsample.shape == SHAPE[:2]
     assert len(logs) >= 1 and len(logs[0]) == 7
     stored = _png(tmp_path / "gtsrb_visualize_mask_label_2.png")
@@ -176,8 +219,11 @@ def test_save_pattern_writes_the_three_reference_pngs(tmp_path):
     mask = np.zeros(SHAPE[:2])
     mask[5:7, 5:7] = 0.5
     example.save_pattern(pattern, mask, 7, str(tmp_path / "out"), "t_%s_%d.png")
-    assert sorted(os.listdir(tmp_path / "out")) == ["t_fusion_7.png", "t_mask_7.png",
-                                                   "t_pattern_7.png"]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "t_fusion_7.png",
+        "t_mask_7.png",
+        "t_pattern_7.png",
+    ]
     assert _png(tmp_path / "out" / "t_mask_7.png").sum() == 4 * 127  # 127.5 truncated
     assert _png(tmp_path / "out" / "t_fusion_7.png").max() == 100
     assert np.all(_png(tmp_path / "out" / "t_pattern_7.png") == 200)
@@ -196,7 +242,7 @@ def test_analyze_pattern_norm_dist_reads_the_mask_pngs(tmp_path, capsys):
     expected = {}
     for label in range(10):
         mask = np.zeros(SHAPE[:2])
-        mask.flat[rng.permutation(64)[:4 if label == 3 else rng.integers(30, 40)]] = 0.999
+        mask.flat[rng.permutation(64)[: 4 if label == 3 else rng.integers(30, 40)]] = 0.999
         example.save_pattern(np.zeros(SHAPE), mask, label, str(tmp_path))
         expected[label] = (mask > 0).sum() * 254 / 255  # 0.999 * 255 stored as 254
     result = mad.analyze_pattern_norm_dist(str(tmp_path), num_classes=43, input_shape=SHAPE)
@@ -214,8 +260,14 @@ def test_analyze_pattern_norm_dist_reads_the_mask_pngs(tmp_path, capsys):
 def test_injection_utils_star_import_has_the_reference_names():
     namespace = {}
     exec("from injection.injection_utils import *", namespace)
-    assert {"BackdoorCall", "construct_mask_box", "construct_mask_corner", "DataGenerator",
-            "infect_X", "injection_func"} <= set(namespace)
+    assert {
+        "BackdoorCall",
+        "construct_mask_box",
+        "construct_mask_corner",
+        "DataGenerator",
+        "infect_X",
+        "injection_func",
+    } <= set(namespace)
     box = namespace["construct_mask_box"]([4], SHAPE)  # the reference default: a 3x3 square
     mask, pattern = box[4][0]
     assert mask[..., 0].sum() == 9 and mask[4:7, 4:7].all() and pattern.max() == 255
@@ -303,8 +355,10 @@ def test_defend_GAMMA2_is_gamma_2_6():
 
 
 def test_defend_RAND_shrinks_onto_a_black_canvas():
-    shown = [np.mean(deepsweep.defend_RAND(np.ones((32, 32, 3)), 1.1, seed=s)[..., 0] > 0)
-             for s in range(5)]
+    shown = [
+        np.mean(deepsweep.defend_RAND(np.ones((32, 32, 3)), 1.1, seed=s)[..., 0] > 0)
+        for s in range(5)
+    ]
     # int(32 * 1.1) = 35: the image keeps a side of int(32 * r), r in [32 / 35, 34 / 35]
     assert all((29 / 32) ** 2 <= v <= (31 / 32) ** 2 for v in shown) and len(set(shown)) > 1
     with pytest.raises(ValueError, match="scalimit"):

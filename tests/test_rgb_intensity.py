@@ -29,7 +29,9 @@ def rgb_files(tmp_path_factory, mnist_small):
     trigger = square_trigger(x3.shape[1:], target=TARGET, size=4, margin=1, color=RED)
     keras.utils.set_random_seed(3)
     model = mnist_model(input_shape=x3.shape[1:])
-    inject_backdoor(model, x3, y, [trigger], ratio=0.25, epochs=3, intensity="mnist", seed=3, verbose=0)
+    inject_backdoor(
+        model, x3, y, [trigger], ratio=0.25, epochs=3, intensity="mnist", seed=3, verbose=0
+    )
     folder = tmp_path_factory.mktemp("rgb")
     model.save(folder / "model.keras")
     np.savez(

@@ -46,7 +46,8 @@ def test_scan_flags_the_injected_label(tmp_path, tiny_backdoored, tiny_scan, mni
     mask, pattern = load_reversed(str(out), 7)
     stamped = injection_func(mask[..., None], pattern, xt)
     assert entry["attack_success_rate"] == pytest.approx(
-        attack_success_rate(predict_labels(model, stamped), yt, 7))
+        attack_success_rate(predict_labels(model, stamped), yt, 7)
+    )
     assert mask.shape == (28, 28) and pattern.shape == (28, 28, 1)
     assert mask.sum() < 0.5 * np.median([v["l1_norm"] for v in record["labels"].values()])
     real = trigger.mask[..., 0] > 0
@@ -68,13 +69,23 @@ def test_clean_model_is_not_flagged(mnist_small, tiny_clean):
     assert record["outlier"]["flagged"] == []
 
 
-def test_resume_after_interrupt_gives_the_same_results(tmp_path, mnist_small, tiny_backdoored,
-                                                       monkeypatch):
+def test_resume_after_interrupt_gives_the_same_results(
+    tmp_path, mnist_small, tiny_backdoored, monkeypatch
+):
     _, _, xt, yt = mnist_small
     model = tiny_backdoored[0]
     labels = [0, 3, 7, 9]
-    full = scan(model, xt[:300], yt[:300], labels=labels, out_dir=str(tmp_path / "a"),
-                progress=False, verbose=False, slots=2, **QUICK)
+    full = scan(
+        model,
+        xt[:300],
+        yt[:300],
+        labels=labels,
+        out_dir=str(tmp_path / "a"),
+        progress=False,
+        verbose=False,
+        slots=2,
+        **QUICK,
+    )
 
     real_save, calls = scan_mod.save_trigger_pngs, []
 
@@ -86,14 +97,32 @@ def test_resume_after_interrupt_gives_the_same_results(tmp_path, mnist_small, ti
 
     monkeypatch.setattr(scan_mod, "save_trigger_pngs", interrupt_third)
     with pytest.raises(KeyboardInterrupt):
-        scan(model, xt[:300], yt[:300], labels=labels, out_dir=str(tmp_path / "b"),
-             progress=False, verbose=False, slots=2, **QUICK)
+        scan(
+            model,
+            xt[:300],
+            yt[:300],
+            labels=labels,
+            out_dir=str(tmp_path / "b"),
+            progress=False,
+            verbose=False,
+            slots=2,
+            **QUICK,
+        )
     monkeypatch.setattr(scan_mod, "save_trigger_pngs", real_save)
     partial = json.loads((tmp_path / "b" / "results.json").read_text())
     assert len(partial["labels"]) == 2
     assert partial["wall_time_s"] > 0  # the killed scan kept the time of its finished labels
-    resumed = scan(model, xt[:300], yt[:300], labels=labels, out_dir=str(tmp_path / "b"),
-                   progress=False, verbose=False, slots=2, **QUICK)
+    resumed = scan(
+        model,
+        xt[:300],
+        yt[:300],
+        labels=labels,
+        out_dir=str(tmp_path / "b"),
+        progress=False,
+        verbose=False,
+        slots=2,
+        **QUICK,
+    )
     assert resumed["wall_time_s"] > partial["wall_time_s"]
     assert sorted(resumed["labels"]) == sorted(full["labels"])
     for k, v in full["labels"].items():
@@ -101,8 +130,17 @@ def test_resume_after_interrupt_gives_the_same_results(tmp_path, mnist_small, ti
         assert resumed["labels"][k]["l1_norm"] == pytest.approx(v["l1_norm"], rel=1e-3)
     # A different setting on the same folder is refused, not mixed in.
     with pytest.raises(FileExistsError, match="different settings"):
-        scan(model, xt[:300], yt[:300], labels=labels, out_dir=str(tmp_path / "b"),
-             progress=False, verbose=False, steps=61, nb_sample=64)
+        scan(
+            model,
+            xt[:300],
+            yt[:300],
+            labels=labels,
+            out_dir=str(tmp_path / "b"),
+            progress=False,
+            verbose=False,
+            steps=61,
+            nb_sample=64,
+        )
 
 
 def test_mad_printout_matches_reference_format(capsys):
@@ -117,7 +155,9 @@ def test_mad_printout_matches_reference_format(capsys):
     assert result["median"] == pytest.approx(med) and result["mad"] == pytest.approx(mad)
     assert result["anomaly_index"] == pytest.approx(abs(16.117647 - med) / mad)
     # Large norms are never flagged, however far from the median.
-    assert outlier_detection([10, 10.5, 11, 9.5, 500], [0, 1, 2, 3, 4], verbose=False)["flagged"] == []
+    assert (
+        outlier_detection([10, 10.5, 11, 9.5, 500], [0, 1, 2, 3, 4], verbose=False)["flagged"] == []
+    )
 
 
 def _logits_copy(model):
@@ -133,12 +173,14 @@ def test_visualizer_reference_api(source, mnist_small, tiny_backdoored):
     model, _, _ = tiny_backdoored
     x = xt[:256].astype(np.float32) / 255.0  # the reference gives preprocessed data
     if source == "pydataset":
+
         class Batches(keras.utils.PyDataset):
             def __len__(self):
                 return 8
 
             def __getitem__(self, i):
-                return x[i * 32:(i + 1) * 32], yt[i * 32:(i + 1) * 32]
+                return x[i * 32 : (i + 1) * 32], yt[i * 32 : (i + 1) * 32]
+
         data = Batches()
     elif source == "tfdata":
         data = tf.data.Dataset.from_tensor_slices((x, yt[:256])).batch(32)
@@ -147,11 +189,26 @@ def test_visualizer_reference_api(source, mnist_small, tiny_backdoored):
     used = _logits_copy(model) if source == "logits" else model
     # A model that takes the preprocessed data: [0, 1] inputs, scaled back to the raw pixels.
     used = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(255.0), used])
-    viz = Visualizer(used, "mnist", "l1", (28, 28, 1), 1e-3, 30, 2, 0.1, 10, upsample_size=2,
-                     patience=3, cost_multiplier=2, img_color=1, verbose=0)
+    viz = Visualizer(
+        used,
+        "mnist",
+        "l1",
+        (28, 28, 1),
+        1e-3,
+        30,
+        2,
+        0.1,
+        10,
+        upsample_size=2,
+        patience=3,
+        cost_multiplier=2,
+        img_color=1,
+        verbose=0,
+    )
     rng = np.random.default_rng(0)
-    pattern, mask, mask_up, logs = viz.visualize(data, 7, rng.random((28, 28, 1)) * 255,
-                                                 rng.random((28, 28)))
+    pattern, mask, mask_up, logs = viz.visualize(
+        data, 7, rng.random((28, 28, 1)) * 255, rng.random((28, 28))
+    )
     assert pattern.shape == (28, 28, 1) and 0 <= pattern.min() and pattern.max() <= 255
     assert mask.shape == (14, 14) and mask_up.shape == (28, 28)
     assert np.array_equal(np.repeat(np.repeat(mask, 2, 0), 2, 1), mask_up)
@@ -185,8 +242,18 @@ def test_restarts_keep_the_smallest_valid_trigger(mnist_small, tiny_backdoored):
     model = tiny_backdoored[0]
     # one slot: every forward pass holds one job's batch, so a run's arithmetic
     # does not depend on which other runs share the graph
-    record = scan(model, xt[:300], yt[:300], labels=[7, 1, 4], restarts=3, mask_init="random",
-                  slots=1, progress=False, verbose=False, **QUICK)
+    record = scan(
+        model,
+        xt[:300],
+        yt[:300],
+        labels=[7, 1, 4],
+        restarts=3,
+        mask_init="random",
+        slots=1,
+        progress=False,
+        verbose=False,
+        **QUICK,
+    )
     for entry in record["labels"].values():
         tries = entry["restarts"]
         assert len(tries) == 3
@@ -194,9 +261,20 @@ def test_restarts_keep_the_smallest_valid_trigger(mnist_small, tiny_backdoored):
         assert entry["l1_norm"] == pytest.approx(min(valid))
         # different starts: not three identical runs
         assert len({round(t["l1_norm"], 4) for t in tries}) > 1
-    single = scan(model, xt[:300], yt[:300], labels=[7, 1, 4], mask_init="random", slots=1,
-                  progress=False, verbose=False, **QUICK)
+    single = scan(
+        model,
+        xt[:300],
+        yt[:300],
+        labels=[7, 1, 4],
+        mask_init="random",
+        slots=1,
+        progress=False,
+        verbose=False,
+        **QUICK,
+    )
     # restart 0 is the single run: the kept norm is never larger
     for key, entry in single["labels"].items():
         assert "restarts" not in entry
-        assert record["labels"][key]["restarts"][0]["l1_norm"] == pytest.approx(entry["l1_norm"], rel=1e-6)
+        assert record["labels"][key]["restarts"][0]["l1_norm"] == pytest.approx(
+            entry["l1_norm"], rel=1e-6
+        )

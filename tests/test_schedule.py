@@ -11,8 +11,15 @@ from nc_tf.schedule import cost_schedule_update, initial_state
 class ReferenceSchedule:
     """A line-by-line transcription of the reference `Visualizer.visualize` bookkeeping."""
 
-    def __init__(self, init_cost, patience, cost_multiplier, early_stop_threshold,
-                 early_stop_patience, attack_succ_threshold=0.99):
+    def __init__(
+        self,
+        init_cost,
+        patience,
+        cost_multiplier,
+        early_stop_threshold,
+        early_stop_patience,
+        attack_succ_threshold=0.99,
+    ):
         self.init_cost, self.patience = init_cost, patience
         self.up, self.down = cost_multiplier, cost_multiplier**1.5
         self.es_threshold, self.es_patience = early_stop_threshold, early_stop_patience
@@ -34,7 +41,11 @@ class ReferenceSchedule:
             else:
                 self.early_stop_counter = 0
         self.early_stop_reg_best = min(self.reg_best, self.early_stop_reg_best)
-        if self.cost_down_flag and self.cost_up_flag and self.early_stop_counter >= self.es_patience:
+        if (
+            self.cost_down_flag
+            and self.cost_up_flag
+            and self.early_stop_counter >= self.es_patience
+        ):
             self.stopped = True
             return improved
         if self.cost == 0 and acc >= self.thr:
@@ -70,20 +81,27 @@ def _stub_sequence(rng, n, patience):
         ok = not ok if rng.random() < 0.8 else ok
     acc = np.array(acc[:n])
     reg = np.maximum(50 * np.exp(-np.arange(n) / 40.0) + rng.normal(0, 2, n), 1.0)
-    reg[n // 2:] = reg[n // 2]  # stall: triggers early stop
+    reg[n // 2 :] = reg[n // 2]  # stall: triggers early stop
     return acc, reg
 
 
-@pytest.mark.parametrize("patience,multiplier,es_thr,es_pat", [(5, 2.0, 1.0, 25), (10, 1.5, 0.99, 20),
-                                                               (2, 3.0, 1.0, 4)])
+@pytest.mark.parametrize(
+    "patience,multiplier,es_thr,es_pat", [(5, 2.0, 1.0, 25), (10, 1.5, 0.99, 20), (2, 3.0, 1.0, 4)]
+)
 def test_vectorised_schedule_matches_reference_step_by_step(patience, multiplier, es_thr, es_pat):
     n_slots, n_steps = 6, 400
     rng = np.random.default_rng(patience)
     seqs = [_stub_sequence(rng, n_steps, patience) for _ in range(n_slots)]
     refs = [ReferenceSchedule(1e-3, patience, multiplier, es_thr, es_pat) for _ in range(n_slots)]
     state = initial_state(n_slots, 1e-3)
-    cfg = dict(init_cost=1e-3, steps=10_000, patience=patience, cost_multiplier=multiplier,
-               early_stop_threshold=es_thr, early_stop_patience=es_pat)
+    cfg = dict(
+        init_cost=1e-3,
+        steps=10_000,
+        patience=patience,
+        cost_multiplier=multiplier,
+        early_stop_threshold=es_thr,
+        early_stop_patience=es_pat,
+    )
     stopped_any = moved_both = False
     for t in range(n_steps):
         active = [i for i in range(n_slots) if not refs[i].stopped]

@@ -40,21 +40,36 @@ def test_square_trigger_equals_reference_corner():
     assert np.array_equal(t.apply(x), injection_func(mask, pattern, x))
 
 
-@pytest.mark.parametrize("position,origin", [
-    ("top-left", (1, 1)), ("bottom-left", (23, 1)), ("top-right", (1, 23)),
-    ("center", (12, 12)), ("top", (1, 12)), ([3, 5], (3, 5)),
-])
+@pytest.mark.parametrize(
+    "position,origin",
+    [
+        ("top-left", (1, 1)),
+        ("bottom-left", (23, 1)),
+        ("top-right", (1, 23)),
+        ("center", (12, 12)),
+        ("top", (1, 12)),
+        ([3, 5], (3, 5)),
+    ],
+)
 def test_positions(position, origin):
     t = square_trigger((28, 28, 1), 0, size=4, margin=1, position=position)
     rows, cols = np.nonzero(t.mask[..., 0])
     assert (rows.min(), cols.min()) == origin and t.mask.sum() == 16
 
 
-@pytest.mark.parametrize("make", [
-    lambda: square_trigger((32, 32, 3), 33, size=5, margin=2, position="top-left", color=[10, 200, 30]),
-    lambda: Trigger(np.random.default_rng(1).random((8, 8)),
-                    np.random.default_rng(2).uniform(0, 255, (8, 8, 3)), 4),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: square_trigger(
+            (32, 32, 3), 33, size=5, margin=2, position="top-left", color=[10, 200, 30]
+        ),
+        lambda: Trigger(
+            np.random.default_rng(1).random((8, 8)),
+            np.random.default_rng(2).uniform(0, 255, (8, 8, 3)),
+            4,
+        ),
+    ],
+)
 def test_spec_round_trip_is_bit_identical(make):
     t = make()
     again = Trigger.from_spec(json.loads(json.dumps(t.spec)))
@@ -103,8 +118,9 @@ def test_shape_triggers_rebuild_exactly_from_json(shape, color):
 
     from injection.triggers import Trigger, shape_trigger
 
-    t = shape_trigger((32, 32, 3), 5, shape=shape, size=6, margin=2, position="top-left",
-                      color=color, seed=4)
+    t = shape_trigger(
+        (32, 32, 3), 5, shape=shape, size=6, margin=2, position="top-left", color=color, seed=4
+    )
     again = Trigger.from_spec(json.loads(json.dumps(t.spec)))
     np.testing.assert_array_equal(again.mask, t.mask)
     np.testing.assert_array_equal(again.pattern, t.pattern)
@@ -115,8 +131,16 @@ def test_shape_triggers_rebuild_exactly_from_json(shape, color):
     if shape == "checkerboard":
         assert np.all(box[1::2, ::2] == 0) and np.all(box[::2, 1::2] == 0)
     if color == "noisy":
-        other = shape_trigger((32, 32, 3), 5, shape=shape, size=6, margin=2, position="top-left",
-                              color="noisy", seed=5)
+        other = shape_trigger(
+            (32, 32, 3),
+            5,
+            shape=shape,
+            size=6,
+            margin=2,
+            position="top-left",
+            color="noisy",
+            seed=5,
+        )
         assert not np.array_equal(other.pattern, t.pattern)
         assert len(np.unique(box[t.mask[2:8, 2:8, 0] > 0])) > 10
 

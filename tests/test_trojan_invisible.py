@@ -21,8 +21,12 @@ INVISIBLE_RATIO = 0.25
 # The least mean activation of the selected neuron on stamped / clean test
 # images, on the clean model, each attack must reach (8 grey levels at most
 # move the neuron little; see injection/invisible.py).
-MIN_ACTIVATION_RATIO = {"trojan-square": 2.5, "trojan-watermark": 5.0,
-                        "invisible-l2": 1.2, "invisible-l0": 1.08}
+MIN_ACTIVATION_RATIO = {
+    "trojan-square": 2.5,
+    "trojan-watermark": 5.0,
+    "invisible-l2": 1.2,
+    "invisible-l0": 1.08,
+}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +59,9 @@ def attacked(request, clean_tiny, mnist_small):
     if family == "trojan":
         trigger, _ = trojan_attack(model, x, y, TARGET, mask=kind, epochs=ATTACK_EPOCHS[family])
     else:
-        trigger, _ = invisible_attack(model, x, y, TARGET, norm=kind, ratio=INVISIBLE_RATIO,
-                                      epochs=ATTACK_EPOCHS[family])
+        trigger, _ = invisible_attack(
+            model, x, y, TARGET, norm=kind, ratio=INVISIBLE_RATIO, epochs=ATTACK_EPOCHS[family]
+        )
     return variant, trigger, model
 
 

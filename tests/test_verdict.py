@@ -46,7 +46,9 @@ def test_a_logits_twin_gets_the_same_scan(tiny_backdoored, seed_scans, mnist_sma
     assert record["output"] == "logits" and softmax["output"] == "softmax"
     assert _flagged(record) == _flagged(softmax) == [7]
     for label, entry in softmax["labels"].items():
-        assert record["labels"][label]["l1_norm"] == pytest.approx(entry["l1_norm"], rel=0.05, abs=0.5)
+        assert record["labels"][label]["l1_norm"] == pytest.approx(
+            entry["l1_norm"], rel=0.05, abs=0.5
+        )
 
 
 def test_a_softmax_followed_by_another_layer_counts_as_softmax(tiny_backdoored, mnist_small):
@@ -80,8 +82,18 @@ def test_a_model_that_misreads_its_data_is_refused(tiny_backdoored, mnist_small)
     with pytest.raises(ValueError, match=r"clean accuracy .*below 50%.*--intensity"):
         scan(model, xt[:200], yt[:200], intensity="mnist", progress=False, verbose=False)
     with pytest.warns(UserWarning, match="clean accuracy"):
-        record = scan(model, xt[:200], yt[:200], intensity="mnist", labels=[0, 7, 9], steps=2,
-                      starts=1, accept_low_accuracy=True, progress=False, verbose=False)
+        record = scan(
+            model,
+            xt[:200],
+            yt[:200],
+            intensity="mnist",
+            labels=[0, 7, 9],
+            steps=2,
+            starts=1,
+            accept_low_accuracy=True,
+            progress=False,
+            verbose=False,
+        )
     assert record["clean_accuracy"] < 0.5
     with pytest.raises(ValueError, match="--accept-low-accuracy"):
         check_clean_accuracy(0.3)
@@ -96,18 +108,48 @@ def test_cli_scan_then_detect_flags_the_target(tmp_path, capsys, tiny_backdoored
     path = tmp_path / "model.keras"
     tiny_backdoored[0].save(path)
     out = tmp_path / "scan"
-    assert main(["scan", str(path), "--dataset", "mnist", "--limit", "1000", "--out", str(out),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "scan",
+                str(path),
+                "--dataset",
+                "mnist",
+                "--limit",
+                "1000",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     record = json.loads(capsys.readouterr().out)
     assert record["output"] == "softmax" and record["clean_accuracy"] > 0.9
     assert main(["detect", str(out), "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
     assert [label for label, _ in verdict["flagged"]] == [7]
     # the CLI scan is the library scan of the same 1000 test images
-    assert verdict["anomaly_index"] == pytest.approx(seed_scans[0]["outlier"]["anomaly_index"],
-                                                     rel=1e-3)
-    assert main(["scan", str(path), "--dataset", "mnist", "--limit", "300", "--intensity",
-                 "mnist", "--out", str(tmp_path / "bad")]) == 2
+    assert verdict["anomaly_index"] == pytest.approx(
+        seed_scans[0]["outlier"]["anomaly_index"], rel=1e-3
+    )
+    assert (
+        main(
+            [
+                "scan",
+                str(path),
+                "--dataset",
+                "mnist",
+                "--limit",
+                "300",
+                "--intensity",
+                "mnist",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "clean accuracy" in err and "--accept-low-accuracy" in err
     assert not (tmp_path / "bad").exists()

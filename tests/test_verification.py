@@ -58,6 +58,7 @@ def test_blanked_model_never_sees_the_blanked_pixels(tiny_backdoored, mnist_smal
     stamped = trigger.apply(xt[:64]).astype(np.float32)
     # the stamp lives only in the region, so blanking it leaves the clean image there
     wiped = np.where(region[None, ..., None], fill, stamped)
-    np.testing.assert_allclose(guarded.predict(stamped, verbose=0),
-                               model.predict(wiped, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        guarded.predict(stamped, verbose=0), model.predict(wiped, verbose=0), atol=1e-5
+    )
     assert np.mean(np.argmax(guarded.predict(stamped, verbose=0), 1) == 7) < 0.5

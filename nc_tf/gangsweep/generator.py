@@ -52,8 +52,9 @@ def build_generator(input_shape, filters=32, residual_blocks=3, seed=None):
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"input_shape must be (H, W, C), got {input_shape}.")
     if int(filters) < 1 or int(residual_blocks) < 0:
-        raise ValueError(f"filters must be >= 1 and residual_blocks >= 0; got {filters}, "
-                         f"{residual_blocks}.")
+        raise ValueError(
+            f"filters must be >= 1 and residual_blocks >= 0; got {filters}, {residual_blocks}."
+        )
     height, width, channels = shape
     filters = int(filters)
     layers = keras.layers
@@ -61,7 +62,8 @@ def build_generator(input_shape, filters=32, residual_blocks=3, seed=None):
 
     def init():
         return keras.initializers.GlorotUniform(
-            seed=None if seed is None else int(seed) * 10_007 + next(counter))
+            seed=None if seed is None else int(seed) * 10_007 + next(counter)
+        )
 
     def conv(h, n, kernel, strides=1, transpose=False):
         cls = layers.Conv2DTranspose if transpose else layers.Conv2D
@@ -83,8 +85,13 @@ def build_generator(input_shape, filters=32, residual_blocks=3, seed=None):
     extra_h, extra_w = h.shape[1] - height, h.shape[2] - width
     if extra_h or extra_w:
         h = layers.Cropping2D(((0, extra_h), (0, extra_w)))(h)
-    h = layers.Conv2D(channels, 7, padding="same", kernel_initializer=init(),
-                      bias_initializer=keras.initializers.Constant(OUTPUT_BIAS))(h)
+    h = layers.Conv2D(
+        channels,
+        7,
+        padding="same",
+        kernel_initializer=init(),
+        bias_initializer=keras.initializers.Constant(OUTPUT_BIAS),
+    )(h)
     outputs = layers.Activation("sigmoid")(h)
     return keras.Model(inputs, outputs, name="gangsweep_generator")
 
@@ -147,8 +154,10 @@ def to_unit(x):
 def generate(generator, x, batch_size=256):
     """Perturbations `G(x)` in [0, 1] of raw images `x` (numpy, float32)."""
     x01 = to_unit(x)
-    out = [np.asarray(generator(x01[i:i + batch_size], training=False))
-           for i in range(0, len(x01), batch_size)]
+    out = [
+        np.asarray(generator(x01[i : i + batch_size], training=False))
+        for i in range(0, len(x01), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros_like(x01)
 
 
@@ -159,15 +168,17 @@ def stamp(x, perturbations):
 
 def batched_logits(logit_fn, x, intensity, batch_size=256):
     """The logits (float64 numpy) of raw images `x` through `logit_fn`, in batches."""
-    out = [np.asarray(logit_fn(preprocess(np.asarray(x[i:i + batch_size], np.float32),
-                                          intensity)))
-           for i in range(0, len(x), batch_size)]
+    out = [
+        np.asarray(logit_fn(preprocess(np.asarray(x[i : i + batch_size], np.float32), intensity)))
+        for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(out).astype(np.float64)
 
 
 def check_target(model, target):
     num_classes = int(model.output_shape[-1])
     if not 0 <= int(target) < num_classes:
-        raise ValueError(f"Label {target} is out of range: the model has labels "
-                         f"0..{num_classes - 1}.")
+        raise ValueError(
+            f"Label {target} is out of range: the model has labels 0..{num_classes - 1}."
+        )
     return int(target)

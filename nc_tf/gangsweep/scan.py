@@ -48,12 +48,31 @@ from nc_tf.scan_folder import RESULTS, ScanFolder, read_scan_record, tile
 METHOD = "gangsweep"
 
 
-def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size=64, lr=0.01,
-                   intensity="raw", seed=0, force=False, progress=True, verbose=True,
-                   max_images=None, filters=32, residual_blocks=3, patience=3, k=0.0,
-                   model_path=None, min_steps_per_epoch=MIN_STEPS_PER_EPOCH,
-                   statistic="paper", persistence_threshold=PERSISTENCE_THRESHOLD,
-                   alpha_gate=None):
+def gangsweep_scan(
+    model,
+    x,
+    y,
+    labels=None,
+    out_dir=None,
+    epochs=15,
+    batch_size=64,
+    lr=0.01,
+    intensity="raw",
+    seed=0,
+    force=False,
+    progress=True,
+    verbose=True,
+    max_images=None,
+    filters=32,
+    residual_blocks=3,
+    patience=3,
+    k=0.0,
+    model_path=None,
+    min_steps_per_epoch=MIN_STEPS_PER_EPOCH,
+    statistic="paper",
+    persistence_threshold=PERSISTENCE_THRESHOLD,
+    alpha_gate=None,
+):
     """Trains a generator per label, measures persistence and logit shifts, tests for outliers.
 
     Per label t: a generator is trained on the images whose label is not t
@@ -131,70 +150,127 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
     if len(y) != len(x):
         raise ValueError(f"{len(x)} images but {len(y)} labels.")
     if max_images is not None and len(x) > int(max_images):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:int(max_images)])
+        keep = np.sort(np.random.default_rng(seed).permutation(len(x))[: int(max_images)])
         x, y = x[keep], y[keep]
     if len(np.unique(y)) < 2:
-        raise ValueError("The scan data holds a single class; use clean samples of many "
-                         "classes (e.g. the validation set).")
+        raise ValueError(
+            "The scan data holds a single class; use clean samples of many "
+            "classes (e.g. the validation set)."
+        )
     labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]
     for label in labels:
         check_target(model, label)
     settings = {
-        "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr), "k": float(k),
-        "patience": int(patience), "filters": int(filters),
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "k": float(k),
+        "patience": int(patience),
+        "filters": int(filters),
         "min_steps_per_epoch": check_min_steps(min_steps_per_epoch),
         "alpha_gate": check_alpha_gate(alpha_gate),
-        "residual_blocks": int(residual_blocks), "intensity": intensity, "seed": int(seed),
+        "residual_blocks": int(residual_blocks),
+        "intensity": intensity,
+        "seed": int(seed),
         "max_images": None if max_images is None else int(max_images),
-        "n_samples": int(len(x)), "image_shape": [int(v) for v in x.shape[1:]],
-        "num_classes": num_classes, "threshold": AI_THRESHOLD,
+        "n_samples": int(len(x)),
+        "image_shape": [int(v) for v in x.shape[1:]],
+        "num_classes": num_classes,
+        "threshold": AI_THRESHOLD,
     }
     folder = ScanFolder.open(
-        out_dir, {"method": METHOD, "settings": settings, "labels": {},
-                  "identity": scan_identity(model, x, y, model_path, out_dir)},
-        force=force, keep=lambda path, key: os.path.exists(_weights_path(path, key)),
+        out_dir,
+        {
+            "method": METHOD,
+            "settings": settings,
+            "labels": {},
+            "identity": scan_identity(model, x, y, model_path, out_dir),
+        },
+        force=force,
+        keep=lambda path, key: os.path.exists(_weights_path(path, key)),
         # Settings a folder may lack, compared as if recorded: one pass per
         # epoch and the paper's alpha rule; persistence_threshold is a judging setting.
         defaults={"min_steps_per_epoch": 0, "alpha_gate": None},
         drop=("persistence_threshold",),
         hint="choose another --out to keep both, rerun with the same settings to resume, or, "
-             "from Python, pass force=True to start over there")
+        "from Python, pass force=True to start over there",
+    )
     record = folder.record
     todo = [t for t in dict.fromkeys(labels) if str(t) not in record["labels"]]
     with folder.running(len(todo), "gangsweep", progress=progress):
         if todo:
             logit_fn = logits_function(model, x, intensity)
-            trainer = GeneratorTrainer(model, x.shape[1:], num_classes, filters,
-                                       residual_blocks, lr, k, intensity, logit_fn)
+            trainer = GeneratorTrainer(
+                model,
+                x.shape[1:],
+                num_classes,
+                filters,
+                residual_blocks,
+                lr,
+                k,
+                intensity,
+                logit_fn,
+            )
             x01 = to_unit(x)
         for label in todo:
             began = time.time()
             trainer.reset(seed, label)
-            history = trainer.fit(x01[y != label], label, epochs, int(batch_size),
-                                  int(patience), seed, settings["min_steps_per_epoch"],
-                                  settings["alpha_gate"])
-            stats = label_statistics(model, trainer.generator, x, y, label, intensity, seed,
-                                     logit_fn=logit_fn)
-            entry = {"label": label, **{key: stats[key] for key in (
-                "persistence", "V", "D", "V_logits", "V_relative", "margin", "l2",
-                "attack_success_rate", "persistence_by_source")},
-                "epochs": len(history["l_pert"]), "seconds": round(time.time() - began, 2),
-                "collapsed": collapsed(history), "history": history}
+            history = trainer.fit(
+                x01[y != label],
+                label,
+                epochs,
+                int(batch_size),
+                int(patience),
+                seed,
+                settings["min_steps_per_epoch"],
+                settings["alpha_gate"],
+            )
+            stats = label_statistics(
+                model, trainer.generator, x, y, label, intensity, seed, logit_fn=logit_fn
+            )
+            entry = {
+                "label": label,
+                **{
+                    key: stats[key]
+                    for key in (
+                        "persistence",
+                        "V",
+                        "D",
+                        "V_logits",
+                        "V_relative",
+                        "margin",
+                        "l2",
+                        "attack_success_rate",
+                        "persistence_by_source",
+                    )
+                },
+                "epochs": len(history["l_pert"]),
+                "seconds": round(time.time() - began, 2),
+                "collapsed": collapsed(history),
+                "history": history,
+            }
             if out_dir is not None:
                 _save_label(folder, label, trainer.generator, x, y)
-            folder.add_label(label, entry, label=label,
-                             persistence=f"{stats['persistence']:.2f}",
-                             V=f"{stats['V']:.3g}", D=f"{stats['D']:.3g}")
+            folder.add_label(
+                label,
+                entry,
+                label=label,
+                persistence=f"{stats['persistence']:.2f}",
+                V=f"{stats['V']:.3g}",
+                D=f"{stats['D']:.3g}",
+            )
     if out_dir is not None:
         _add_margins(model, record, out_dir, x, y, intensity, seed)
     _warn_collapsed(record)
     record["outlier"] = None
     if len(record["labels"]) >= 3:
-        outlier = gangsweep_outliers(record["labels"], persistence_threshold, statistic=statistic,
-                                     verbose=verbose)
+        outlier = gangsweep_outliers(
+            record["labels"], persistence_threshold, statistic=statistic, verbose=verbose
+        )
         for key, entry in record["labels"].items():
-            entry.update({name: outlier["per_label"][int(key)][name]
-                          for name in ("Z_V", "Z_D", "Z_M", "AI")})
+            entry.update(
+                {name: outlier["per_label"][int(key)][name] for name in ("Z_V", "Z_D", "Z_M", "AI")}
+            )
         outlier["per_label"] = {str(t): v for t, v in outlier["per_label"].items()}
         record["outlier"] = outlier
     folder.save()
@@ -203,18 +279,24 @@ def gangsweep_scan(model, x, y, labels=None, out_dir=None, epochs=15, batch_size
 
 def _warn_collapsed(record):
     """Warns about labels whose generator collapsed to `G(x) = 0` (their statistics mislead)."""
-    labels = sorted(int(key) for key, entry in record["labels"].items()
-                    if collapsed(entry["history"]))
+    labels = sorted(
+        int(key) for key, entry in record["labels"].items() if collapsed(entry["history"])
+    )
     if not labels:
         return
     gate = record["settings"].get("alpha_gate")
-    fix = ("rescan into another folder with alpha_gate=0.9 (--alpha-gate 0.9), which keeps "
-           "alpha at 2 until the generator sends 90% of the images to the label"
-           if gate is None else f"rescan into another folder with a higher alpha_gate than {gate}")
-    warnings.warn(f"GangSweep: the generators of labels {labels} collapsed to G(x) = 0 during "
-                  f"training (an epoch ended with L_pert < {COLLAPSE_L_PERT} and fewer than half "
-                  f"of the images sent), so their persistence is not a fair measure; {fix}.",
-                  stacklevel=3)
+    fix = (
+        "rescan into another folder with alpha_gate=0.9 (--alpha-gate 0.9), which keeps "
+        "alpha at 2 until the generator sends 90% of the images to the label"
+        if gate is None
+        else f"rescan into another folder with a higher alpha_gate than {gate}"
+    )
+    warnings.warn(
+        f"GangSweep: the generators of labels {labels} collapsed to G(x) = 0 during "
+        f"training (an epoch ended with L_pert < {COLLAPSE_L_PERT} and fewer than half "
+        f"of the images sent), so their persistence is not a fair measure; {fix}.",
+        stacklevel=3,
+    )
 
 
 def _add_margins(model, record, out_dir, x, y, intensity, seed):
@@ -224,8 +306,7 @@ def _add_margins(model, record, out_dir, x, y, intensity, seed):
         return
     logit_fn = logits_function(model, x, intensity)
     for label, generator in load_generators(out_dir, missing).items():
-        stats = label_statistics(model, generator, x, y, label, intensity, seed,
-                                 logit_fn=logit_fn)
+        stats = label_statistics(model, generator, x, y, label, intensity, seed, logit_fn=logit_fn)
         record["labels"][str(label)]["margin"] = stats["margin"]
 
 
@@ -277,8 +358,10 @@ def load_generators(scan_dir, labels=None):
     """
     record = read_scan_record(scan_dir)
     if record.get("method") != METHOD:
-        raise ValueError(f"{scan_dir} does not hold a GangSweep scan (method: "
-                         f"{record.get('method', 'Neural Cleanse')}).")
+        raise ValueError(
+            f"{scan_dir} does not hold a GangSweep scan (method: "
+            f"{record.get('method', 'Neural Cleanse')})."
+        )
     if labels is None:
         outlier = record.get("outlier") if isinstance(record.get("outlier"), dict) else {}
         labels = [t for t, _ in outlier.get("flagged", [])]
@@ -288,33 +371,47 @@ def load_generators(scan_dir, labels=None):
         label = int(label)
         path = _weights_path(scan_dir, label)
         if str(label) not in record["labels"] or not os.path.exists(path):
-            raise ValueError(f"Label {label} has no generator in {scan_dir}; scanned: "
-                             f"{', '.join(sorted(record['labels'], key=int)) or 'none'}.")
-        generator = build_generator(settings["image_shape"], settings["filters"],
-                                    settings["residual_blocks"])
+            raise ValueError(
+                f"Label {label} has no generator in {scan_dir}; scanned: "
+                f"{', '.join(sorted(record['labels'], key=int)) or 'none'}."
+            )
+        generator = build_generator(
+            settings["image_shape"], settings["filters"], settings["residual_blocks"]
+        )
         try:
             generator.load_weights(path)
         except Exception as error:  # h5py and Keras raise many types for damaged files
-            raise ValueError(f"{path} is damaged or does not fit the scan's settings "
-                             f"({str(error).splitlines()[0][:200]}); rescan into a new "
-                             "folder.") from None
+            raise ValueError(
+                f"{path} is damaged or does not fit the scan's settings "
+                f"({str(error).splitlines()[0][:200]}); rescan into a new "
+                "folder."
+            ) from None
         out[label] = generator
     return out
 
 
 def _generator_settings(scan_dir, settings):
     """The generator shape settings of a scan record, checked before anything is built."""
-    shape, filters, blocks = (settings.get("image_shape"), settings.get("filters"),
-                              settings.get("residual_blocks"))
+    shape, filters, blocks = (
+        settings.get("image_shape"),
+        settings.get("filters"),
+        settings.get("residual_blocks"),
+    )
 
     def whole(value, low, high):
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
-    if not (isinstance(shape, list) and len(shape) == 3
-            and all(whole(v, 1, 4096) for v in shape)
-            and whole(filters, 1, 1024) and whole(blocks, 0, 64)):
-        raise ValueError(f"not a scan folder: {os.path.join(scan_dir, RESULTS)} has generator "
-                         "settings nc-tf does not write (image_shape, filters, "
-                         "residual_blocks); pass a folder written by `nc-tf scan --method "
-                         "gangsweep`.")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(whole(v, 1, 4096) for v in shape)
+        and whole(filters, 1, 1024)
+        and whole(blocks, 0, 64)
+    ):
+        raise ValueError(
+            f"not a scan folder: {os.path.join(scan_dir, RESULTS)} has generator "
+            "settings nc-tf does not write (image_shape, filters, "
+            "residual_blocks); pass a folder written by `nc-tf scan --method "
+            "gangsweep`."
+        )
     return {"image_shape": shape, "filters": filters, "residual_blocks": blocks}

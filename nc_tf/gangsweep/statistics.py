@@ -91,8 +91,9 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
     target = check_target(model, target)
     keep = y != target
     if not np.any(keep):
-        raise ValueError(f"Every image has label {target}; label statistics need images of "
-                         "other classes.")
+        raise ValueError(
+            f"Every image has label {target}; label statistics need images of other classes."
+        )
     x, y = x[keep], y[keep]
     logit_fn = logit_fn or logits_function(model)
     pert = generate(generator, x)
@@ -129,8 +130,15 @@ def label_statistics(model, generator, x, y, target, intensity="raw", seed=0, lo
 
 
 def check_persistence_threshold(value):
-    return check_scalar(value, "persistence_threshold", low=0, high=1, include="right",
-                        what="a fraction", hint=" (the paper: 0.9)")
+    return check_scalar(
+        value,
+        "persistence_threshold",
+        low=0,
+        high=1,
+        include="right",
+        what="a fraction",
+        hint=" (the paper: 0.9)",
+    )
 
 
 def check_statistic(statistic):
@@ -144,8 +152,13 @@ def _robust_z(values, sign):
     return sign * robust_z(values, median, mad), median, mad
 
 
-def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHOLD,
-                       threshold=AI_THRESHOLD, statistic="paper", verbose=True):
+def gangsweep_outliers(
+    stats_by_label,
+    persistence_threshold=PERSISTENCE_THRESHOLD,
+    threshold=AI_THRESHOLD,
+    statistic="paper",
+    verbose=True,
+):
     """GangSweep's Algorithm 1: persistence gate, then median/MAD z-scores of V and D.
 
     `Z_V = (median(V) - V_t) / MAD(V)` (a small V is suspicious),
@@ -209,50 +222,78 @@ def gangsweep_outliers(stats_by_label, persistence_threshold=PERSISTENCE_THRESHO
         m = np.asarray([stats_by_label[t]["margin"] for t in labels], np.float64)
         z_m, median_m, mad_m = _robust_z(m, 1.0)
     elif statistic == "margin":
-        raise ValueError(f"Labels {missing} have no `margin` (scanned before nc-tf recorded it); "
-                         "rerun `gangsweep_scan` on the scan folder, which adds it from the "
-                         "saved generators, or use statistic='paper'.")
+        raise ValueError(
+            f"Labels {missing} have no `margin` (scanned before nc-tf recorded it); "
+            "rerun `gangsweep_scan` on the scan folder, which adds it from the "
+            "saved generators, or use statistic='paper'."
+        )
     persistent = p >= persistence_threshold
 
     def verdict(ai):
-        flagged = sorted(([int(t), float(ai[i])] for i, t in enumerate(labels)
-                          if persistent[i] and ai[i] > threshold), key=lambda item: -item[1])
+        flagged = sorted(
+            (
+                [int(t), float(ai[i])]
+                for i, t in enumerate(labels)
+                if persistent[i] and ai[i] > threshold
+            ),
+            key=lambda item: -item[1],
+        )
         return flagged, float(np.max(ai[persistent])) if np.any(persistent) else 0.0
 
     indices = {"paper": (z_v + z_d) / 2.0, "margin": z_m}
     ai = indices[statistic]
-    per_label = {int(t): {"Z_V": float(z_v[i]), "Z_D": float(z_d[i]),
-                          "Z_M": None if z_m is None else float(z_m[i]), "AI": float(ai[i]),
-                          "persistence": float(p[i])} for i, t in enumerate(labels)}
+    per_label = {
+        int(t): {
+            "Z_V": float(z_v[i]),
+            "Z_D": float(z_d[i]),
+            "Z_M": None if z_m is None else float(z_m[i]),
+            "AI": float(ai[i]),
+            "persistence": float(p[i]),
+        }
+        for i, t in enumerate(labels)
+    }
     flagged, anomaly_index = verdict(ai)
     other = "margin" if statistic == "paper" else "paper"
     other_verdict = None
     if indices[other] is not None:
         other_flagged, other_index = verdict(indices[other])
-        other_verdict = {"statistic": other, "anomaly_index": other_index,
-                         "flagged": other_flagged}
+        other_verdict = {"statistic": other, "anomaly_index": other_index, "flagged": other_flagged}
     result = {
-        "per_label": per_label, "flagged": flagged,
+        "per_label": per_label,
+        "flagged": flagged,
         "persistent": [int(t) for i, t in enumerate(labels) if persistent[i]],
-        "anomaly_index": anomaly_index, "infected": bool(flagged), "statistic": statistic,
+        "anomaly_index": anomaly_index,
+        "infected": bool(flagged),
+        "statistic": statistic,
         "other_statistic": other_verdict,
-        "median_V": median_v, "mad_V": mad_v, "median_D": median_d, "mad_D": mad_d,
-        "median_margin": median_m, "mad_margin": mad_m,
-        "persistence_threshold": float(persistence_threshold), "threshold": float(threshold),
+        "median_V": median_v,
+        "mad_V": mad_v,
+        "median_D": median_d,
+        "mad_D": mad_d,
+        "median_margin": median_m,
+        "mad_margin": mad_m,
+        "persistence_threshold": float(persistence_threshold),
+        "threshold": float(threshold),
     }
     if verbose:
         if statistic == "paper":
-            print(f"median V: {median_v:f}, MAD V: {mad_v:f}; median D: {median_d:f}, "
-                  f"MAD D: {mad_d:f}")
+            print(
+                f"median V: {median_v:f}, MAD V: {mad_v:f}; median D: {median_d:f}, "
+                f"MAD D: {mad_d:f}"
+            )
         else:
             print(f"median margin: {median_m:f}, MAD margin: {mad_m:f}")
-        print("persistent labels (>= {:.0%}): {}".format(
-            persistence_threshold, ", ".join(str(t) for t in result["persistent"]) or "none"))
+        print(
+            "persistent labels (>= {:.0%}): {}".format(
+                persistence_threshold, ", ".join(str(t) for t in result["persistent"]) or "none"
+            )
+        )
         print(f"anomaly index ({statistic}): {anomaly_index:f}")
         print("flagged label list: " + ", ".join(f"{t}: {a:f}" for t, a in flagged))
         if other_verdict and other_verdict["flagged"] != flagged:
-            print(f"with statistic={other!r}: anomaly index "
-                  f"{other_verdict['anomaly_index']:f}, flagged: "
-                  + (", ".join(f"{t}: {a:f}" for t, a in other_verdict["flagged"]) or "none"))
+            print(
+                f"with statistic={other!r}: anomaly index "
+                f"{other_verdict['anomaly_index']:f}, flagged: "
+                + (", ".join(f"{t}: {a:f}" for t, a in other_verdict["flagged"]) or "none")
+            )
     return result
-

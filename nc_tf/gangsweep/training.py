@@ -45,15 +45,26 @@ class GeneratorTrainer:
     traced `tf.function` for a whole scan (no retracing per label).
     """
 
-    def __init__(self, model, image_shape, num_classes, filters, residual_blocks, lr, k,
-                 intensity, logit_fn=None):
+    def __init__(
+        self,
+        model,
+        image_shape,
+        num_classes,
+        filters,
+        residual_blocks,
+        lr,
+        k,
+        intensity,
+        logit_fn=None,
+    ):
         self.image_shape = tuple(int(v) for v in image_shape)
         self.num_classes = int(num_classes)
         self.filters, self.residual_blocks = int(filters), int(residual_blocks)
         self.k, self.intensity = float(k), check_intensity(intensity)
         self.logits = logit_fn or logits_function(model)
-        self.generator = build_generator(self.image_shape, self.filters, self.residual_blocks,
-                                         seed=0)
+        self.generator = build_generator(
+            self.image_shape, self.filters, self.residual_blocks, seed=0
+        )
         self.optimizer = keras.optimizers.Adam(learning_rate=lr)
         self.optimizer.build(self.generator.trainable_variables)
         image = tf.TensorSpec((None,) + self.image_shape, tf.float32)
@@ -63,8 +74,9 @@ class GeneratorTrainer:
 
     def reset(self, seed, target):
         """Fresh initial weights (fixed by `(seed, target)`) and a fresh Adam state."""
-        fresh = build_generator(self.image_shape, self.filters, self.residual_blocks,
-                                seed=label_seed(seed, target))
+        fresh = build_generator(
+            self.image_shape, self.filters, self.residual_blocks, seed=label_seed(seed, target)
+        )
         self.generator.set_weights(fresh.get_weights())
         for var in self.optimizer.variables:
             if not var.path.endswith("learning_rate"):
@@ -97,12 +109,23 @@ class GeneratorTrainer:
     def evaluate(self, x01, target, batch_size=256):
         """Mean `L_pert`, mean `L_adv` and the share sent to `target`, with the current weights."""
         target_t = tf.constant(int(target), tf.int32)
-        sums = [self._eval(tf.constant(x01[i:i + batch_size]), target_t)
-                for i in range(0, len(x01), batch_size)]
+        sums = [
+            self._eval(tf.constant(x01[i : i + batch_size]), target_t)
+            for i in range(0, len(x01), batch_size)
+        ]
         return (np.asarray(tf.add_n(sums), np.float64) / len(x01)).tolist()
 
-    def fit(self, x01, target, epochs, batch_size, patience, seed,
-            min_steps_per_epoch=MIN_STEPS_PER_EPOCH, alpha_gate=None):
+    def fit(
+        self,
+        x01,
+        target,
+        epochs,
+        batch_size,
+        patience,
+        seed,
+        min_steps_per_epoch=MIN_STEPS_PER_EPOCH,
+        alpha_gate=None,
+    ):
         """Trains the current generator towards `target`; returns the per-epoch history.
 
         The generator is left with the weights of the chosen epoch (see
@@ -125,7 +148,7 @@ class GeneratorTrainer:
                 order = np.concatenate([rng.permutation(n) for _ in range(passes)])
             alpha_t = tf.constant(alpha, tf.float32)
             for start in range(0, steps * batch_size, batch_size):
-                batch = tf.constant(x01[order[start:start + batch_size]])
+                batch = tf.constant(x01[order[start : start + batch_size]])
                 self._step(batch, target_t, alpha_t)
             # The epoch's figures are those of its final weights (the weights
             # that would be kept), not running means over a moving generator:
@@ -147,8 +170,11 @@ class GeneratorTrainer:
                 stale += 1
             # Early stop 2: every image is past the margin (L_adv = -k) and
             # the perturbation no longer shrinks.
-            done = (l_adv <= -self.k + ADV_TOLERANCE and previous_pert is not None
-                    and l_pert > previous_pert * (1.0 - PERT_TOLERANCE))
+            done = (
+                l_adv <= -self.k + ADV_TOLERANCE
+                and previous_pert is not None
+                and l_pert > previous_pert * (1.0 - PERT_TOLERANCE)
+            )
             previous_pert = l_pert
             lower = l_pert > l_adv and (alpha_gate is None or success >= alpha_gate)
             alpha = ALPHA_LOW if lower else ALPHA_HIGH
@@ -161,8 +187,7 @@ class GeneratorTrainer:
 
 def collapsed_epochs(history):
     """Per epoch of a generator's training `history`: whether it ended collapsed to `G(x) = 0`."""
-    return [p < COLLAPSE_L_PERT and s < 0.5
-            for p, s in zip(history["l_pert"], history["success"])]
+    return [p < COLLAPSE_L_PERT and s < 0.5 for p, s in zip(history["l_pert"], history["success"])]
 
 
 def collapsed(history):
@@ -174,9 +199,22 @@ def label_seed(seed, label):
     return int(seed) * 1_000 + int(label) + 1
 
 
-def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, intensity="raw",
-                    patience=3, seed=0, filters=32, residual_blocks=3,
-                    min_steps_per_epoch=MIN_STEPS_PER_EPOCH, alpha_gate=None):
+def train_generator(
+    model,
+    x,
+    target,
+    epochs=15,
+    batch_size=64,
+    lr=0.01,
+    k=0.0,
+    intensity="raw",
+    patience=3,
+    seed=0,
+    filters=32,
+    residual_blocks=3,
+    min_steps_per_epoch=MIN_STEPS_PER_EPOCH,
+    alpha_gate=None,
+):
     """Trains a GangSweep generator that sends clean images to `target`.
 
     The model stays frozen. Loss per batch: `L_pert + alpha * L_adv`, with
@@ -238,23 +276,38 @@ def train_generator(model, x, target, epochs=15, batch_size=64, lr=0.01, k=0.0, 
     target = check_target(model, target)
     if not len(x):
         raise ValueError("No images to train the generator on.")
-    trainer = GeneratorTrainer(model, x.shape[1:], num_classes, filters, residual_blocks, lr, k,
-                                intensity)
+    trainer = GeneratorTrainer(
+        model, x.shape[1:], num_classes, filters, residual_blocks, lr, k, intensity
+    )
     trainer.reset(seed, target)
-    history = trainer.fit(to_unit(x), target, epochs, int(batch_size), int(patience), seed,
-                          check_min_steps(min_steps_per_epoch), check_alpha_gate(alpha_gate))
+    history = trainer.fit(
+        to_unit(x),
+        target,
+        epochs,
+        int(batch_size),
+        int(patience),
+        seed,
+        check_min_steps(min_steps_per_epoch),
+        check_alpha_gate(alpha_gate),
+    )
     return trainer.generator, history
 
 
 def check_min_steps(value):
-    return check_scalar(value, "min_steps_per_epoch", numbers.Integral, low=0,
-                        hint=" (0: one pass per epoch)")
+    return check_scalar(
+        value, "min_steps_per_epoch", numbers.Integral, low=0, hint=" (0: one pass per epoch)"
+    )
 
 
 def check_alpha_gate(value):
     if value is None:
         return None
-    return check_scalar(value, "alpha_gate", low=0, high=1, include="right",
-                        what="a share of images",
-                        hint=" (e.g. 0.9), or None for the paper's alpha rule")
-
+    return check_scalar(
+        value,
+        "alpha_gate",
+        low=0,
+        high=1,
+        include="right",
+        what="a share of images",
+        hint=" (e.g. 0.9), or None for the paper's alpha rule",
+    )

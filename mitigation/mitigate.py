@@ -28,6 +28,7 @@ clean images for ranking neurons, calibrating thresholds and the stop tests;
 """
 
 import collections
+import contextlib
 import os
 import time
 
@@ -198,102 +199,117 @@ def mitigate(
     ident = dict(
         identity(model, data.x_test, data.y_test, model_path), data_sha256=array_digest(*data)
     )
-    if out_dir is not None:
-        _open_out_dir(out_dir, force, method, ident)
-    log(f"before: {_row_text(before)}")
-    report = {
-        "method": method,
-        "intensity": intensity,
-        "seed": seed,
-        "options": dict(options),
-        "peel": bool(peel),
-        "verify": bool(verify),
-        "n_test": int(len(data.x_test)),
-        "identity": ident,
-        "before": before,
-    }
-    if labels is None and scan_record is not None:
-        labels = verification.scan_reference(scan_record)
-    removed, peels = triggers, None
-    if peel and method == "prune" and scan_record is not None and labels is not None:
-        from mitigation.peeling import trigger_pieces
+    with _out_dir(out_dir, force, method, ident):
+        log(f"before: {_row_text(before)}")
+        report = {
+            "method": method,
+            "intensity": intensity,
+            "seed": seed,
+            "options": dict(options),
+            "peel": bool(peel),
+            "verify": bool(verify),
+            "n_test": int(len(data.x_test)),
+            "identity": ident,
+            "before": before,
+        }
+        if labels is None and scan_record is not None:
+            labels = verification.scan_reference(scan_record)
+        removed, peels = triggers, None
+        if peel and method == "prune" and scan_record is not None and labels is not None:
+            from mitigation.peeling import trigger_pieces
 
-        removed, peels = trigger_pieces(
+            removed, peels = trigger_pieces(
+                model,
+                data.x_val,
+                data.y_val,
+                triggers,
+                scan_record,
+                intensity=intensity,
+                seed=seed,
+                verbose=verbose,
+            )
+        if method in ("repair", "unlearn"):
+            # the scans' progress and MAD reports; unlearn peels inside the repair loop
+            options = dict(options, verbose=verbose, labels=labels, record=scan_record, peel=peel)
+        job = Job(
+            method,
             model,
-            data.x_val,
-            data.y_val,
-            triggers,
-            scan_record,
-            intensity=intensity,
-            seed=seed,
-            verbose=verbose,
+            data,
+            removed,
+            attack_triggers,
+            generators,
+            intensity,
+            seed,
+            scan_options,
+            out_dir,
+            log,
+            options,
         )
-    if method in ("repair", "unlearn"):
-        # the scans' progress and MAD reports; unlearn peels inside the repair loop
-        options = dict(options, verbose=verbose, labels=labels, record=scan_record, peel=peel)
-    job = Job(
-        method,
-        model,
-        data,
-        removed,
-        attack_triggers,
-        generators,
-        intensity,
-        seed,
-        scan_options,
-        out_dir,
-        log,
-        options,
-    )
-    result, details = methods.runner(method)(job)
-    if peels is not None:
-        details["peels"] = peels
-    # Filter and inference-time defences measure themselves; repaired models are measured here.
-    report["after"] = details.pop("after") if "after" in details else figures(predictor(result))
-    if method == "repair":
-        labels = details["labels"]
-    if method not in VERIFIED:
-        report["verification"] = {
-            "verified": None,
-            "status": "not applicable: the model itself is unchanged (an input defence)",
-        }
-    elif not verify:
-        report["verification"] = {
-            "verified": None,
-            "status": "skipped (verify=False): the repair is unverified",
-        }
-        log("verification skipped: the repair is unverified")
-    else:
-        check = _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose)
-        residual = list(check.pop("triggers").values())
-        report["after"]["asr_scan_triggers"] = report["after"].pop("asr_reversed", [])
-        report["after"]["asr_reversed"] = [
-            trigger_success_rate(predictor(result), t, data.x_test, data.y_test) for t in residual
-        ]
-        report["verification"] = dict(
-            check, status="verified" if check["verified"] else "a backdoor survives"
-        )
-    report.update(details=details, wall_time_s=round(time.time() - t0, 2))
-    log(f"after:  {_row_text(report['after'])}")
-    if out_dir is not None:
-        if isinstance(result, keras.Model):
-            io.save_model(result, os.path.join(out_dir, "model.keras"))
-            report["model"] = os.path.join(out_dir, "model.keras")
-        io.write_json(os.path.join(out_dir, "mitigation.json"), report)
-    return result, report
+        result, details = methods.runner(method)(job)
+        if peels is not None:
+            details["peels"] = peels
+        # Filter and inference-time defences measure themselves; repaired models are measured here.
+        report["after"] = details.pop("after") if "after" in details else figures(predictor(result))
+        if method == "repair":
+            labels = details["labels"]
+        if method not in VERIFIED:
+            report["verification"] = {
+                "verified": None,
+                "status": "not applicable: the model itself is unchanged (an input defence)",
+            }
+        elif not verify:
+            report["verification"] = {
+                "verified": None,
+                "status": "skipped (verify=False): the repair is unverified",
+            }
+            log("verification skipped: the repair is unverified")
+        else:
+            check = _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose)
+            residual = list(check.pop("triggers").values())
+            report["after"]["asr_scan_triggers"] = report["after"].pop("asr_reversed", [])
+            report["after"]["asr_reversed"] = [
+                trigger_success_rate(predictor(result), t, data.x_test, data.y_test)
+                for t in residual
+            ]
+            report["verification"] = dict(
+                check, status="verified" if check["verified"] else "a backdoor survives"
+            )
+        report.update(details=details, wall_time_s=round(time.time() - t0, 2))
+        log(f"after:  {_row_text(report['after'])}")
+        if out_dir is not None:
+            if isinstance(result, keras.Model):
+                io.save_model(result, os.path.join(out_dir, "model.keras"))
+                report["model"] = os.path.join(out_dir, "model.keras")
+            io.write_json(os.path.join(out_dir, "mitigation.json"), report)
+        return result, report
 
 
-def _open_out_dir(out_dir, force, method, ident):
-    """Creates `out_dir`; a resumable method's folder must hold work on the same model and data."""
+@contextlib.contextmanager
+def _out_dir(out_dir, force, method, ident):
+    """Creates `out_dir` for the run (nothing without one).
+
+    A resumable method's folder must hold work on the same model and data
+    (`identity.json`); a run that fails before it saves anything there
+    leaves no identity file behind.
+    """
+    if out_dir is None:
+        yield
+        return
     resumable = method in ("repair", "unlearn")
     io.prepare_out_dir(out_dir, force=force, resume=resumable)
-    if not resumable:
-        return
     path = os.path.join(out_dir, IDENTITY)
-    if not force and os.listdir(out_dir):
+    fresh = resumable and (force or not os.listdir(out_dir))
+    if resumable and not fresh:
         previous = io.read_json(path, "identity file") if os.path.exists(path) else None
         check_identity(previous, ident, out_dir, "a repair")
-    io.write_json(path, ident)
+    if resumable:
+        io.write_json(path, ident)
+    try:
+        yield
+    except BaseException:
+        if fresh and os.listdir(out_dir) == [IDENTITY]:
+            os.remove(path)
+        raise
 
 
 def _verify(result, data, labels, intensity, seed, scan_options, out_dir, verbose):

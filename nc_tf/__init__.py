@@ -20,8 +20,8 @@ _EXPORTS = {
     "outlier_detection": "nc_tf.outlier",
     "preprocess": "nc_tf.preprocess",
     "reverse_preprocess": "nc_tf.preprocess",
-    "detect_dir": "nc_tf.scan",
-    "scan_triggers": "nc_tf.scan",
+    "detect_dir": "nc_tf.detect",
+    "scan_triggers": "nc_tf.detect",
     "Visualizer": "nc_tf.visualizer",
 }
 

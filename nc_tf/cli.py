@@ -9,12 +9,18 @@ Run `nc-tf COMMAND --help` for every option.
 """
 
 import os
-import shutil
 import sys
 
 from injection.attacks import ATTACKS
 from mitigation.methods import METHODS
 from nc_tf import cli_parser
+from nc_tf.cli_output import (
+    check_out,
+    error_text,
+    import_tensorflow_quietly,
+    print_json,
+    print_report,
+)
 from nc_tf.cli_parser import Parser
 
 
@@ -40,12 +46,12 @@ def main(argv=None):
         if stop.code != 2:
             raise
         if "--json" in argv:
-            _print_json({"error": getattr(Parser, "last_error", "invalid arguments")})
+            print_json({"error": getattr(Parser, "last_error", "invalid arguments")})
         return 2
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"nc-tf {args.command}: warning: {message}\n"
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from nc_tf.memory import restore_malloc_threshold
 
     restore_malloc_threshold()
@@ -53,7 +59,7 @@ def main(argv=None):
     created = out is not None and not os.path.exists(out)
     try:
         if out is not None:
-            _check_out(args)
+            check_out(args)
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print(f"nc-tf {args.command}: interrupted", file=sys.stderr)
@@ -63,82 +69,13 @@ def main(argv=None):
             import traceback
 
             traceback.print_exc()
-        message = _error_text(error)
+        message = error_text(error)
         print(f"nc-tf {args.command}: error: {message}", file=sys.stderr)
         if getattr(args, "json", False):
-            _print_json({"error": message})
-        if created and os.path.isdir(out) and set(os.listdir(out)) <= {"identity.json"}:
-            shutil.rmtree(out)  # made by this command, and nothing but its identity in it
+            print_json({"error": message})
+        if created and os.path.isdir(out) and not os.listdir(out):
+            os.rmdir(out)  # made by this command, and nothing written into it
         return 2
-
-
-def _import_tensorflow_quietly():
-    """Imports TensorFlow with file descriptor 2 muted: its C++ start-up lines are not for users."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-# Errors that nc-tf raises with a message for the user; other types are unexpected.
-_USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError)
-
-
-def _error_text(error):
-    """One line for an exception: its message, or what happened and how to see more."""
-    if isinstance(error, KeyError) and error.args:
-        text = str(error.args[0])
-    elif isinstance(error, OSError) and error.strerror and error.filename:
-        text = f"{error.strerror}: {error.filename}"
-    else:
-        text = str(error)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    if len(text) > 400:
-        text = text[:397] + "..."
-    if not isinstance(error, _USER_ERRORS) or isinstance(error, UnicodeError):
-        text = (
-            f"unexpected {type(error).__name__}: {text}; rerun with --debug to see where, "
-            "and report it"
-        )
-    return text
-
-
-def _check_out(args):
-    """Refuses an --out folder that cannot take this command's files, before any work."""
-    from nc_tf.io import check_out_dir
-
-    if args.command == "scan":
-        resume = os.path.exists(os.path.join(args.out, "results.json"))
-        check_out_dir(args.out, resume=resume, hint="empty it")
-    else:
-        check_out_dir(
-            args.out,
-            force=args.force,
-            resume=getattr(args, "method", None) in ("repair", "unlearn"),
-        )
-
-
-def _print_json(obj):
-    from nc_tf.io import to_json
-
-    print(to_json(obj))
-
-
-def _print(args, report, lines):
-    from nc_tf.io import to_json
-
-    if args.json:
-        print(to_json(report))
-    else:
-        print("\n".join(lines))
 
 
 def _asr_text(value):
@@ -270,7 +207,7 @@ def _train(args, triggers):
         check_labels=(getattr(args, "target", None) or []) + (getattr(args, "source", None) or []),
     )
     name = "attack.json" if report["triggers"] else "train.json"
-    _print(
+    print_report(
         args,
         report,
         [
@@ -335,7 +272,7 @@ def cmd_evaluate(args):
                 f"{p['target']}: {p['attack_success_rate']:.4f}"
                 for i, p in enumerate(report["per_trigger"])
             ]
-    _print(args, report, lines)
+    print_report(args, report, lines)
 
 
 SCAN_SETTINGS = (
@@ -433,7 +370,7 @@ def cmd_scan(args):
             **overrides,
         )
         if args.json:
-            _print(args, record, [])
+            print_report(args, record, [])
         else:
             print(f"results: {os.path.join(args.out, 'results.json')}")
         return
@@ -483,7 +420,7 @@ def cmd_scan(args):
         )
     record.pop("triggers")
     if args.json:
-        _print(args, record, [])
+        print_report(args, record, [])
     else:
         print(f"results: {os.path.join(args.out, 'results.json')}")
 
@@ -601,7 +538,7 @@ def cmd_mitigate(args):
         **options,
     )
     if args.json:
-        _print(args, report, [])
+        print_report(args, report, [])
     else:
         print(f"report: {os.path.join(args.out, 'mitigation.json')}")
     if report["verification"]["verified"] is False:
@@ -621,7 +558,7 @@ def cmd_detect(args):
 
     result = detect_dir(args.scan_dir, verbose=not args.json)
     if args.json:
-        _print(args, result, [])
+        print_report(args, result, [])
 
 
 def cmd_preview(args):

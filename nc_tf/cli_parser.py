@@ -1,123 +1,27 @@
 """The `nc-tf` argument parser: one function per sub-command, and the option types.
 
-Every numeric option is range-checked by its type (`COUNT`, `WHOLE`,
-`POSITIVE`, ...), so a bad value is a one-line argparse error before any
-work starts. The tables of attacks and methods come from the caller
+The option types and shared option groups are in `nc_tf.cli_options`. The
+tables of attacks and methods come from the caller
 (`nc_tf.cli`), so this module imports neither `injection` nor `mitigation`.
 """
 
 import argparse
-import math
 
-from nc_tf.preprocess import INTENSITY_RANGES
-
-
-def _add_data_args(p, intensity=True):
-    p.add_argument(
-        "--dataset",
-        default="mnist",
-        help="'mnist' (embedded), 'gtsrb' (data/gtsrb_dataset.h5), or the path of an "
-        ".h5/.npz file, the official GTSRB folder, or a folder of class folders "
-        "(default: mnist)",
-    )
-    p.add_argument("--x-key", help="image array name in an .h5/.npz file (default: X_test/x_test)")
-    p.add_argument("--y-key", help="label array name in an .h5/.npz file (default: Y_test/y_test)")
-    p.add_argument("--limit", type=COUNT, help="use only the first N samples")
-    if intensity:
-        p.add_argument(
-            "--intensity",
-            choices=INTENSITY_RANGES,
-            help="the model's preprocessing of raw [0,255] pixels (default: the one "
-            "recorded in --attack, else raw)",
-        )
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
-
-
-def _add_model_args(p):
-    p.add_argument("model", help="a .keras or Keras-2 .h5 model file (untrusted by default)")
-    p.add_argument(
-        "--trust-model",
-        action="store_true",
-        help="allow model files whose layers run code (Lambda, custom layers)",
-    )
-
-
-def _add_training_args(p):
-    p.add_argument(
-        "--arch",
-        choices=("mnist", "gtsrb", "resnet"),
-        help="architecture (default: by data shape: mnist 28x28x1, gtsrb 32x32x3 with "
-        "43 classes, else resnet)",
-    )
-    p.add_argument("--epochs", type=COUNT, default=10, help="training epochs (default: 10)")
-    p.add_argument("--batch-size", type=COUNT, default=32, help="batch size (default: 32)")
-    p.add_argument("--seed", type=WHOLE, default=0, help="random seed (default: 0)")
-    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
-    p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line: what is wrong, and where to look."""
-
-    def error(self, message):
-        self.message = f"{message} (see {self.prog} --help)"
-        Parser.last_error = self.message
-        self.exit(2, f"{self.prog}: error: {self.message}\n")
-
-
-def _number(convert, test, requirement):
-    """An argparse type: `convert` the text, then require `test` of the value."""
-
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'a whole number' if convert is int else 'a number'} "
-                f"{requirement}, got {text!r}"
-            ) from None
-        if not test(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
-        return value
-
-    parse.__name__ = requirement
-    return parse
-
-
-# Validated number types of the options (the requirement names the valid range).
-COUNT = _number(int, lambda v: v >= 1, ">= 1")
-WHOLE = _number(int, lambda v: v >= 0, ">= 0")
-POSITIVE = _number(float, lambda v: math.isfinite(v) and v > 0, "> 0")
-NONNEG = _number(float, lambda v: math.isfinite(v) and v >= 0, ">= 0")
-FRACTION = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
-SHARE = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
-OPEN_FRACTION = _number(float, lambda v: 0 < v < 1, "in (0, 1)")
-
-
-def _mask_init(text):
-    try:
-        value = text if text == "random" else float(text)
-    except ValueError:
-        value = None
-    if value is None or (value != "random" and not 0 < value < 1):
-        raise argparse.ArgumentTypeError(f"expected 'random' or a number in (0, 1), got {text!r}")
-    return value
-
-
-def _label_list(text):
-    """`--labels`: comma-separated labels (or partial-scan keys such as 3->7), each once."""
-    items = [v.strip() for v in text.split(",") if v.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected comma-separated labels, got {text!r}")
-    for item in items:
-        if not all(part.isdigit() for part in item.split("->")):
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated labels (whole numbers >= 0), got {item!r}"
-            )
-    repeated = sorted({v for v in items if items.count(v) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"label(s) {', '.join(repeated)} given more than once")
-    return items
+from nc_tf.cli_options import (
+    COUNT,
+    FRACTION,
+    NONNEG,
+    OPEN_FRACTION,
+    POSITIVE,
+    SHARE,
+    WHOLE,
+    Parser,
+    add_data_args,
+    add_model_args,
+    add_training_args,
+    label_list,
+    mask_init_type,
+)
 
 
 def _inject_parser(sub, tables):
@@ -129,8 +33,8 @@ def _inject_parser(sub, tables):
         "triggers; writes OUT/model.keras and OUT/attack.json (the "
         "trigger specs that re-apply them exactly).",
     )
-    _add_data_args(p)
-    _add_training_args(p)
+    add_data_args(p)
+    add_training_args(p)
     p.add_argument(
         "--attack",
         default="badnets",
@@ -210,8 +114,8 @@ def _train_parser(sub, tables):
         description="Train a reference model on clean data; writes "
         "OUT/model.keras and OUT/train.json.",
     )
-    _add_data_args(p)
-    _add_training_args(p)
+    add_data_args(p)
+    add_training_args(p)
 
 
 def _evaluate_parser(sub, tables):
@@ -222,8 +126,8 @@ def _evaluate_parser(sub, tables):
         description="Measure clean accuracy on the test split and, with "
         "--attack, the attack success rate of its triggers.",
     )
-    _add_model_args(p)
-    _add_data_args(p)
+    add_model_args(p)
+    add_data_args(p)
     p.add_argument("--attack", help="attack.json written by `nc-tf inject`")
 
 
@@ -239,8 +143,8 @@ def _scan_parser(sub, tables):
         "generator per label instead. Rerun the same command to "
         "resume.",
     )
-    _add_model_args(p)
-    _add_data_args(p)
+    add_model_args(p)
+    add_data_args(p)
     p.add_argument("--out", required=True, help="scan folder (resumed if it holds the same scan)")
     p.add_argument(
         "--method",
@@ -250,7 +154,7 @@ def _scan_parser(sub, tables):
         "one perturbation generator per label (Zhu et al. MM'20)",
     )
     p.add_argument(
-        "--labels", type=_label_list, help="comma-separated labels to scan (default: all)"
+        "--labels", type=label_list, help="comma-separated labels to scan (default: all)"
     )
     p.add_argument("--suspected", type=WHOLE, help="scan this label first")
     p.add_argument(
@@ -318,7 +222,7 @@ def _scan_parser(sub, tables):
     )
     g.add_argument(
         "--mask-init",
-        type=_mask_init,
+        type=mask_init_type,
         help="initial mask: 'random' (reference) or a constant in (0, 1) "
         "(nc-tf addition; fast preset: 0.1)",
     )
@@ -393,8 +297,8 @@ def _mitigate_parser(sub, tables):
         "(OUT/verification/); the exit status is 3 when a backdoor "
         "survives.",
     )
-    _add_model_args(p)
-    _add_data_args(p)
+    add_model_args(p)
+    add_data_args(p)
     p.add_argument(
         "--method",
         required=True,
@@ -411,7 +315,7 @@ def _mitigate_parser(sub, tables):
     )
     p.add_argument(
         "--labels",
-        type=_label_list,
+        type=label_list,
         help="with --scan: comma-separated labels to use instead of the flagged ones",
     )
     p.add_argument(

@@ -19,25 +19,34 @@ over slots; the single-label `Visualizer` and the multi-label `scan` both run on
 """
 
 import math
+import numbers
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from nc_tf.models import outputs_probabilities
 from nc_tf.preprocess import check_intensity, preprocess
 from nc_tf.schedule import STATE_KEYS, cost_schedule_update, initial_state  # noqa: F401
+from nc_tf.validation import check_scalar
 
 REGULARIZATIONS = (None, "none", "l1", "l2")
 
-# The attack loss on the target's probability p_t. "ce": the cross-entropy
-# -log p_t that Keras computes on probabilities (p_t clipped to
-# [1e-7, 1 - 1e-7]). "reference": what the reference code minimises:
-# it calls `categorical_crossentropy(output, y_true)` with the arguments
-# swapped, which under Keras 2.2 is -log(1e-7) * (1 - p_t) = 16.12 (1 - p_t).
+# The attack loss on the target's probability p_t. "ce": Keras's cross-entropy -log p_t
+# (p_t clipped to [1e-7, 1 - 1e-7]). "reference": what the reference code minimises; it calls
+# `categorical_crossentropy(output, y_true)` with the arguments swapped, which under Keras 2.2
+# is -log(1e-7) * (1 - p_t) = 16.12 (1 - p_t).
 LOSSES = {
     "ce": lambda p: -tf.math.log(tf.clip_by_value(p, 1e-7, 1 - 1e-7)),
     "reference": lambda p: -math.log(1e-7) * (1 - p),
 }
+
+
+# The per-slot variables besides Adam's moments and the schedule state.
+_SLOT_VARIABLES = (
+    "mask_tanh", "pattern_tanh", "adam_t", "mask_best", "pattern_best", "has_best", "target",
+    "restart", "succ_threshold", "pool",
+)  # fmt: skip
 
 
 class ReverseEngine:
@@ -88,7 +97,7 @@ class ReverseEngine:
             code's effective `16.12 * (1 - p_t)`). A logits model's outputs
             go through a softmax first, so a softmax model and its logits
             twin get the same objective. Defaults to `"ce"`.
-        start_mini_batch: batches per step during `best_starts` (fewer
+        start_mini_batch: batches per step during `nc_tf.short_pass.best_starts` (fewer
             than `mini_batch` makes the starts cheaper). Defaults to `None`
             (`mini_batch`).
 
@@ -128,26 +137,14 @@ class ReverseEngine:
         loss="ce",
         start_mini_batch=None,
     ):
-        from nc_tf.models import outputs_probabilities
-
         if regularization not in REGULARIZATIONS:
-            raise ValueError(
-                f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}."
-            )
-        for name, value in (
-            ("steps", steps),
-            ("mini_batch", mini_batch),
-            ("batch_size", batch_size),
-            ("upsample_size", upsample_size),
-            ("slots", slots),
-            ("steps_per_call", steps_per_call),
-            ("patience", patience),
-        ):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
-        if not (
-            mask_init == "random"
-            or (isinstance(mask_init, (int, float)) and 0 < float(mask_init) < 1)
+            raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}.")  # fmt: skip
+        counts = dict(steps=steps, mini_batch=mini_batch, batch_size=batch_size, slots=slots,
+                      upsample_size=upsample_size, steps_per_call=steps_per_call, patience=patience)  # fmt: skip
+        for name, value in counts.items():
+            check_scalar(value, name, numbers.Integral, low=1)
+        if mask_init != "random" and not (
+            isinstance(mask_init, (int, float)) and 0 < mask_init < 1
         ):
             raise ValueError(
                 f"mask_init must be 'random' or a number in (0, 1), got {mask_init!r}."
@@ -189,15 +186,8 @@ class ReverseEngine:
         var = lambda shape, dtype=tf.float32: tf.Variable(tf.zeros(shape, dtype), trainable=False)  # noqa: E731
         self.mask_tanh = var((k,) + self.mask_shape + (1,))
         self.pattern_tanh = var((k, h, w, c))
-        self.adam = {
-            name: var(v.shape)
-            for name, v in (
-                ("m_mask", self.mask_tanh),
-                ("v_mask", self.mask_tanh),
-                ("m_pattern", self.pattern_tanh),
-                ("v_pattern", self.pattern_tanh),
-            )
-        }
+        shapes = {"mask": self.mask_tanh.shape, "pattern": self.pattern_tanh.shape}
+        self.adam = {f"{m}_{part}": var(shapes[part]) for part in shapes for m in "mv"}
         self.adam_t = var((k,))
         self.mask_best = var((k, h, w, 1))
         self.pattern_best = var((k, h, w, c))
@@ -208,22 +198,8 @@ class ReverseEngine:
         self.assigned = var((k,))
         self.state = {name: var((k,)) for name in STATE_KEYS}
         self.pool = var((k, self.num_classes))  # 1 = source class the slot samples from
-        self._slot_vars = (
-            [
-                self.mask_tanh,
-                self.pattern_tanh,
-                self.adam_t,
-                self.mask_best,
-                self.pattern_best,
-                self.has_best,
-                self.target,
-                self.restart,
-                self.succ_threshold,
-                self.pool,
-            ]
-            + list(self.adam.values())
-            + list(self.state.values())
-        )
+        self._slot_vars = [getattr(self, name) for name in _SLOT_VARIABLES]
+        self._slot_vars += list(self.adam.values()) + list(self.state.values())
         # batches per step, a variable so the short starts can take fewer without a retrace
         self._mini_batch = tf.Variable(self.mini_batch, trainable=False, dtype=tf.int32)
         self._run = tf.function(self._run_steps, reduce_retracing=True)
@@ -458,7 +434,16 @@ class ReverseEngine:
                 )
         return labels
 
-    def advance(self, labels, n_steps, states=None, sources=None, restarts=None, thresholds=None):
+    def advance(
+        self,
+        labels,
+        n_steps,
+        states=None,
+        sources=None,
+        restarts=None,
+        thresholds=None,
+        mini_batch=None,
+    ):
         """Runs `n_steps` more steps of each job (a short pass); returns its state.
 
         Used by the low-cost scan: jobs are swapped in and out of the slots,
@@ -475,10 +460,18 @@ class ReverseEngine:
                 `run`). Defaults to `None` (all 0).
             thresholds: per job started fresh, its success threshold (as in
                 `run`). Defaults to `None`.
+            mini_batch: batches per step during this pass. Defaults to
+                `None` (the engine's `mini_batch`).
 
         Returns:
             list of `(state, l1_norm_of_current_mask, done)` per job.
         """
+        if mini_batch is not None:
+            self._mini_batch.assign(int(mini_batch))
+            try:
+                return self.advance(labels, n_steps, states, sources, restarts, thresholds)
+            finally:
+                self._mini_batch.assign(self.mini_batch)
         labels = self._check_labels(labels)
         states = states or [None] * len(labels)
         sources = sources or [None] * len(labels)
@@ -505,59 +498,6 @@ class ReverseEngine:
             for slot, i in enumerate(chunk):
                 out.append((self.save_slot(slot), float(masks[slot].sum()), bool(done[slot] > 0)))
         return out
-
-    def best_starts(
-        self, labels, starts, start_steps, sources=None, restarts=None, thresholds=None
-    ):
-        """Runs several starts of each job for a few steps and keeps the most promising.
-
-        Every job is started `starts` times from different random triggers
-        (restart indices `restart * starts + k`); each start advances
-        `start_steps` steps of `start_mini_batch` batches, and the start
-        whose current mask has the smallest L1 norm is kept. A start that
-        lands in a large local minimum is already far larger than a good one
-        after a few dozen steps, so this buys most of the reliability of
-        `starts` full runs
-        for `starts * start_steps` extra steps per job.
-
-        Args:
-            labels: target label of each job.
-            starts: starts per job (>= 1).
-            start_steps: steps each start runs before the choice.
-            sources: per job, source classes, as in `run`. Defaults to `None`.
-            restarts: per job, its restart index, as in `run`. Defaults to
-                `None` (all 0).
-            thresholds: per job, its success threshold, as in `run`.
-                Defaults to `None`.
-
-        Returns:
-            `(states, norms)`: per job, the kept start's state (to pass to
-            `run(states=...)`) and the L1 norms of all its starts at the
-            choice.
-        """
-        n, starts = len(labels), int(starts)
-        sources = sources or [None] * n
-        restarts = restarts or [0] * n
-        thresholds = thresholds or [None] * n
-        arms = [(j, k) for j in range(n) for k in range(starts)]
-        self._mini_batch.assign(self.start_mini_batch)
-        try:
-            out = self.advance(
-                [labels[j] for j, _ in arms],
-                start_steps,
-                sources=[sources[j] for j, _ in arms],
-                restarts=[restarts[j] * starts + k for j, k in arms],
-                thresholds=[thresholds[j] for j, _ in arms],
-            )
-        finally:
-            self._mini_batch.assign(self.mini_batch)
-        states, norms = [None] * n, [[] for _ in range(n)]
-        best = [None] * n
-        for (j, _), (state, l1, _) in zip(arms, out):
-            norms[j].append(round(l1, 2))
-            if best[j] is None or l1 < best[j]:
-                best[j], states[j] = l1, state
-        return states, norms
 
     def run(
         self,

@@ -24,11 +24,11 @@ import time
 import numpy as np
 
 from nc_tf.datasets import check_images
+from nc_tf.detect import detect, detect_dir, scan_triggers  # noqa: F401  (public here too)
 from nc_tf.engine import ReverseEngine
 from nc_tf.identity import identity
 from nc_tf.metrics import attack_success_rate, predict_labels
 from nc_tf.models import check_model_data
-from nc_tf.outlier import outlier_detection
 from nc_tf.preprocess import check_intensity
 from nc_tf.scan_folder import (  # noqa: F401  (RESULTS, read_scan_record: public here too)
     RESULTS,
@@ -39,7 +39,8 @@ from nc_tf.scan_folder import (  # noqa: F401  (RESULTS, read_scan_record: publi
     save_reversed,
     save_trigger_pngs,
 )
-from nc_tf.trigger import Trigger, injection_func
+from nc_tf.short_pass import best_starts, low_cost_selection
+from nc_tf.trigger import injection_func
 from nc_tf.validation import check_scalar
 
 # Parameters under their reference names; `nb_sample` = images per step
@@ -213,7 +214,7 @@ def scan(
             constant initial mask; `loss`: `"ce"` or `"reference"`, see
             `ReverseEngine`; `starts`: short starts per label of which the
             most promising continues, after `start_steps` steps of
-            `start_nb_sample` images, see `ReverseEngine.best_starts`).
+            `start_nb_sample` images, see `nc_tf.short_pass.best_starts`).
 
     Returns:
         the results dict (as in `results.json`): `settings`,
@@ -430,7 +431,7 @@ def run_jobs(
     and exact arrays, and `results.json` is rewritten atomically
     (`ScanFolder.add_label`). With
     `starts > 1`, each run without a given state first picks the best of
-    `starts` short starts (`ReverseEngine.best_starts`).
+    `starts` short starts (`nc_tf.short_pass.best_starts`).
     """
     if not jobs:
         return
@@ -492,7 +493,8 @@ def run_jobs(
             if int(starts) > 1 and fresh:
                 if bar is not None:
                     bar.set_postfix_str(f"{len(fresh) * int(starts)} starts")
-                chosen, norms = engine.best_starts(
+                chosen, norms = best_starts(
+                    engine,
                     [jobs[runs[i][0]][1] for i in fresh],
                     starts,
                     start_steps,
@@ -510,200 +512,3 @@ def run_jobs(
                 restarts=[runs[i][1] for i in part],
                 thresholds=[thresholds[i] for i in part],
             )
-
-
-def low_cost_selection(
-    engine,
-    labels,
-    seed=0,
-    top_k=None,
-    overlap_patience=None,
-    random_sample=None,
-    short_steps=2,
-    max_iterations=100,
-    progress=True,
-):
-    """The low-cost scan's short pass (NC paper §IV): which labels to optimise fully.
-
-    All labels advance `short_steps` steps per iteration (swapped through the
-    engine's slots); after each iteration they are ranked by the L1 norm of
-    their current mask. The pass stops when the `top_k` smallest overlap by
-    more than half with the previous iteration's for `overlap_patience`
-    iterations in a row (paper: top 100, overlap > 50, 10 iterations). The
-    top `top_k` plus `random_sample` other labels (to estimate the MAD) are
-    returned, with their states so the full optimisation continues them.
-
-    Args:
-        engine: a `ReverseEngine`.
-        labels: all labels.
-        seed: seed of the random sample. Defaults to `0`.
-        top_k: candidates kept. Defaults to `None`: `min(100, max(3, n // 10))`.
-        overlap_patience: stable iterations needed. Defaults to `None`:
-            `min(10, top_k)`.
-        random_sample: random other labels whose norms set the median and
-            MAD the candidates are tested against. Defaults to `None`:
-            `min(100, max(top_k, 10))` (the paper: 100).
-        short_steps: steps per iteration. Defaults to `2`.
-        max_iterations: upper bound on iterations. Defaults to `100`.
-        progress: show a progress bar. Defaults to `True`.
-
-    Returns:
-        `(chosen_labels, states_by_label, info)`.
-    """
-    n = len(labels)
-    top_k = top_k or min(100, max(3, n // 10))
-    overlap_patience = overlap_patience or min(10, top_k)
-    random_sample = min(random_sample or min(100, max(top_k, 10)), n - min(top_k, n))
-    states = {label: None for label in labels}
-    previous, stable, it = None, 0, 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=overlap_patience, desc="low-cost short pass", unit="stable it")
-    norms = {}
-    for it in range(1, max_iterations + 1):
-        out = engine.advance(labels, short_steps, states=[states[v] for v in labels])
-        for label, (state, l1, _) in zip(labels, out):
-            states[label], norms[label] = state, l1
-        top = set(sorted(labels, key=lambda v: norms[v])[:top_k])
-        stable = stable + 1 if previous is not None and len(top & previous) > top_k / 2 else 0
-        previous = top
-        if bar is not None:
-            bar.n = stable
-            bar.refresh()
-        if stable >= overlap_patience:
-            break
-    if bar is not None:
-        bar.close()
-    rest = [v for v in labels if v not in previous]
-    rng = np.random.default_rng(seed)
-    sample = (
-        sorted(int(v) for v in rng.choice(rest, size=random_sample, replace=False)) if rest else []
-    )
-    ranked = sorted(previous, key=lambda v: norms[v])
-    info = {
-        "iterations": it,
-        "short_steps": short_steps,
-        "top_k": top_k,
-        "overlap_patience": overlap_patience,
-        "top": [int(v) for v in ranked],
-        "random": sample,
-    }
-    return ranked + sample, {v: states[v] for v in ranked + sample}, info
-
-
-def detect(record, verbose=True):
-    """The MAD verdict of a scan record (`results.json` dict).
-
-    Label scans are tested on the L1 norms; partial scans (job keys
-    `"3->7"`) on the score each pair was given (see `nc_tf.partial`);
-    GangSweep scans (`method: "gangsweep"`) with GangSweep's own test
-    (`nc_tf.gangsweep.gangsweep_outliers`), with the statistic and
-    persistence gate the scan was judged with (the paper's unless it
-    recorded others).
-    """
-    if record.get("method") == "gangsweep":
-        from nc_tf.gangsweep import PERSISTENCE_THRESHOLD, gangsweep_outliers
-
-        judged = record.get("outlier") or {}
-        result = gangsweep_outliers(
-            record["labels"],
-            judged.get("persistence_threshold", PERSISTENCE_THRESHOLD),
-            statistic=judged.get("statistic", "paper"),
-            verbose=verbose,
-        )
-        result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
-        return result
-    if "partial" in record:
-        keys = sorted(k for k, v in record["labels"].items() if "score" in v)
-        result = outlier_detection(
-            [record["labels"][k]["score"] for k in keys], keys, verbose=verbose
-        )
-        result["flagged"] = [[k, n] for k, n in result["flagged"]]
-        return result
-    items = sorted(
-        ((k, v) for k, v in record["labels"].items() if k.isdigit()), key=lambda kv: int(kv[0])
-    )
-    result = outlier_detection(
-        [v["l1_norm"] for _, v in items], [int(k) for k, _ in items], verbose=verbose
-    )
-    result["flagged"] = [[label, norm] for label, norm in result["flagged"]]
-    result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
-    return result
-
-
-def detect_dir(scan_dir, verbose=True):
-    """The MAD verdict of a scan folder: from `results.json`, else from the mask PNGs.
-
-    Args:
-        scan_dir: a folder written by `scan` (or the reference code's mask
-            PNGs `*_mask_label_N.png`).
-        verbose: print the reference report. Defaults to `True`.
-
-    Returns:
-        the outlier dict of `nc_tf.outlier.outlier_detection`.
-    """
-    if os.path.exists(os.path.join(scan_dir, RESULTS)):
-        return detect(read_scan_record(scan_dir), verbose)
-    if not os.path.isdir(scan_dir):
-        raise FileNotFoundError(f"No such scan folder: {scan_dir}")
-    import re
-
-    from PIL import Image
-
-    norms = {}
-    for name in os.listdir(scan_dir):
-        match = re.search(r"mask_label_(\d+)\.png$", name)
-        if match:
-            with Image.open(os.path.join(scan_dir, name)) as im:
-                norms[int(match.group(1))] = float(np.sum(np.asarray(im.convert("L"))) / 255.0)
-    if not norms:
-        raise FileNotFoundError(
-            f"{scan_dir} has neither {RESULTS} nor *_mask_label_N.png files; "
-            "run `nc-tf scan` first."
-        )
-    return detect({"labels": {str(k): {"l1_norm": v} for k, v in norms.items()}}, verbose)
-
-
-def scan_triggers(scan_dir, labels=None, verbose=False):
-    """The reversed triggers of a scan folder as `injection.Trigger` objects.
-
-    Mitigation stamps these on clean images. Partial-scan keys (`"3->7"`)
-    give triggers restricted to their source labels.
-
-    Args:
-        scan_dir: a folder written by `scan` or `partial_scan`.
-        labels: labels (or job keys) to load. Defaults to `None`: the labels
-            the outlier test flags.
-        verbose: print the MAD report. Defaults to `False`.
-
-    Returns:
-        list of `Trigger` (empty when nothing is flagged).
-    """
-    record = read_scan_record(scan_dir)
-    if record.get("method") == "gangsweep":
-        raise ValueError(
-            f"{scan_dir} holds a GangSweep scan: it has generators, not reversed "
-            "triggers. Repair with its generators (`nc-tf mitigate --method "
-            "gangsweep --scan DIR`), or scan with Neural Cleanse for this method."
-        )
-    if labels is None:
-        labels = [key for key, _ in detect(record, verbose)["flagged"]]
-    out = []
-    for key in labels:
-        entry = record["labels"].get(str(key))
-        if entry is None:
-            raise ValueError(
-                f"Label {key} is not in {scan_dir}; scanned: {', '.join(sorted(record['labels']))}."
-            )
-        mask, pattern = load_reversed(scan_dir, key)
-        out.append(
-            Trigger(
-                np.clip(mask, 0, 1),
-                np.clip(pattern, 0, 255),
-                entry["label"],
-                sources=entry.get("sources"),
-            )
-        )
-    return out

@@ -109,9 +109,8 @@ def tiny_partial(tmp_path_factory, mnist_small):
         from nc_tf.datasets import load_data
         from nc_tf.models import mnist_model
 
-        # 8000 images, 4 epochs (test_attacks.py's partial variant uses this model): with
-        # 4000 images the source's ASR sat below the 0.9 bar on some machines
-        # (0.879 after 3 epochs, 0.860 after 5), only ~400 of them being 3s.
+        # 8000 images, 4 epochs (test_attacks.py's partial variant uses this model): the
+        # source class needs enough poisoned samples for its ASR to clear 0.9 everywhere.
         x, y = load_data("mnist", "train", limit=8000)
         trigger = square_trigger(x.shape[1:], 7, sources=[3])
         keras.utils.set_random_seed(2)
@@ -168,13 +167,14 @@ def tiny_scan(tmp_path_factory, mnist_small, tiny_backdoored):
 # long file started last would leave the other worker idle at the end.
 FILE_SECONDS = {
     "test_cli.py": 450,
-    "test_verdict.py": 400,
+    "test_verdict.py": 350,
     "test_attacks.py": 397,
     "test_gangsweep.py": 270,
     "test_trojan_invisible.py": 205,
     "test_partial_lowcost.py": 205,
     "test_mitigation.py": 200,
     "test_scan.py": 190,
+    "test_rgb_intensity.py": 35,
     "test_backdoor_e2e.py": 30,
     "test_linf_fine_pruning.py": 15,
 }

@@ -49,27 +49,10 @@ def rgb_files(tmp_path_factory, mnist_small):
 
 def test_rgb_mnist_intensity_scan_flags_and_unlearn_removes(rgb_files, tmp_path, capsys):
     model, data, attack = rgb_files
-    scan_dir = tmp_path / "scan"
-    assert (
-        main(
-            [
-                "scan",
-                str(model),
-                "--dataset",
-                str(data),
-                "--intensity",
-                "mnist",
-                "--limit",
-                "500",
-                "--steps",
-                "120",
-                "--out",
-                str(scan_dir),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    scan_dir, out = tmp_path / "scan", tmp_path / "fixed"
+    common = f"--dataset {data} --intensity mnist --limit 500 --json".split()
+    scan = f"scan {model} --steps 120 --starts 1 --out {scan_dir}".split()
+    assert main(scan + common) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["settings"]["intensity"] == "mnist"
     assert record["settings"]["image_shape"] == [28, 28, 3]
@@ -81,36 +64,9 @@ def test_rgb_mnist_intensity_scan_flags_and_unlearn_removes(rgb_files, tmp_path,
     red, green = pattern[inside][:, 0].mean(), pattern[inside][:, 1].mean()
     assert red > green + 100
 
-    out = tmp_path / "fixed"
-    assert (
-        main(
-            [
-                "mitigate",
-                str(model),
-                "--method",
-                "unlearn",
-                "--scan",
-                str(scan_dir),
-                "--attack",
-                str(attack),
-                "--dataset",
-                str(data),
-                "--intensity",
-                "mnist",
-                "--train-limit",
-                "3000",
-                "--data-ratio",
-                "1.0",
-                "--limit",
-                "500",
-                "--no-verify",
-                "--out",
-                str(out),
-                "--json",
-            ]
-        )
-        == 0
-    )
+    unlearn = f"mitigate {model} --method unlearn --scan {scan_dir} --attack {attack}".split()
+    options = f"--train-limit 3000 --data-ratio 1.0 --no-verify --out {out}".split()
+    assert main(unlearn + options + common) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["before"]["asr_original"][0] > 0.9
     assert report["after"]["asr_original"][0] < 0.1

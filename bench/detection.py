@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import keras  # noqa: E402
-from _common import peak_rss_gib, print_peak_rss  # noqa: E402
+from _common import peak_rss_gib, print_peak_rss, report_figures  # noqa: E402
 
 from injection.attacks import build_attack  # noqa: E402
 from injection.inject import train_and_save  # noqa: E402
@@ -421,6 +421,7 @@ def main():
         results.append(result)
     summary = summarise(results, overrides)
     print_summary(summary)
+    report_figures(**summary)
     print_table(results)
     env = (
         f"NC_TF_BENCH_DETECTION_DIR={shlex.quote(ROOT)} "

@@ -45,7 +45,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import print_peak_rss  # noqa: E402
+from _common import print_peak_rss, report_figures  # noqa: E402
 
 from injection import load_triggers  # noqa: E402
 from injection.attacks import build_attack  # noqa: E402
@@ -278,6 +278,7 @@ def main():
     for name in names:
         rows.append(run_case(name, CASES[name], args))
         print(_line(rows[-1]), flush=True)
+        report_figures(**{name: rows[-1]})
     print(
         f"\nGangSweep vs Neural Cleanse (acc/ASR %, full test set; ASR: the original "
         f"trigger, the highest over its triggers; scans on {args.n_scan} test images; * = nothing "

@@ -42,7 +42,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import MODELS_DIR, print_peak_rss  # noqa: E402
+from _common import MODELS_DIR, print_peak_rss, report_figures  # noqa: E402
 
 from injection import load_triggers  # noqa: E402
 from mitigation.defended_inference import DefendedModel, defended  # noqa: E402
@@ -309,6 +309,7 @@ def main():
     )
     notes = []
     for name, full, paper, published, wall, note in rows:
+        report_figures(**{name: dict(full=full, paper=paper, published=published, note=note)})
         if note:
             notes.append(f"({len(notes) + 1}) {name}: {note}")
             name = f"{name} ({len(notes)})"

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np  # noqa: E402
-from _common import MODELS_DIR, print_peak_rss  # noqa: E402
+from _common import MODELS_DIR, print_peak_rss, report_figures  # noqa: E402
 
 from injection import load_triggers, square_trigger  # noqa: E402
 from injection.inject import train_and_save  # noqa: E402
@@ -130,6 +130,9 @@ def main():
             f"{label:6} {asr:6.2f} ({pa:5.2f}) {acc_i:7.2f} ({pi:5.2f}) {acc_c:7.2f} ({pc:5.2f}) "
             f"{gap:6.2f} {wall:9.0f}  {'PASS' if ok else 'FAIL'} "
             f"(target ASR >= {TARGET_ASR[name]}, gap <= 1.0; models {how_i}/{how_c})"
+        )
+        report_figures(
+            **{label: dict(asr=asr, infected_acc=acc_i, clean_acc=acc_c, gap=gap, meets=ok)}
         )
     print("\nImages the trigger cannot change (corner already white) are a ceiling on ASR:")
     for name, inf, *_ in rows:

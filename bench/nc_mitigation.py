@@ -28,7 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import MODELS_DIR, print_peak_rss  # noqa: E402
+from _common import MODELS_DIR, print_peak_rss, report_figures  # noqa: E402
 
 from injection import load_triggers  # noqa: E402
 from mitigation.mitigate import mitigate, split_data  # noqa: E402
@@ -174,6 +174,8 @@ def main():
                 )
             )
             print(f"{name} {row}: {after} ({wall:.0f} s)", flush=True)
+            ratio = rep["details"]["chosen"]["ratio"] if method == "prune" else None
+            report_figures(**{name: {row: dict(before=b, after=a, pruned_ratio=ratio, meets=ok)}})
     print("\nMitigation (accuracy / original-trigger ASR, %, full test set)")
     print(
         f"{'model':6} {'method':22} {'before':>15}  {'after':42} {'published target':30} {'wall s':>7}  verdict"

@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import keras  # noqa: E402
-from _common import peak_rss_gib, print_peak_rss  # noqa: E402
+from _common import peak_rss_gib, print_peak_rss, report_figures  # noqa: E402
 from detection import ROOT as DETECTION_ROOT  # noqa: E402
 from detection import build, model_suite, scan_model, select_models  # noqa: E402
 
@@ -198,6 +198,7 @@ def main():
             data = {spec["dataset"]: split_data(x_train, y_train, x_test, y_test)}
         rows += model_rows(spec, methods, data[spec["dataset"]], report)
     print_summary(rows)
+    report_figures(runs=rows)
     print_table(rows)
     print_peak_rss()
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)

@@ -18,7 +18,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import MODELS_DIR, print_peak_rss  # noqa: E402
+from _common import MODELS_DIR, print_peak_rss, report_figures  # noqa: E402
 
 from nc_tf import datasets  # noqa: E402
 from nc_tf.io import read_json  # noqa: E402
@@ -111,6 +111,9 @@ def main():
         print(
             f"{name:15} {n:6d} {wall:8.0f} {TARGET_SECONDS:9d} {ai:6.2f} {PUBLISHED_AI[name]:>13}  "
             f"{flagged} ({target})  {'correct' if ok else 'WRONG'}"
+        )
+        report_figures(
+            **{name: dict(labels=n, wall_s=wall, anomaly_index=ai, flagged=flagged, correct=ok)}
         )
     print(
         "(wall s includes resumed labels' time only if scanned in this run: "

@@ -513,7 +513,12 @@ def cmd_mitigate(args):
     }
     scan_options = {
         k: getattr(args, flag)
-        for flag, k in (("preset", "preset"), ("restarts", "restarts"), ("scan_steps", "steps"))
+        for flag, k in (
+            ("preset", "preset"),
+            ("restarts", "restarts"),
+            ("scan_steps", "steps"),
+            ("scan_starts", "starts"),
+        )
         if getattr(args, flag) is not None
     } or None
     _, report = mitigate(

@@ -395,6 +395,12 @@ def _mitigate_parser(sub, tables):
         help="repair: maximum steps per label in its scans (default: the preset's)",
     )
     g.add_argument(
+        "--scan-starts",
+        type=COUNT,
+        help="repair, verification: short starts per label in their scans, the most "
+        "promising continuing (default: the preset's; 1 is faster)",
+    )
+    g.add_argument(
         "--no-focus",
         dest="focus",
         action="store_false",

@@ -252,6 +252,8 @@ def test_mitigate_repair_runs_its_own_scans(tmp_path, capsys, tiny_backdoored):
             str(out),
             "--scan-steps",
             "40",
+            "--scan-starts",
+            "1",
             "--json",
         ]
     )
@@ -260,6 +262,7 @@ def test_mitigate_repair_runs_its_own_scans(tmp_path, capsys, tiny_backdoored):
     assert report["verification"]["labels"], "the flagged label was verified by a fresh scan"
     scanned = json.loads((out / "round_0" / "scan" / "results.json").read_text())
     assert scanned["settings"]["steps"] == 40, "--scan-steps reaches the scans"
+    assert scanned["settings"]["starts"] == 1, "--scan-starts reaches the scans"
     rounds = report["details"]["rounds"]
     assert rounds[0]["round"] == 0 and len(rounds) <= 2
     assert (out / "round_0" / "scan" / "results.json").exists() and (out / "model.keras").exists()
@@ -429,6 +432,8 @@ def test_an_ineffective_repair_is_not_verified_and_exits_3(
         "300",
         "--scan-steps",
         "100",
+        "--scan-starts",
+        "1",
     ]
     # no training step: the backdoor is intact, and the fresh scan says so
     assert main([*common, "--out", str(tmp_path / "none")]) == 3

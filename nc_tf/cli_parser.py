@@ -228,9 +228,9 @@ def _scan_parser(sub, tables):
     )
     g.add_argument(
         "--loss",
-        choices=("ce", "reference"),
-        help="attack loss: ce = -log p_t; reference = the reference code's effective "
-        "16.12 (1 - p_t) (nc-tf addition; both presets: reference)",
+        choices=("crossentropy", "reference"),
+        help="attack loss: crossentropy = -log p_t; reference = the reference code's "
+        "effective 16.12 (1 - p_t) (both presets: reference; see docs/cli.md)",
     )
     g.add_argument(
         "--starts",
@@ -442,6 +442,13 @@ def _detect_parser(sub, tables):
         "mask PNGs as the reference code did.",
     )
     p.add_argument("scan_dir", help="folder written by `nc-tf scan`")
+    p.add_argument(
+        "--norm-source",
+        choices=("float", "png"),
+        help="Neural Cleanse norms: float = the exact sums in results.json; png = each mask "
+        "read back from its 8-bit PNG, the reference's measurement (default: png for a "
+        "--preset reference scan or a folder of PNGs only, else float)",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON only")
 
 

@@ -8,23 +8,53 @@ the flagged labels' reversed triggers for mitigation.
 """
 
 import os
+import re
 
 import numpy as np
 
 from nc_tf.outlier import outlier_detection
-from nc_tf.scan_folder import RESULTS, load_reversed, read_scan_record
+from nc_tf.scan_folder import RESULTS, load_reversed, mask_png_path, read_scan_record
 from nc_tf.trigger import Trigger
 
+NORM_SOURCES = ("float", "png")
 
-def detect(record, verbose=True):
+
+def norm_source_of(record, norm_source=None):
+    """The norms a Neural Cleanse verdict uses: `norm_source`, else by the scan's preset.
+
+    `"png"`: each mask read back from its 8-bit PNG, as the reference's
+    `mad_outlier_detection.py` measured it (`nc_tf.scan_folder.png_l1_norm`);
+    `"float"`: the exact float sums. A reference-preset scan is judged on
+    PNG norms, so it prints numbers comparable with the published ones; the
+    other presets on the float sums.
+    """
+    if norm_source is None:
+        preset = (record.get("settings") or {}).get("preset")
+        return "png" if preset == "reference" else "float"
+    if norm_source not in NORM_SOURCES:
+        raise ValueError(f"norm_source must be one of {list(NORM_SOURCES)}, got {norm_source!r}.")
+    return norm_source
+
+
+def detect(record, verbose=True, norm_source=None):
     """The MAD verdict of a scan record (`results.json` dict).
 
-    Label scans are tested on the L1 norms; partial scans (job keys
-    `"3->7"`) on the score each pair was given (see `nc_tf.partial`);
-    GangSweep scans (`method: "gangsweep"`) with GangSweep's own test
-    (`nc_tf.gangsweep.gangsweep_outliers`), with the statistic and
-    persistence gate the scan was judged with (the paper's unless it
-    recorded others).
+    Label scans are tested on the L1 norms (`norm_source`); partial scans
+    (job keys `"3->7"`) on the score each pair was given (see
+    `nc_tf.partial`); GangSweep scans (`method: "gangsweep"`) with
+    GangSweep's own test (`nc_tf.gangsweep.gangsweep_outliers`), with the
+    statistic and persistence gate the scan was judged with (the paper's
+    unless it recorded others).
+
+    Args:
+        record: the results dict of a scan.
+        verbose: print the reference report. Defaults to `True`.
+        norm_source: `"float"` or `"png"` norms of a label scan (see
+            `norm_source_of`). Defaults to `None` (by the scan's preset).
+
+    Returns:
+        the verdict dict (`nc_tf.outlier.outlier_detection`'s for
+        Neural Cleanse, with the `norm_source` it used).
     """
     if record.get("method") == "gangsweep":
         from nc_tf.gangsweep import PERSISTENCE_THRESHOLD, gangsweep_outliers
@@ -45,48 +75,102 @@ def detect(record, verbose=True):
         )
         result["flagged"] = [[k, n] for k, n in result["flagged"]]
         return result
+    source = norm_source_of(record, norm_source)
+    field = "l1_norm_png" if source == "png" else "l1_norm"
     items = sorted(
         ((k, v) for k, v in record["labels"].items() if k.isdigit()), key=lambda kv: int(kv[0])
     )
+    missing = [k for k, v in items if field not in v]
+    if missing:
+        raise ValueError(
+            f"labels {', '.join(missing)} have no {field!r} in the scan results; judge the "
+            "folder with `nc-tf detect DIR --norm-source png`, which reads the mask PNGs."
+        )
     result = outlier_detection(
-        [v["l1_norm"] for _, v in items], [int(k) for k, _ in items], verbose=verbose
+        [v[field] for _, v in items], [int(k) for k, _ in items], verbose=verbose
     )
     result["flagged"] = [[label, norm] for label, norm in result["flagged"]]
     result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
+    result["norm_source"] = source
     return result
 
 
-def detect_dir(scan_dir, verbose=True):
-    """The MAD verdict of a scan folder: from `results.json`, else from the mask PNGs.
+def png_mask_norms(paths, shape=None):
+    """The L1 norms of mask PNGs, read as the reference's `mad_outlier_detection.py` did.
 
     Args:
-        scan_dir: a folder written by `scan` (or the reference code's mask
-            PNGs `*_mask_label_N.png`).
-        verbose: print the reference report. Defaults to `True`.
+        paths: dict label -> mask PNG path.
+        shape: `(H, W)` to resize each mask to (nearest) when it differs.
+            Defaults to `None` (as saved).
 
     Returns:
-        the outlier dict of `nc_tf.outlier.outlier_detection`.
+        dict label -> norm (grayscale, float32 / 255, summed).
     """
-    if os.path.exists(os.path.join(scan_dir, RESULTS)):
-        return detect(read_scan_record(scan_dir), verbose)
-    if not os.path.isdir(scan_dir):
-        raise FileNotFoundError(f"No such scan folder: {scan_dir}")
-    import re
-
     from PIL import Image
 
     norms = {}
+    for label, path in paths.items():
+        with Image.open(path) as image:
+            image = image.convert("L")
+            if shape is not None and image.size != (int(shape[1]), int(shape[0])):
+                image = image.resize((int(shape[1]), int(shape[0])), Image.NEAREST)
+            mask = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+        norms[label] = float(np.sum(mask))
+    return norms
+
+
+def detect_dir(scan_dir, verbose=True, norm_source=None):
+    """The MAD verdict of a scan folder: from `results.json`, else from the mask PNGs.
+
+    Args:
+        scan_dir: a folder written by `scan` (or holding the reference
+            code's mask PNGs `*_mask_label_N.png`).
+        verbose: print the reference report. Defaults to `True`.
+        norm_source: `"float"` (the exact sums in `results.json`) or
+            `"png"` (the masks read back from their PNGs, the reference's
+            measurement). Defaults to `None`: by the scan's preset
+            (`norm_source_of`); PNGs for a folder without `results.json`.
+
+    Returns:
+        the verdict dict (see `detect`).
+    """
+    if os.path.exists(os.path.join(scan_dir, RESULTS)):
+        record = read_scan_record(scan_dir)
+        source = norm_source_of(record, norm_source)
+        labels = record["labels"]
+        if source == "png" and "partial" not in record and record.get("method") != "gangsweep":
+            lacking = [k for k, v in labels.items() if "l1_norm_png" not in v]
+            prefix = record["settings"].get("prefix", "nc")
+            paths = {k: mask_png_path(scan_dir, prefix, k) for k in lacking}
+            gone = [k for k, path in paths.items() if not os.path.exists(path)]
+            if gone:
+                raise FileNotFoundError(
+                    f"{scan_dir} has no mask PNG for label(s) {', '.join(gone)} "
+                    f"({os.path.basename(paths[gone[0]])}); use --norm-source float."
+                )
+            for key, norm in png_mask_norms(paths).items():
+                labels[key]["l1_norm_png"] = norm
+        return detect(record, verbose, source)
+    if not os.path.isdir(scan_dir):
+        raise FileNotFoundError(f"No such scan folder: {scan_dir}")
+    if norm_source == "float":
+        raise ValueError(
+            f"{scan_dir} has no {RESULTS}, only PNGs; use --norm-source png (the default there)."
+        )
+    paths = {}
     for name in os.listdir(scan_dir):
         match = re.search(r"mask_label_(\d+)\.png$", name)
         if match:
-            with Image.open(os.path.join(scan_dir, name)) as im:
-                norms[int(match.group(1))] = float(np.sum(np.asarray(im.convert("L"))) / 255.0)
-    if not norms:
+            paths[int(match.group(1))] = os.path.join(scan_dir, name)
+    if not paths:
         raise FileNotFoundError(
             f"{scan_dir} has neither {RESULTS} nor *_mask_label_N.png files; "
             "run `nc-tf scan` first."
         )
-    return detect({"labels": {str(k): {"l1_norm": v} for k, v in norms.items()}}, verbose)
+    norms = png_mask_norms(paths)
+    return detect(
+        {"labels": {str(k): {"l1_norm_png": v} for k, v in norms.items()}}, verbose, "png"
+    )
 
 
 def scan_triggers(scan_dir, labels=None, verbose=False):

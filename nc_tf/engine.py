@@ -32,14 +32,23 @@ from nc_tf.validation import check_scalar
 
 REGULARIZATIONS = (None, "none", "l1", "l2")
 
-# The attack loss on the target's probability p_t. "ce": Keras's cross-entropy -log p_t
-# (p_t clipped to [1e-7, 1 - 1e-7]). "reference": what the reference code minimises; it calls
+# The attack loss on the target's probability p_t. "crossentropy": Keras's -log p_t (p_t
+# clipped to [1e-7, 1 - 1e-7]). "reference": what the reference code minimises; it calls
 # `categorical_crossentropy(output, y_true)` with the arguments swapped, which under Keras 2.2
-# is -log(1e-7) * (1 - p_t) = 16.12 (1 - p_t).
+# is -log(1e-7) * (1 - p_t) = 16.12 (1 - p_t) (docs/reference-names.md).
 LOSSES = {
-    "ce": lambda p: -tf.math.log(tf.clip_by_value(p, 1e-7, 1 - 1e-7)),
+    "crossentropy": lambda p: -tf.math.log(tf.clip_by_value(p, 1e-7, 1 - 1e-7)),
     "reference": lambda p: -math.log(1e-7) * (1 - p),
 }
+LOSS_ALIASES = {"ce": "crossentropy"}
+
+
+def check_loss(loss):
+    """The canonical name of an attack loss (`"ce"` is `"crossentropy"`), or a ValueError."""
+    loss = LOSS_ALIASES.get(loss, loss)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}.")
+    return loss
 
 
 # The per-slot variables besides Adam's moments and the schedule state.
@@ -92,11 +101,11 @@ class ReverseEngine:
             constant (the fast preset's 0.1) starts with little of the random
             pattern showing, which avoids large triggers built from it.
             Defaults to `"random"`.
-        loss: the attack loss on the target's probability: `"ce"`
+        loss: the attack loss on the target's probability: `"crossentropy"`
             (cross-entropy, `-log p_t`) or `"reference"` (the reference
             code's effective `16.12 * (1 - p_t)`). A logits model's outputs
             go through a softmax first, so a softmax model and its logits
-            twin get the same objective. Defaults to `"ce"`.
+            twin get the same objective. Defaults to `"crossentropy"`.
         start_mini_batch: batches per step during `nc_tf.short_pass.best_starts` (fewer
             than `mini_batch` makes the starts cheaper). Defaults to `None`
             (`mini_batch`).
@@ -134,7 +143,7 @@ class ReverseEngine:
         steps_per_call=10,
         seed=0,
         mask_init="random",
-        loss="ce",
+        loss="crossentropy",
         start_mini_batch=None,
     ):
         if regularization not in REGULARIZATIONS:
@@ -153,9 +162,7 @@ class ReverseEngine:
         if cost_multiplier <= 1:
             raise ValueError(f"cost_multiplier must be > 1, got {cost_multiplier}.")
         self.model, self.intensity = model, check_intensity(intensity)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}.")
-        self.loss = loss
+        self.loss = check_loss(loss)
         x = np.asarray(x)
         self.from_logits = not outputs_probabilities(model, x, intensity)
         self.regularization = None if regularization == "none" else regularization

@@ -11,8 +11,7 @@ sums, so its norms are those of the reference's published printout
 
 import os
 
-import numpy as np
-
+from nc_tf.detect import png_mask_norms
 from nc_tf.gtsrb_visualize_example import IMG_FILENAME_TEMPLATE, RESULT_DIR
 from nc_tf.outlier import outlier_detection  # noqa: F401  (the reference name)
 
@@ -32,8 +31,9 @@ def mask_png_norms(
 ):
     """The L1 norms of the mask PNGs of labels `0 .. num_classes - 1` that exist.
 
-    Each mask is read as the reference did: grayscale, resized (nearest) to
-    `input_shape` if it differs, as float32 divided by 255, summed.
+    Each mask is read as the reference did (`nc_tf.detect.png_mask_norms`):
+    grayscale, resized (nearest) to `input_shape` if it differs, as float32
+    divided by 255, summed.
 
     Args:
         result_dir: the folder of the PNGs. Defaults to `"results"`.
@@ -47,22 +47,14 @@ def mask_png_norms(
         position in the list, as the reference passes them to
         `outlier_detection`.
     """
-    from PIL import Image
-
-    height, width = int(input_shape[0]), int(input_shape[1])
-    norms, idx_mapping = [], {}
+    paths = {}
     for label in range(int(num_classes)):
         path = os.path.join(result_dir, img_filename_template % ("mask", label))
-        if not os.path.isfile(path):
-            continue
-        with Image.open(path) as image:
-            image = image.convert("L")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.NEAREST)
-            mask = np.asarray(image, dtype=np.float32) / 255
-        norms.append(np.sum(np.abs(mask)))
-        idx_mapping[label] = len(norms) - 1
-    return norms, idx_mapping
+        if os.path.isfile(path):
+            paths[label] = path
+    by_label = png_mask_norms(paths, shape=input_shape[:2])
+    norms = [by_label[label] for label in paths]
+    return norms, {label: i for i, label in enumerate(paths)}
 
 
 def analyze_pattern_norm_dist(

@@ -25,7 +25,7 @@ import numpy as np
 
 from nc_tf.datasets import check_images
 from nc_tf.detect import detect, detect_dir, scan_triggers  # noqa: F401  (public here too)
-from nc_tf.engine import ReverseEngine
+from nc_tf.engine import ReverseEngine, check_loss
 from nc_tf.identity import identity
 from nc_tf.metrics import attack_success_rate, predict_labels
 from nc_tf.models import check_model_data
@@ -34,6 +34,7 @@ from nc_tf.scan_folder import (  # noqa: F401  (RESULTS, read_scan_record: publi
     RESULTS,
     ScanFolder,
     load_reversed,
+    png_l1_norm,
     read_scan_record,
     reversed_path,
     save_reversed,
@@ -147,6 +148,7 @@ def scan_settings(preset="fast", **overrides):
             what="'random' or a number",
             hint=" (CLI: --mask-init)",
         )
+    settings["loss"] = check_loss(settings["loss"])
     if settings["nb_sample"] < settings["batch_size"]:
         raise ValueError(
             f"nb_sample ({settings['nb_sample']}) must be >= batch_size ({settings['batch_size']})."
@@ -211,7 +213,7 @@ def scan(
             `early_stop_threshold`, `early_stop_patience`, `upsample_size`,
             `restarts`: runs per label from different random triggers, the
             smallest valid trigger kept; `mask_init`: `"random"` or a
-            constant initial mask; `loss`: `"ce"` or `"reference"`, see
+            constant initial mask; `loss`: `"crossentropy"` or `"reference"`, see
             `ReverseEngine`; `starts`: short starts per label of which the
             most promising continues, after `start_steps` steps of
             `start_nb_sample` images, see `nc_tf.short_pass.best_starts`).
@@ -459,6 +461,7 @@ def run_jobs(
         entry = {
             "label": label,
             "l1_norm": result["l1_norm"],
+            "l1_norm_png": round(png_l1_norm(result["mask"]), 6),
             "attack_success_rate": asr,
             "found": result["found"],
             "steps": result["steps"],

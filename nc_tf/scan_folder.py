@@ -106,11 +106,40 @@ def settings_difference(old, new):
     return sorted(k for k in keys if old.get(k) != new.get(k))
 
 
-def save_png(path, image):
-    """Writes an image in [0, 255] (`(H, W, C)`, C 1 or 3) as an 8-bit PNG, atomically."""
+def png_levels(image, truncate=False):
+    """The 8-bit values a PNG of `image` (in [0, 255]) holds: rounded, or truncated.
+
+    `truncate=True` is what the reference code's `dump_image` wrote (Keras
+    `array_to_img(x, scale=False)` casts to uint8), so masks saved that way
+    read back to the reference's norms (`png_l1_norm`).
+    """
+    image = np.clip(np.asarray(image, np.float32), 0, 255)
+    return (image if truncate else np.rint(image)).astype(np.uint8)
+
+
+def png_l1_norm(mask):
+    """The L1 norm of a mask as the reference measured it: from its saved 8-bit PNG.
+
+    The mask (in [0, 1]) is written as `mask * 255` truncated to 8 bits,
+    read back as float32 / 255 and summed (the reference's
+    `mad_outlier_detection.py`; its published 16.117647 is 4110 / 255).
+    """
+    levels = png_levels(np.asarray(mask, np.float32) * np.float32(255.0), truncate=True)
+    return float(np.sum(levels.astype(np.float32) / np.float32(255.0)))
+
+
+def save_png(path, image, truncate=False):
+    """Writes an image in [0, 255] (`(H, W, C)`, C 1 or 3) as an 8-bit PNG, atomically.
+
+    Args:
+        path: the file to write.
+        image: the image.
+        truncate: truncate to 8 bits as the reference code did, instead of
+            rounding (see `png_levels`). Defaults to `False`.
+    """
     from PIL import Image
 
-    arr = np.clip(np.rint(np.asarray(image, np.float64)), 0, 255).astype(np.uint8)
+    arr = png_levels(image, truncate)
     arr = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
     tmp = path + ".tmp.png"
     Image.fromarray(arr).save(tmp)
@@ -325,6 +354,9 @@ class ScanFolder:
 def save_trigger_pngs(out_dir, prefix, label, pattern, mask):
     """Writes the reference `mask`, `pattern` and `fusion` PNGs of one label.
 
+    Values are truncated to 8 bits as the reference's `dump_image` did, so
+    the mask PNGs read back to the reference's norms (`png_l1_norm`).
+
     Args:
         out_dir: the folder (created if missing).
         prefix: file name prefix (the reference used the data set name).
@@ -340,9 +372,12 @@ def save_trigger_pngs(out_dir, prefix, label, pattern, mask):
         "fusion": np.asarray(pattern) * mask3,
     }
     for kind, image in images.items():
-        save_png(
-            os.path.join(out_dir, f"{prefix}_visualize_{kind}_label_{file_key(label)}.png"), image
-        )
+        save_png(mask_png_path(out_dir, prefix, label, kind), image, truncate=True)
+
+
+def mask_png_path(scan_dir, prefix, label, kind="mask"):
+    """The path of a label's reference PNG (`<prefix>_visualize_<kind>_label_N.png`)."""
+    return os.path.join(scan_dir, f"{prefix}_visualize_{kind}_label_{file_key(label)}.png")
 
 
 def reversed_path(scan_dir, label):

@@ -70,6 +70,10 @@ class Visualizer:
         raw_input_flag: the data given to `visualize` is raw [0, 255]
             instead of preprocessed. Defaults to `False`.
         seed: seed of the batch sampling. Defaults to `0`.
+        loss: the attack loss: `"reference"`, what the reference code
+            effectively minimised (`16.12 (1 - p_t)`, see
+            `nc_tf.engine.LOSSES`), or `"crossentropy"` (`-log p_t`).
+            Defaults to `"reference"`.
 
     Example:
 
@@ -140,6 +144,7 @@ class Visualizer:
         tmp_dir=TMP_DIR,
         raw_input_flag=RAW_INPUT_FLAG,
         seed=0,
+        loss="reference",
     ):
         if tuple(input_shape)[-1] != img_color:
             raise ValueError(
@@ -182,6 +187,7 @@ class Visualizer:
             epsilon=epsilon,
             slots=1,
             seed=seed,
+            loss=loss,
         )
         self._engine, self._engine_data = None, None
         # The current trigger (what `save_tmp_func` writes): the initial one after

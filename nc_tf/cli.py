@@ -14,6 +14,7 @@ import sys
 from injection.attacks import ATTACKS
 from mitigation.methods import METHODS
 from nc_tf import cli_parser
+from nc_tf.cli_options import GANGSWEEP_SETTINGS, SCAN_SETTINGS, option_flag
 from nc_tf.cli_output import (
     check_out,
     error_text,
@@ -275,49 +276,6 @@ def cmd_evaluate(args):
     print_report(args, report, lines)
 
 
-SCAN_SETTINGS = (
-    "steps",
-    "batch_size",
-    "nb_sample",
-    "lr",
-    "init_cost",
-    "regularization",
-    "attack_succ_threshold",
-    "patience",
-    "cost_multiplier",
-    "early_stop_threshold",
-    "early_stop_patience",
-    "upsample_size",
-    "restarts",
-    "mask_init",
-    "loss",
-    "starts",
-    "start_steps",
-    "start_nb_sample",
-)
-
-
-# Scan flags of each method; the other method's flags are refused when set.
-GANGSWEEP_SETTINGS = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "patience",
-    "k",
-    "filters",
-    "residual_blocks",
-    "max_images",
-    "min_steps_per_epoch",
-    "alpha_gate",
-    "statistic",
-    "persistence_threshold",
-)
-
-
-def _flag(name):
-    return "--" + name.replace("_", "-")
-
-
 def cmd_scan(args):
     from nc_tf import datasets
     from nc_tf.models import load_model
@@ -326,7 +284,7 @@ def cmd_scan(args):
     gangsweep = args.method == "gangsweep"
     mine = GANGSWEEP_SETTINGS if gangsweep else SCAN_SETTINGS
     theirs = [k for k in SCAN_SETTINGS + GANGSWEEP_SETTINGS if k not in mine]
-    wrong = [_flag(k) for k in theirs if getattr(args, k) is not None]
+    wrong = [option_flag(k) for k in theirs if getattr(args, k) is not None]
     wrong += [
         f
         for f, on in (
@@ -438,14 +396,14 @@ def cmd_mitigate(args):
     _, attack_triggers, intensity = _read_attack(args)
     mine = set(METHODS[args.method].options)
     wrong = [
-        _flag(flag)
+        option_flag(flag)
         for flag in sorted({f for m in METHODS.values() for f in m.options})
         if flag not in mine and flag != "focus" and getattr(args, flag) is not None
     ]
     wrong += ["--no-focus"] if args.method != "repair" and args.focus is False else []
     if wrong:
         users = sorted(
-            name for name, m in METHODS.items() if any(_flag(f) in wrong for f in m.options)
+            name for name, m in METHODS.items() if any(option_flag(f) in wrong for f in m.options)
         )
         raise ValueError(
             f"{', '.join(wrong)} belong(s) to --method {'/'.join(users) or 'repair'}, "

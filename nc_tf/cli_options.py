@@ -117,3 +117,46 @@ def label_list(text):
     if repeated:
         raise argparse.ArgumentTypeError(f"label(s) {', '.join(repeated)} given more than once")
     return items
+
+
+SCAN_SETTINGS = (
+    "steps",
+    "batch_size",
+    "nb_sample",
+    "lr",
+    "init_cost",
+    "regularization",
+    "attack_succ_threshold",
+    "patience",
+    "cost_multiplier",
+    "early_stop_threshold",
+    "early_stop_patience",
+    "upsample_size",
+    "restarts",
+    "mask_init",
+    "loss",
+    "starts",
+    "start_steps",
+    "start_nb_sample",
+)
+
+
+# Scan flags of each method; the other method's flags are refused when set.
+GANGSWEEP_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "patience",
+    "k",
+    "filters",
+    "residual_blocks",
+    "max_images",
+    "min_steps_per_epoch",
+    "alpha_gate",
+    "statistic",
+    "persistence_threshold",
+)
+
+
+def option_flag(name):
+    return "--" + name.replace("_", "-")

@@ -25,31 +25,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from nc_tf.losses import LOSS_ALIASES, LOSSES, check_loss  # noqa: F401  (public here too)
 from nc_tf.models import outputs_probabilities
 from nc_tf.preprocess import check_intensity, preprocess
 from nc_tf.schedule import STATE_KEYS, cost_schedule_update, initial_state  # noqa: F401
 from nc_tf.validation import check_scalar
 
 REGULARIZATIONS = (None, "none", "l1", "l2")
-
-# The attack loss on the target's probability p_t. "crossentropy": Keras's -log p_t (p_t
-# clipped to [1e-7, 1 - 1e-7]). "reference": what the reference code minimises; it calls
-# `categorical_crossentropy(output, y_true)` with the arguments swapped, which under Keras 2.2
-# is -log(1e-7) * (1 - p_t) = 16.12 (1 - p_t) (docs/reference-names.md).
-LOSSES = {
-    "crossentropy": lambda p: -tf.math.log(tf.clip_by_value(p, 1e-7, 1 - 1e-7)),
-    "reference": lambda p: -math.log(1e-7) * (1 - p),
-}
-LOSS_ALIASES = {"ce": "crossentropy"}
-
-
-def check_loss(loss):
-    """The canonical name of an attack loss (`"ce"` is `"crossentropy"`), or a ValueError."""
-    loss = LOSS_ALIASES.get(loss, loss)
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}.")
-    return loss
-
 
 # The per-slot variables besides Adam's moments and the schedule state.
 _SLOT_VARIABLES = (

@@ -25,8 +25,9 @@ import numpy as np
 
 from nc_tf.datasets import check_images
 from nc_tf.detect import detect, detect_dir, scan_triggers  # noqa: F401  (public here too)
-from nc_tf.engine import ReverseEngine, check_loss
+from nc_tf.engine import ReverseEngine
 from nc_tf.identity import identity
+from nc_tf.losses import check_loss
 from nc_tf.metrics import attack_success_rate, predict_labels
 from nc_tf.models import check_model_data
 from nc_tf.preprocess import check_intensity

@@ -218,7 +218,7 @@ def test_iterative_repair_peels_unlearns_checks_the_residue_and_resumes(
     model, trigger, _ = tiny_backdoored
     x, y, xt, yt = mnist_small
     data = split_data(x, y, xt, yt, val_ratio=0.25)
-    quick = dict(steps=80, nb_sample=64)
+    quick = dict(steps=80, nb_sample=64, starts=1)
     out = tmp_path / "repair"
     fixed, details = repair(
         model,

@@ -65,7 +65,7 @@ def lightweight(images, seed=None, scaled=False):
     return augment(images, lightweight_pipeline(seed=seed, image_size=size))
 
 
-def intensive(images, seed=None, scaled=False):
+def intensive(images, seed=None, scaled=False, variant="notebook"):
     """Runs GYM's intensive pipeline on a batch of raw images.
 
     GYM fine-tunes through this pipeline; as an inference-time defence on
@@ -77,13 +77,15 @@ def intensive(images, seed=None, scaled=False):
             `None` (fresh entropy).
         scaled: scale the pixel sizes to the image side
             (`mitigation.gym.scaled_sizes`). Defaults to `False`.
+        variant: the pipeline's sizes, `"notebook"` or `"paper"`
+            (`mitigation.gym.VARIANTS`). Defaults to `"notebook"`.
 
     Returns:
         Array with the shape and dtype of `images`.
     """
     images = check_image_batch(images, "intensive")
     size = images.shape[1] if scaled else None
-    return augment(images, intensive_pipeline(seed=seed, image_size=size))
+    return augment(images, intensive_pipeline(seed=seed, image_size=size, variant=variant))
 
 
 def shrink_pad(images, pad=4, seed=None):
@@ -358,6 +360,7 @@ def defended(
     seed=0,
     pad=4,
     scaled=False,
+    variant="notebook",
 ):
     """Wraps a model in one of the named input-preprocessing defences.
 
@@ -374,6 +377,8 @@ def defended(
         pad: pixels to shrink by, used by `"shrinkpad"` only. Defaults to `4`.
         scaled: GYM pipelines only: scale their pixel sizes to the image
             side (`mitigation.gym.scaled_sizes`). Defaults to `False`.
+        variant: `"intensive"` only: the pipeline's sizes, `"notebook"` or
+            `"paper"` (`mitigation.gym.VARIANTS`). Defaults to `"notebook"`.
 
     Returns:
         A `DefendedModel`.
@@ -394,7 +399,9 @@ def defended(
     preprocessor = PREPROCESSORS[key]
     if key == "shrinkpad":
         preprocessor = functools.partial(shrink_pad, pad=pad)
-    elif scaled and key in ("lightweight", "intensive"):
+    elif key == "intensive":
+        preprocessor = functools.partial(intensive, scaled=scaled, variant=variant)
+    elif scaled and key == "lightweight":
         preprocessor = functools.partial(preprocessor, scaled=True)
     return DefendedModel(
         model,

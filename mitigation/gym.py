@@ -99,7 +99,7 @@ def sat_transform():
     return LegacyShiftScaleRotate(shift_limit=0.16, scale_limit=0.16, rotate_limit=4, p=1.0)
 
 
-def scaled_sizes(image_size=None):
+def scaled_sizes(image_size=None, downscale=_DOWNSCALE):
     """The published pixel sizes, or the same relative sizes at `image_size`.
 
     GYM's median aperture (5 px) and downscale (0.25) were tuned on 224x224
@@ -111,6 +111,8 @@ def scaled_sizes(image_size=None):
     Args:
         image_size: the image side in pixels. Defaults to `None`: the
             published sizes, whatever the image size.
+        downscale: the downscale factor at 224 px. Defaults to `0.25` (the
+            notebook's; the paper's text has 0.75, see `VARIANTS`).
 
     Returns:
         `(ksize, downscale)`; `ksize` is `None` when the median is dropped,
@@ -122,17 +124,26 @@ def scaled_sizes(image_size=None):
     ((5, 0.25), (5, 0.25), (None, None))
     """
     if image_size is None:
-        return _KSIZE, _DOWNSCALE
+        return _KSIZE, downscale
     side = int(image_size)
     if side < 1:
         raise ValueError(f"image_size must be a positive side length; got {image_size!r}.")
     k = int(round(_KSIZE * side / _TUNED_SIZE))
     k = k if k % 2 else k + 1 if k > 1 else k
-    factor = _DOWNSCALE * _TUNED_SIZE / side
+    factor = downscale * _TUNED_SIZE / side
     return (k if k >= 3 else None), (factor if factor < 1 else None)
 
 
-def intensive_pipeline(seed=None, image_size=None):
+# The intensive pipeline's sizes. The notebook (the default) and the paper's text
+# disagree: the paper scales down to 75% before the second median filter, to 0.8
+# before the third, and shrinks at random to [0.8, 1] of the size.
+VARIANTS = {
+    "notebook": {"downscale": _DOWNSCALE, "resize_ratio": RESIZE_RATIO, "shrink": (0.91, 1.0)},
+    "paper": {"downscale": 0.75, "resize_ratio": 0.8, "shrink": (0.8, 1.0)},
+}
+
+
+def intensive_pipeline(seed=None, image_size=None, variant="notebook"):
     """Builds GYM's intensive augmentation pipeline, used for fine-tuning.
 
     In order: optical distortion (k ~ U(-0.05, 0.05), reflect-101 border),
@@ -149,6 +160,9 @@ def intensive_pipeline(seed=None, image_size=None):
         image_size: image side to scale the median aperture and downscale
             to (`scaled_sizes`); steps that vanish at that size are left out.
             Defaults to `None` (the published pixel sizes).
+        variant: `"notebook"` (the published code: downscale 0.25, resize
+            180/224, shrink to [0.91, 1]) or `"paper"` (its text: 0.75, 0.8,
+            [0.8, 1]); see `VARIANTS`. Defaults to `"notebook"`.
 
     Returns:
         An `albumentations.Compose`; call it as `pipeline(image=img)` on one
@@ -159,12 +173,15 @@ def intensive_pipeline(seed=None, image_size=None):
 
     >>> import numpy as np
     >>> images = np.zeros((2, 28, 28, 1), np.uint8)
-    >>> augment(images, intensive_pipeline(seed=0)).shape
+    >>> augment(images, intensive_pipeline(seed=0, variant="paper")).shape
     (2, 28, 28, 1)
     """
     # Every step has p=1 as in the notebook (`albumentations.X(p=1, ...)`
     # everywhere; albumentations 0.4's default p was 0.5 for each of these).
-    ksize, down = scaled_sizes(image_size)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {variant!r}.")
+    sizes = VARIANTS[variant]
+    ksize, down = scaled_sizes(image_size, sizes["downscale"])
     transforms = [
         # `OpticalDistortion(p=1)`: 0.4 defaults distort_limit 0.05 ->
         # k ~ U(-0.05, 0.05), shift_limit 0.05 -> centre shift
@@ -204,10 +221,10 @@ def intensive_pipeline(seed=None, image_size=None):
             ]
         ),
         *_median(ksize),
-        *_resize_median(ksize),
+        *_resize_median(ksize, sizes["resize_ratio"]),
         # `defend_RAND(scalimit=1.1)`: resize to rnd in [size, 1.1 size),
         # zero-pad to 1.1 size at a random offset, resize back.
-        RandomShrink(ratio_range=(0.91, 1.0)),
+        RandomShrink(ratio_range=sizes["shrink"]),
         sat_transform(),
     ]
     return seed_pipeline(A.Compose(transforms, seed=seed), seed)
@@ -250,9 +267,9 @@ def _median(ksize):
     return [] if ksize is None else [A.MedianBlur(blur_limit=(ksize, ksize), p=1.0)]
 
 
-def _resize_median(ksize):
+def _resize_median(ksize, ratio=RESIZE_RATIO):
     # without a median (scaled below 3) the resize round trip alone remains
-    return [ResizeMedianResize(ratio=RESIZE_RATIO, ksize=ksize)]
+    return [ResizeMedianResize(ratio=ratio, ksize=ksize)]
 
 
 def seed_pipeline(pipeline, seed=None):

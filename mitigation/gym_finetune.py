@@ -12,7 +12,7 @@ import numbers
 import keras
 import numpy as np
 
-from mitigation.gym import augment, intensive_pipeline
+from mitigation.gym import VARIANTS, augment, intensive_pipeline
 from nc_tf import models
 from nc_tf.preprocess import check_intensity, preprocess
 from nc_tf.validation import check_class_labels, check_image_batch, check_scalar, check_seed
@@ -139,6 +139,7 @@ def gym_finetune(
     seed=0,
     verbose=1,
     scaled=False,
+    variant="notebook",
 ):
     """Fine-tunes a copy of `model` on intensively augmented clean data (GYM).
 
@@ -177,6 +178,8 @@ def gym_finetune(
         scaled: scale the pipeline's pixel sizes (median aperture,
             downscale) to the images' side, see `scaled_sizes`. Defaults to
             `False` (the published sizes).
+        variant: the intensive pipeline's sizes, `"notebook"` or `"paper"`
+            (`mitigation.gym.VARIANTS`). Defaults to `"notebook"`.
 
     Returns:
         The fine-tuned copy of `model` (a new `keras.Model`).
@@ -199,9 +202,11 @@ def gym_finetune(
             f"gym_finetune needs a single-output classifier; the model has {len(outputs)} outputs."
         )
     epochs = check_scalar(epochs, "epochs", numbers.Integral, low=1)
-    pipeline_fn = None
-    if scaled:
-        pipeline_fn = functools.partial(intensive_pipeline, image_size=np.shape(x)[1])
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {variant!r}.")
+    pipeline_fn = functools.partial(
+        intensive_pipeline, variant=variant, image_size=np.shape(x)[1] if scaled else None
+    )
     data = GymFineTuneDataset(
         x, y, batch_size=batch_size, intensity=intensity, seed=seed, pipeline_fn=pipeline_fn
     )

@@ -59,7 +59,12 @@ METHODS = {
     "gym": Method(
         None,
         True,
-        {"epochs": "epochs", "n_samples": "n_samples", "gym_scaled": "scaled"},
+        {
+            "epochs": "epochs",
+            "n_samples": "n_samples",
+            "gym_scaled": "scaled",
+            "gym_variant": "variant",
+        },
         "mitigation.mitigate:run_gym",
         "GYM / DeepSweep",
     ),

@@ -506,6 +506,7 @@ def run_gym(job):
     intensity, seed, log, options = job.intensity, job.seed, job.log, dict(job.options)
     n_samples = options.pop("n_samples", 1000)
     scaled = bool(options.get("scaled", False))
+    variant = options.get("variant", "notebook")
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(data.x_train))[:n_samples]
     tuned = gym_finetune(
@@ -519,7 +520,7 @@ def run_gym(job):
     )
 
     def through(m, how):
-        guarded = defended(m, how, intensity=intensity, seed=seed, scaled=scaled)
+        guarded = defended(m, how, intensity=intensity, seed=seed, scaled=scaled, variant=variant)
         return measure(
             lambda images: np.argmax(guarded.predict(images), 1),
             data.x_test,

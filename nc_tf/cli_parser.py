@@ -430,6 +430,12 @@ def _mitigate_parser(sub, tables):
         help="gym: scale the median aperture and downscale from the 224 px images "
         "they were tuned on to this data's image size (default: published sizes)",
     )
+    g.add_argument(
+        "--gym-variant",
+        choices=("notebook", "paper"),
+        help="gym: the intensive pipeline's sizes, the published notebook's or the "
+        "paper's text (downscale 0.75, resize 0.8, shrink to [0.8, 1]) (default: notebook)",
+    )
 
 
 def _detect_parser(sub, tables):

@@ -128,6 +128,35 @@ def test_pipelines_follow_the_published_parameters():
         assert resize.ratio == (180 / 224, 180 / 224)  # 224 -> 180 -> 224
 
 
+def test_the_paper_variant_has_the_papers_sizes():
+    def sizes(steps):
+        (down,) = [s for s in steps if isinstance(s, A.Downscale)]
+        (resize,) = [s for s in steps if isinstance(s, gym.ResizeMedianResize)]
+        (shrink,) = [s for s in steps if isinstance(s, gym.RandomShrink)]
+        return tuple(down.scale_range), tuple(resize.ratio), tuple(shrink.ratio_range)
+
+    assert sizes(gym.intensive_pipeline(seed=0).transforms) == (
+        (0.25, 0.25),
+        (180 / 224, 180 / 224),
+        (0.91, 1.0),
+    )
+    assert sizes(gym.intensive_pipeline(seed=0, variant="paper").transforms) == (
+        (0.75, 0.75),
+        (0.8, 0.8),
+        (0.8, 1.0),
+    )
+    # the same steps in the same order otherwise
+    notebook = [type(s) for s in gym.intensive_pipeline(seed=0).transforms]
+    assert [type(s) for s in gym.intensive_pipeline(seed=0, variant="paper").transforms] == notebook
+    with pytest.raises(ValueError, match="variant must be one of"):
+        gym.intensive_pipeline(variant="blog")
+    images = np.full((2, 32, 32, 3), 200, np.uint8)
+    out = defended_inference.intensive(images, seed=0, variant="paper")
+    assert out.shape == images.shape and not np.array_equal(
+        out, defended_inference.intensive(images, seed=0)
+    )
+
+
 @pytest.mark.parametrize(
     "bad",
     [

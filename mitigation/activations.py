@@ -36,12 +36,8 @@ def layer_activations(model, layer, x, intensity="raw", reduce="mean", batch_siz
     if reduce not in _REDUCTIONS:
         raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {reduce!r}.")
     target = resolve_layer(model, layer)
-    probe = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, target.output)
     rows = []
-    for i in range(0, len(x), batch_size):
-        a = np.asarray(
-            probe(preprocess(np.asarray(x[i : i + batch_size]), intensity), training=False)
-        )
+    for a in layer_output_batches(model, target, x, intensity, batch_size):
         if a.ndim == 4:
             flat = a.reshape(a.shape[0], -1, a.shape[-1])
             a = {
@@ -56,6 +52,38 @@ def layer_activations(model, layer, x, intensity="raw", reduce="mean", batch_siz
             )
         rows.append(a.astype(np.float32))
     return np.concatenate(rows) if rows else np.zeros((0, target.output.shape[-1]), np.float32)
+
+
+def layer_output_batches(model, layer, x, intensity="raw", batch_size=256):
+    """Yields the outputs of `layer` for raw images, one batch at a time, unreduced.
+
+    A conv layer's batch is its activation maps `(n, H', W', C)`; a dense
+    layer's is `(n, units)`. Batches are yielded rather than joined, so a
+    caller that reduces them never holds every image's maps at once.
+
+    Args:
+        model: a Keras model.
+        layer: anything `resolve_layer` accepts.
+        x: raw NHWC images in [0, 255].
+        intensity: the model's intensity range. Defaults to `"raw"`.
+        batch_size: images per forward pass. Defaults to `256`.
+
+    Yields:
+        numpy arrays, one per batch of `x`, in order.
+
+    Example:
+
+    >>> from nc_tf.models import mnist_model
+    >>> x = np.zeros((3, 28, 28, 1), np.float32)
+    >>> [a.shape for a in layer_output_batches(mnist_model(), "last_conv", x, batch_size=2)]
+    [(2, 8, 8, 32), (1, 8, 8, 32)]
+    """
+    target = resolve_layer(model, layer)
+    probe = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, target.output)
+    for i in range(0, len(x), batch_size):
+        yield np.asarray(
+            probe(preprocess(np.asarray(x[i : i + batch_size]), intensity), training=False)
+        )
 
 
 def rank_neurons(model, layer, x_clean, x_trigger, intensity="raw", batch_size=256):

@@ -251,11 +251,12 @@ def _tap(model, target, cut):
         return out
 
     replay = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
-    if len(seen["maps"]) != 1 or (cut is not None and len(seen["features"]) != 1):
-        raise ValueError(
-            f"Layer {target.name!r} (or the output layer) is applied {len(seen['maps'])} times "
-            f"in {model.name!r}; pass a layer that is applied once."
-        )
+    for layer, found in ((target, seen["maps"]), (cut, seen["features"])):
+        if layer is not None and len(found) != 1:
+            raise ValueError(
+                f"Layer {layer.name!r} is applied {len(found)} times in {model.name!r}, so its "
+                "output is ambiguous; pass a layer that is applied once."
+            )
     features = seen["features"][0] if cut is not None else replay.outputs[0]
     probe = keras.Model(replay.inputs[0], [seen["maps"][0], features])
     return lambda x: probe(x, training=False)
@@ -286,7 +287,7 @@ def _compiled_step(model, target, images, intensity):
             )
         grads = tf.cast(grads, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.transpose(tf.nn.relu(tf.reduce_sum(weights * tf.cast(maps, tf.float32), axis=-1)), (0, 2, 1))
+        cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(maps, tf.float32), axis=-1))
         cam = tf.image.resize(cam[..., None], (height, width), method="bilinear")[..., 0]
         cam = tf.nn.relu(cam)  # resizing may round a zero to a tiny negative
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)

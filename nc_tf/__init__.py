@@ -14,6 +14,7 @@ _EXPORTS = {
     "load_dataset": "nc_tf.datasets",
     "attack_success_rate": "nc_tf.metrics",
     "evaluate_backdoor": "nc_tf.metrics",
+    "grad_cam": "nc_tf.gradcam",
     "build_model": "nc_tf.models",
     "outputs_probabilities": "nc_tf.models",
     "load_model": "nc_tf.safe_loading",

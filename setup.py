@@ -14,6 +14,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=["nc_tf", "injection", "mitigation"],
+    # The `nc-tf report` page template ships inside the mitigation package.
+    package_data={"mitigation": ["templates/*.j2"]},
     install_requires=[
         # CPU build of TensorFlow; Keras 3 comes as its own package.
         "tensorflow-cpu>=2.16,<2.22",
@@ -30,6 +32,9 @@ setup(
         "tqdm>=4.60",
         # matplotlib: the curves and histograms mitigation writes as PNG.
         "matplotlib>=3.7",
+        # Jinja2: the `nc-tf report` HTML page, rendered from a template with
+        # autoescaping rather than assembled by string concatenation.
+        "jinja2>=3.1",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.6"],

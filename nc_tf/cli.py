@@ -56,7 +56,7 @@ def main(argv=None):
     from nc_tf.memory import restore_malloc_threshold
 
     restore_malloc_threshold()
-    out = getattr(args, "out", None) if args.command != "preview" else None
+    out = getattr(args, "out", None) if args.command not in ("preview", "report") else None
     created = out is not None and not os.path.exists(out)
     try:
         if out is not None:
@@ -309,6 +309,10 @@ def cmd_scan(args):
                 "name partial-scan results (mitigate --labels)."
             )
         labels = [int(v) for v in args.labels]
+    if args.report:
+        from mitigation.report import check_report_path
+
+        check_report_path(os.path.join(args.out, "report.html"), own=True)
     model = load_model(args.model, trust_model=args.trust_model)
     x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
     if gangsweep:
@@ -327,10 +331,7 @@ def cmd_scan(args):
             model_path=args.model,
             **overrides,
         )
-        if args.json:
-            print_report(args, record, [])
-        else:
-            print(f"results: {os.path.join(args.out, 'results.json')}")
+        _scan_report(args, record, model, x, y)
         return
     prefix = os.path.splitext(os.path.basename(str(args.dataset)))[0]
     common = dict(
@@ -377,10 +378,21 @@ def cmd_scan(args):
             **common,
         )
     record.pop("triggers")
-    if args.json:
-        print_report(args, record, [])
-    else:
-        print(f"results: {os.path.join(args.out, 'results.json')}")
+    _scan_report(args, record, model, x, y)
+
+
+def _scan_report(args, record, model, x, y):
+    """Prints where the scan's results are; with --report, writes and names OUT/report.html."""
+    lines = [f"results: {os.path.join(args.out, 'results.json')}"]
+    if args.report:
+        from mitigation.report import write_report
+
+        path = os.path.join(args.out, "report.html")
+        where = dict(dataset=str(args.dataset), model_path=args.model, own=True)
+        write_report([args.out], model, x, y, path, args.intensity, **where)
+        record["report"] = path
+        lines.append(f"report:  {path}")
+    print_report(args, record, lines)
 
 
 def cmd_mitigate(args):
@@ -524,6 +536,14 @@ def cmd_detect(args):
         print_report(args, result, [])
 
 
+def cmd_report(args):
+    from mitigation.report import REPORT_OPTIONS, make_report
+
+    options = {name: getattr(args, name) for name in REPORT_OPTIONS}
+    summary = make_report(args.dirs, args.model, args.dataset, args.out, **options)
+    print_report(args, summary, [f"report: {args.out} ({summary['bytes'] / 1e6:.2f} MB)"])
+
+
 def cmd_preview(args):
     from mitigation.preview import check_out_path, load_images, preview_grid
 
@@ -558,4 +578,5 @@ COMMANDS = {
     "mitigate": cmd_mitigate,
     "detect": cmd_detect,
     "preview": cmd_preview,
+    "report": cmd_report,
 }

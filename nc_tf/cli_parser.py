@@ -22,6 +22,7 @@ from nc_tf.cli_options import (
     label_list,
     mask_init_type,
 )
+from nc_tf.preprocess import INTENSITY_RANGES
 
 
 def _inject_parser(sub, tables):
@@ -198,6 +199,12 @@ def _scan_parser(sub, tables):
         action="store_true",
         help="scan even when the model's clean accuracy on the scan data is below "
         "50%% (usually a wrong --intensity, channel order or label mapping)",
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="when the scan ends, write OUT/report.html, the one-page report of `nc-tf report` "
+        "(replacing only a report nc-tf wrote there before)",
     )
     g = p.add_argument_group("optimisation (reference names; override the preset)")
     g.add_argument("--steps", type=COUNT, help="maximum steps per label")
@@ -493,6 +500,52 @@ def _preview_parser(sub, tables):
     p.add_argument("--y-key", help="label array name in an .h5/.npz file (default: Y_test/y_test)")
 
 
+def _report_parser(sub, tables):
+    """The `nc-tf report` sub-command."""
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page: verdict, triggers, Grad-CAM, activations",
+        description="Write one HTML page about a model from its scan and mitigation "
+        "folders: the verdict banner, the trigger gallery, the norm plot, the Grad-CAM "
+        "grid and the activation analysis of Cheng et al., and per folder kind the "
+        "GangSweep statistics or the mitigation's before/after figures and curves. Images "
+        "are inside the file, which reads offline.",
+    )
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="a folder written by `nc-tf scan` (Neural Cleanse, partial or GangSweep) or "
+        "`nc-tf mitigate`; its kind is told by its files",
+    )
+    p.add_argument(
+        "--model", required=True, help="the model the folders are about (.keras or Keras-2 .h5)"
+    )
+    p.add_argument(
+        "--trust-model",
+        action="store_true",
+        help="allow model files whose layers run code (Lambda, custom layers)",
+    )
+    add_data_args(p, intensity=False)
+    p.add_argument(
+        "--intensity",
+        choices=INTENSITY_RANGES,
+        help="the model's preprocessing of raw [0,255] pixels (default: the one the first "
+        "folder recorded, else --attack's, else raw)",
+    )
+    p.add_argument(
+        "--attack",
+        help="attack.json of `nc-tf inject`: adds the original trigger to the Grad-CAM grid "
+        "and the activation analysis",
+    )
+    p.add_argument(
+        "--clean-model",
+        help="a vanilla model trained on clean data: adds its rows to the Grad-CAM grid",
+    )
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+
+
 def build_parser(attacks=(), methods=()):
     """The argument parser of `nc-tf`.
 
@@ -531,6 +584,7 @@ def build_parser(attacks=(), methods=()):
         _mitigate_parser,
         _detect_parser,
         _preview_parser,
+        _report_parser,
     ):
         add(sub, tables)
     return parser

@@ -2,7 +2,7 @@
 # Creates the environment and runs the main demo on the embedded MNIST:
 # inject a BadNets backdoor, measure it, then scan the model with Neural
 # Cleanse, print the MAD report, repair it, verify the repair by a fresh
-# scan, and measure the repaired model.
+# scan, measure the repaired model, and write the one-page HTML report.
 # Outputs go to demo_out/
 source "$(dirname "$0")/setup_env.sh"
 OUT=demo_out/mnist_badnets
@@ -24,3 +24,9 @@ nc-tf mitigate "$OUT/model.keras" --method unlearn --scan demo_out/scan --datase
   --attack "$OUT/attack.json" --out demo_out/repaired
 echo "== 6. evaluate the repaired model: clean accuracy and the original trigger's attack success"
 nc-tf evaluate demo_out/repaired/model.keras --dataset mnist --attack "$OUT/attack.json"
+echo "== 7. report: one HTML page with the verdict, the triggers, the norm plot, Grad-CAM,"
+echo "   the activation analysis and the repair (images inside the file; reads offline)"
+# --force: the page is the demo's own output, rewritten on every run.
+nc-tf report demo_out/scan demo_out/repaired --model "$OUT/model.keras" --dataset mnist \
+  --attack "$OUT/attack.json" --out demo_out/report.html --force
+echo "open demo_out/report.html in a browser"

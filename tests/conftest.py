@@ -174,7 +174,10 @@ FILE_SECONDS = {
     "test_partial_lowcost.py": 205,
     "test_mitigation.py": 200,
     "test_scan.py": 190,
+    "test_report.py": 80,
+    "test_norm_source.py": 40,
     "test_rgb_intensity.py": 35,
+    "test_gradcam.py": 20,
     "test_backdoor_e2e.py": 30,
     "test_linf_fine_pruning.py": 15,
 }

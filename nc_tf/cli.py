@@ -432,6 +432,7 @@ def cmd_mitigate(args):
             "--scan DIR (run `nc-tf scan MODEL --out DIR` first)."
         )
     labels = args.labels
+    record = read_scan_record(args.scan) if args.scan else None
     if args.method in needing("generators"):
         if not args.scan:
             raise ValueError(
@@ -449,14 +450,17 @@ def cmd_mitigate(args):
         triggers = []
     else:
         generators = None
-        triggers = scan_triggers(args.scan, labels, verbose=not args.json) if args.scan else []
+        triggers = (
+            scan_triggers(args.scan, labels, verbose=not args.json, record=record)
+            if args.scan
+            else []
+        )
         if args.method in needing("scan") and not triggers:
             raise ValueError(
                 f"The scan in {args.scan} flags no label, so --method "
                 f"{args.method} has no trigger to remove; pass --labels to remove "
                 "chosen labels' triggers anyway."
             )
-    record = read_scan_record(args.scan) if args.scan else None
     verified_labels = None
     if labels and scan_reference(record) is not None:
         verified_labels = [int(v) for v in labels]

@@ -173,7 +173,7 @@ def detect_dir(scan_dir, verbose=True, norm_source=None):
     )
 
 
-def scan_triggers(scan_dir, labels=None, verbose=False):
+def scan_triggers(scan_dir, labels=None, verbose=False, record=None):
     """The reversed triggers of a scan folder as `injection.Trigger` objects.
 
     Mitigation stamps these on clean images. Partial-scan keys (`"3->7"`)
@@ -184,11 +184,13 @@ def scan_triggers(scan_dir, labels=None, verbose=False):
         labels: labels (or job keys) to load. Defaults to `None`: the labels
             the outlier test flags.
         verbose: print the MAD report. Defaults to `False`.
+        record: the folder's `results.json` dict, when the caller has read
+            it already (`read_scan_record`). Defaults to `None` (read here).
 
     Returns:
         list of `Trigger` (empty when nothing is flagged).
     """
-    record = read_scan_record(scan_dir)
+    record = read_scan_record(scan_dir) if record is None else record
     if record.get("method") == "gangsweep":
         raise ValueError(
             f"{scan_dir} holds a GangSweep scan: it has generators, not reversed "

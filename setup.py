@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=["nc_tf", "injection", "mitigation"],
     # The `nc-tf report` page template ships inside the mitigation package.
-    package_data={"mitigation": ["templates/*.j2"]},
+    package_data={"mitigation": ["templates/*.j2"], "nc_tf": ["templates/*.j2"]},
     install_requires=[
         # CPU build of TensorFlow; Keras 3 comes as its own package.
         "tensorflow-cpu>=2.16,<2.22",
@@ -39,6 +39,8 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.6"],
         "bench": ["adversarial-robustness-toolbox==1.20.*"],
+        # Ray: nc-tf scan-many --engine ray (docs/scale.md).
+        "ray": ["ray>=2.9,<3"],
     },
     entry_points={"console_scripts": ["nc-tf = nc_tf.cli:main"]},
 )

@@ -14,7 +14,7 @@ import sys
 from injection.attacks import ATTACKS
 from mitigation.methods import METHODS
 from nc_tf import cli_parser
-from nc_tf.cli_options import GANGSWEEP_SETTINGS, SCAN_SETTINGS, option_flag
+from nc_tf.cli_options import option_flag, read_image_option, scan_labels, scan_overrides
 from nc_tf.cli_output import (
     check_out,
     error_text,
@@ -110,7 +110,7 @@ def cmd_inject(args):
             raise ValueError(f"{flag} {', '.join(map(str, repeated))} given more than once.")
     image = args.image
     if image not in ("logo", "watermark"):
-        image = _read_image(image)
+        image = read_image_option(image)
     if args.attack == "badnets" and (color == "noisy" or args.shape != "square"):
         attack = "noisy" if args.shape == "square" else "shape"
     else:
@@ -152,25 +152,6 @@ def cmd_inject(args):
     if args.pretrain_epochs is None:
         args.pretrain_epochs = args.epochs if needs_model(attack) else 0
     return _train(args, triggers)
-
-
-def _read_image(path):
-    import numpy as np
-    from PIL import Image
-
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"--image {path!r} is not a file; pass 'logo', 'watermark' or an image "
-            "file (PNG, JPEG)."
-        )
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGBA"), dtype=np.uint8)
-    except Exception as error:  # PIL raises many types for damaged or hostile images
-        raise ValueError(
-            f"--image {path!r} is not a readable image "
-            f"({str(error).splitlines()[0][:200]}); pass a PNG or JPEG file."
-        ) from None
 
 
 def _trigger_text(spec):
@@ -282,33 +263,7 @@ def cmd_scan(args):
     from nc_tf.scan import scan
 
     gangsweep = args.method == "gangsweep"
-    mine = GANGSWEEP_SETTINGS if gangsweep else SCAN_SETTINGS
-    theirs = [k for k in SCAN_SETTINGS + GANGSWEEP_SETTINGS if k not in mine]
-    wrong = [option_flag(k) for k in theirs if getattr(args, k) is not None]
-    wrong += [
-        f
-        for f, on in (
-            ("--low-cost", args.low_cost),
-            ("--partial", args.partial),
-            ("--suspected", args.suspected is not None),
-        )
-        if gangsweep and on
-    ]
-    if wrong:
-        other = "neural-cleanse" if gangsweep else "gangsweep"
-        raise ValueError(
-            f"{', '.join(wrong)} belong(s) to --method {other}, not --method "
-            f"{args.method}; drop them or change --method."
-        )
-    overrides = {k: getattr(args, k) for k in mine if getattr(args, k) is not None}
-    labels = None
-    if args.labels:
-        if any("->" in v for v in args.labels):
-            raise ValueError(
-                "--labels of a scan are labels such as 3,7; pairs such as 3->7 "
-                "name partial-scan results (mitigate --labels)."
-            )
-        labels = [int(v) for v in args.labels]
+    overrides, labels = scan_overrides(args), scan_labels(args)
     if args.report:
         from mitigation.report import check_report_path
 
@@ -393,6 +348,55 @@ def _scan_report(args, record, model, x, y):
         record["report"] = path
         lines.append(f"report:  {path}")
     print_report(args, record, lines)
+
+
+def cmd_scan_many(args):
+    """Scans every model; exit status 1 when a model failed (its error is in the summary)."""
+    from functools import partial
+
+    from nc_tf import datasets
+    from nc_tf.scan_many import check_engine, model_files, scan_many
+    from nc_tf.scan_summary import summary_lines
+
+    options = dict(split_labels=args.split_labels, max_retries=args.max_retries)
+    options.update(cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)
+    check_engine(args.engine, **options)
+    models = model_files(args.models)
+    overrides, labels = scan_overrides(args), scan_labels(args)
+    x, y = datasets.load_data(args.dataset, "test", args.x_key, args.y_key, limit=args.limit)
+    intensity = args.intensity or "raw"
+    report = partial(_model_report, dataset=str(args.dataset), intensity=intensity)
+    summary = scan_many(
+        models,
+        x,
+        y,
+        args.out,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        trust_model=args.trust_model,
+        after_scan=report if args.report else None,
+        progress=not args.json,
+        labels=labels,
+        preset=args.preset,
+        intensity=intensity,
+        seed=args.seed,
+        slots=args.slots,
+        prefix=os.path.splitext(os.path.basename(str(args.dataset)))[0],
+        accept_low_accuracy=args.accept_low_accuracy,
+        **options,
+        **overrides,
+    )
+    lines = summary_lines(summary, args.out)
+    print_report(args, summary, lines)
+    return 1 if any(m["status"] != "ok" for m in summary["models"]) else 0
+
+
+def _model_report(scan_dir, model, x, y, path, dataset, intensity):
+    """Writes `scan_dir/report.html` (the `after_scan` of `nc-tf scan-many --report`)."""
+    from mitigation.report import write_report
+
+    where = dict(dataset=dataset, model_path=path, own=True)
+    write_report([scan_dir], model, x, y, os.path.join(scan_dir, "report.html"), intensity, **where)
 
 
 def cmd_mitigate(args):
@@ -579,6 +583,7 @@ COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "scan": cmd_scan,
+    "scan-many": cmd_scan_many,
     "mitigate": cmd_mitigate,
     "detect": cmd_detect,
     "preview": cmd_preview,

@@ -7,6 +7,7 @@ before any work starts.
 
 import argparse
 import math
+import os
 
 from nc_tf.preprocess import INTENSITY_RANGES
 
@@ -160,3 +161,62 @@ GANGSWEEP_SETTINGS = (
 
 def option_flag(name):
     return "--" + name.replace("_", "-")
+
+
+def scan_overrides(args):
+    """The scan settings given on the command line (reference names -> values).
+
+    Refuses the other method's options (`--method neural-cleanse` or
+    `gangsweep`), naming them.
+    """
+    method = getattr(args, "method", "neural-cleanse")
+    gangsweep = method == "gangsweep"
+    mine = GANGSWEEP_SETTINGS if gangsweep else SCAN_SETTINGS
+    theirs = [k for k in SCAN_SETTINGS + GANGSWEEP_SETTINGS if k not in mine]
+    wrong = [option_flag(k) for k in theirs if getattr(args, k, None) is not None]
+    wrong += [
+        flag
+        for flag, name in (("--low-cost", "low_cost"), ("--partial", "partial"))
+        if gangsweep and getattr(args, name, False)
+    ]
+    if gangsweep and getattr(args, "suspected", None) is not None:
+        wrong.append("--suspected")
+    if wrong:
+        other = "neural-cleanse" if gangsweep else "gangsweep"
+        raise ValueError(
+            f"{', '.join(wrong)} belong(s) to --method {other}, not --method "
+            f"{method}; drop them or change --method."
+        )
+    return {k: getattr(args, k) for k in mine if getattr(args, k, None) is not None}
+
+
+def scan_labels(args):
+    """`--labels` of a scan as whole numbers, or `None` (all labels)."""
+    if not args.labels:
+        return None
+    if any("->" in v for v in args.labels):
+        raise ValueError(
+            "--labels of a scan are labels such as 3,7; pairs such as 3->7 "
+            "name partial-scan results (mitigate --labels)."
+        )
+    return [int(v) for v in args.labels]
+
+
+def read_image_option(path):
+    """`--image` of `inject`: an image file read as RGBA uint8, or a one-line error."""
+    import numpy as np
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"--image {path!r} is not a file; pass 'logo', 'watermark' or an image "
+            "file (PNG, JPEG)."
+        )
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGBA"), dtype=np.uint8)
+    except Exception as error:  # PIL raises many types for damaged or hostile images
+        raise ValueError(
+            f"--image {path!r} is not a readable image "
+            f"({str(error).splitlines()[0][:200]}); pass a PNG or JPEG file."
+        ) from None

@@ -54,8 +54,9 @@ def check_out(args):
     """Refuses an --out folder that cannot take this command's files, before any work."""
     from nc_tf.io import check_out_dir
 
-    if args.command == "scan":
-        resume = os.path.exists(os.path.join(args.out, "results.json"))
+    if args.command in ("scan", "scan-many"):
+        record = "results.json" if args.command == "scan" else "summary.json"
+        resume = os.path.exists(os.path.join(args.out, record))
         check_out_dir(args.out, resume=resume, hint="empty it")
     else:
         check_out_dir(

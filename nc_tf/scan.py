@@ -303,6 +303,33 @@ def scan(
     return record
 
 
+def job_groups(keys, slots=8, restarts=1):
+    """The groups in which a scan optimises its jobs: whole jobs, about twice `slots` runs.
+
+    A job's result depends on its `(seed, label)` and on the jobs that share
+    its group (they share the graph's batch, whose size changes the
+    floating-point rounding). A scan split over processes by whole groups
+    (`nc-tf scan-many --split-labels`) therefore gives the single scan's
+    results.
+
+    Args:
+        keys: the jobs (e.g. labels), in scan order.
+        slots: labels optimised together in one graph. Defaults to `8`.
+        restarts: runs per job. Defaults to `1`.
+
+    Returns:
+        the list of groups (lists of keys), in order.
+
+    Example:
+
+    >>> job_groups(range(10), slots=2)
+    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    """
+    keys = list(keys)
+    size = max(1, (2 * int(slots)) // max(1, int(restarts)))
+    return [keys[i : i + size] for i in range(0, len(keys), size)]
+
+
 def check_scan_inputs(model, x, y, settings, intensity):
     """Validates scan data before any optimisation; returns `(x, y, num_classes)`."""
     check_intensity(intensity)
@@ -487,9 +514,9 @@ def run_jobs(
     run_states = [None if states is None or r else states[j] for j, r in runs]
     thresholds = [jobs[j][3] if len(jobs[j]) > 3 else None for j, _ in runs]
     start_norms = {}
-    # With starts, runs go in groups of twice the engine's slots: a group's
-    # starts, then its runs, so labels finish (and are saved) as the scan goes.
-    group = 2 * engine.slots if int(starts) > 1 else len(runs)
+    # Runs go in groups of whole jobs (`job_groups`): a group's starts, then its
+    # runs, so labels finish (and are saved) as the scan goes.
+    group = len(job_groups(range(len(jobs)), engine.slots, restarts)[0]) * restarts
     with folder.running(len(jobs), "scan", progress=progress) as bar:
         for first in range(0, len(runs), group):
             part = list(range(first, min(first + group, len(runs))))

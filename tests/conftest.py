@@ -174,6 +174,7 @@ FILE_SECONDS = {
     "test_partial_lowcost.py": 205,
     "test_mitigation.py": 200,
     "test_scan.py": 190,
+    "test_scan_many.py": 95,
     "test_report.py": 80,
     "test_norm_source.py": 40,
     "test_rgb_intensity.py": 35,

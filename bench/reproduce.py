@@ -168,6 +168,8 @@ TOLERANCES = {
     "<=+": (lambda ours, pub, a: ours <= pub + a, "at most {p} + {a}"),
     ">=-": (lambda ours, pub, a: ours >= pub - a, "at least {p} − {a}"),
     "side": (lambda ours, pub, a: (ours > a) == (pub > a), "same side of {a} as {p}"),
+    # a figure of ours with nothing published to compare (e.g. a plan's input): no verdict
+    "measured": (lambda ours, pub, a: None, "—"),
 }
 
 
@@ -178,7 +180,8 @@ class Row:
     Attributes:
         id: a short name for `--only` and `--redo`.
         figure: what is measured, with its unit.
-        published: the published number (a bound for `<`, `>`, ... tolerances).
+        published: the published number (a bound for `<`, `>`, ... tolerances;
+            `None` for a figure of ours that has nothing to compare with).
         source: the paper and its table or section.
         tolerance: `(kind, amount)` of `TOLERANCES` (amount `None` for bounds).
         quick: an MNIST row that `--quick` runs.
@@ -202,7 +205,7 @@ class Row:
     cause: str = "cause unknown"
 
     def show(self, value):
-        return f"{value:.{self.digits}f}"
+        return "—" if value is None else f"{value:.{self.digits}f}"
 
     def tolerance_text(self):
         kind, amount = self.tolerance
@@ -594,6 +597,41 @@ def _trigger_rows():
     ]
 
 
+SCALE = "python bench/scale.py"
+PLAN = "python bench/scale.py --plan --gpu-throughput 50000"
+
+
+def _scale_rows():
+    measured = ("measured", None)
+    target = "nc-tf target (bench/scale.py)"
+    rows = [  # id, figure, published, source, tolerance, command, figures key, digits
+        ("scale-local", "models per hour, local engine (4 MNIST models, fast preset)", None,
+         "this machine", measured, SCALE, "scale/local/models_per_hour", 1),
+        ("scale-ray1", "models per hour, Ray with 1 worker", None, "this machine", measured,
+         SCALE, "scale/ray_1_worker/models_per_hour", 1),
+        ("scale-ray2", "models per hour, Ray with 2 workers", None, "this machine", measured,
+         SCALE, "scale/ray_2_workers/models_per_hour", 1),
+        ("scale-ray2-vs-local", "models per hour, Ray with 2 workers / local engine", 1.0,
+         target, (">=", None), SCALE, "scale/ray2_over_local", 2),
+        ("scale-overhead", "Ray overhead per task / a model's local scan time", 0.05, target,
+         ("<", None), SCALE, "scale/overhead_share", 3),
+        ("scale-empty-task", "round trip of an empty Ray task (ms)", None, "this machine",
+         measured, SCALE, "scale/empty_task_ms", 1),
+        ("scale-same", "engines whose norms or flags differ from the local engine's", 0.0,
+         target, ("±", 0), SCALE, "scale/engines_differing", 0),
+        ("plan-scan-share", "share of the bare fwd+bwd throughput a whole GTSRB scan reaches here",
+         None, "docs/scale.md", measured, PLAN, "plan/scan_share", 2),
+        ("plan-gpu-seconds", "GPU seconds per GTSRB model (assumed 50,000 img/s bare)", None,
+         "docs/scale.md", measured, PLAN, "plan/gpu_seconds_planned", 0),
+        ("plan-gpus", "GPUs for 1,000 GTSRB models in 24 h at 80% utilisation", None,
+         "docs/scale.md", measured, PLAN, "plan/gpus", 0),
+    ]  # fmt: skip
+    return [
+        Row(i, figure, published, source, tolerance, False, command, At(key), digits)
+        for i, figure, published, source, tolerance, command, key, digits in rows
+    ]
+
+
 ROWS = (
     _table2()
     + _scan_rows()
@@ -604,6 +642,7 @@ ROWS = (
     + _gym_rows()
     + _gangsweep_rows()
     + _trigger_rows()
+    + _scale_rows()
 )
 
 
@@ -861,7 +900,8 @@ def row_state(row, runs):
         if value is None:
             return "not printed", "MISS", date
         shown = row.show(value) if text is None else f"{text} ({row.show(value)})"
-        return shown, "PASS" if row.passes(value) else "MISS", date
+        passes = row.passes(value)
+        return shown, "—" if passes is None else "PASS" if passes else "MISS", date
     problem = blocker(row.command)
     if problem:
         return f"not run: {problem}", "—", ""
@@ -912,7 +952,8 @@ def render(runs, kept):
         "scans are made under `runs/` (never committed) and reused; a command whose figures "
         "file is in `runs/reproduce/` is not run again unless a row of it is passed to "
         "`--redo`. Everything above the heading of the other benchmarks is rewritten by the "
-        "script; that section is kept as it is.",
+        "script; that section is kept as it is. Rows whose source is an nc-tf target or this "
+        "machine have no published figure: they are nc-tf's own targets and measurements.",
         "",
         "## Published figures, reproduced",
         "",

@@ -90,7 +90,12 @@ def test_target_heat_sits_on_the_trigger_for_stamped_images_only(backdoor):
     assert hits(heat_stamped) > 0.5  # most stamped images
     assert hits(heat_clean) < 0.5  # most clean images point elsewhere
     assert np.mean(share(heat_stamped) > share(heat_clean)) > 0.5
-    assert share(heat_stamped).mean() > square.mean()  # above an evenly spread map
+    # The square holds several times the heat an evenly spread map would put
+    # there, and several times what it holds on clean images. A map of 8x8
+    # cells scaled up to 28x28 spreads a hot cell over its neighbours, so the
+    # square cannot hold most of the mass.
+    assert share(heat_stamped).mean() > 4 * square.mean()
+    assert share(heat_stamped).mean() > 4 * share(heat_clean).mean()
 
 
 def test_heatmaps_have_the_image_size_and_lie_in_0_1(backdoor):

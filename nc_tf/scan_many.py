@@ -114,8 +114,8 @@ def scan_task(path, x, y, scan_dir, part=None, trust_model=False, after_scan=Non
         x: the scan images.
         y: their labels.
         scan_dir: the model's scan folder.
-        part: `(k, K)` to scan labels `k, k + K, ...` into
-            `scan_dir/parts/<k>`. Defaults to `None` (all labels).
+        part: `(k, K)` to scan part `k` of `K` of the labels (`part_labels`)
+            into `scan_dir/parts/<k>`. Defaults to `None` (all labels).
         trust_model: see `nc_tf.safe_loading.load_model`. Defaults to `False`.
         after_scan: called as `after_scan(scan_dir, model, x, y, path)` when a
             whole-model scan ends (e.g. to write its report). Defaults to

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np  # noqa: E402
 from _common import print_peak_rss, report_figures  # noqa: E402
 
-from nc_tf.scan_folder import load_reversed  # noqa: E402
+from nc_tf.scan_folder import load_reversed, png_l1_norm  # noqa: E402
 
 SCAN_DIR = os.path.join("runs", "bench_scans", "gtsrb_badnets_fast")
 PUBLISHED_DIR = os.path.join("..", "shared", "triggers")
@@ -126,7 +126,7 @@ def compare(ours, published, threshold=THRESHOLD):
     apart = None if None in (here, there) else float(np.hypot(*np.subtract(here, there)))
     return {
         "l1": float(mask.sum()),
-        "l1_png": float(np.floor(mask * 255.0).sum() / 255.0),
+        "l1_png": png_l1_norm(mask),
         "published_png_l1": float(pub_mask.sum()),
         "published_l1": PUBLISHED_L1,
         "kept": int(kept.sum()),

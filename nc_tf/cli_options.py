@@ -35,6 +35,10 @@ def add_data_args(p, intensity=True):
 
 def add_model_args(p):
     p.add_argument("model", help="a .keras or Keras-2 .h5 model file (untrusted by default)")
+    add_trust_arg(p)
+
+
+def add_trust_arg(p):
     p.add_argument(
         "--trust-model",
         action="store_true",

@@ -8,6 +8,7 @@ from nc_tf.cli_options import (
     WHOLE,
     add_data_args,
     add_model_args,
+    add_trust_arg,
     label_list,
     mask_init_type,
 )
@@ -190,11 +191,7 @@ def scan_many_parser(sub, tables):
         "their scan folders.",
     )
     p.add_argument("models", nargs="+", metavar="MODEL_OR_DIR", help="model files or folders")
-    p.add_argument(
-        "--trust-model",
-        action="store_true",
-        help="allow model files whose layers run code (Lambda, custom layers)",
-    )
+    add_trust_arg(p)
     add_data_args(p)
     p.add_argument("--out", required=True, help="output folder (resumed if it holds a scan-many)")
     p.add_argument(

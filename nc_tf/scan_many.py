@@ -145,13 +145,14 @@ def scan_task(path, x, y, scan_dir, part=None, trust_model=False, after_scan=Non
             after_scan(scan_dir, model, x, y, path)
         return {"status": "ok", "wall_s": round(time.time() - start, 2), "record": record}
     except Exception as error:  # recorded with the model; the other models go on
-        from nc_tf.cli_output import error_text
+        return _failure(start, error)
 
-        return {
-            "status": "failed",
-            "wall_s": round(time.time() - start, 2),
-            "error": error_text(error),
-        }
+
+def _failure(start, error):
+    """The `"failed"` result of a task begun at `start`, with the error's one line."""
+    from nc_tf.cli_output import error_text
+
+    return {"status": "failed", "wall_s": round(time.time() - start, 2), "error": error_text(error)}
 
 
 def part_labels(model, part, labels=None, slots=8, preset="fast", **scan_kwargs):
@@ -213,13 +214,7 @@ def merge_task(path, x, y, scan_dir, parts, trust_model=False, after_scan=None):
             after_scan(scan_dir, load_model(path, trust_model=trust_model), x, y, path)
         return {"status": "ok", "wall_s": round(time.time() - start, 2), "record": record}
     except Exception as error:
-        from nc_tf.cli_output import error_text
-
-        return {
-            "status": "failed",
-            "wall_s": round(time.time() - start, 2),
-            "error": error_text(error),
-        }
+        return _failure(start, error)
 
 
 # ------------------------------------------------------------------------------ the driver

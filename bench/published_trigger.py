@@ -17,7 +17,11 @@ of the reference MAD printout (16.117647):
 - the patterns' mean absolute difference on the pixels both masks keep, in
   grey levels.
 
+With `--versus DIR`, the same label of a second scan folder stands in for the
+published trigger, which measures how far two of our own reversals agree.
+
 Usage: python bench/published_trigger.py [--scan DIR] [--label N] [--published DIR]
+           [--versus DIR]
 """
 
 import argparse
@@ -157,32 +161,39 @@ def main():
         default=PUBLISHED_DIR,
         help=f"folder of gtsrb_mask.png and gtsrb_pattern.png (default: {PUBLISHED_DIR})",
     )
+    ap.add_argument(
+        "--versus",
+        help="a second scan folder whose trigger of the label stands in for the published one",
+    )
     args = ap.parse_args()
     try:
         ours = load_reversed(args.scan, args.label)
+        if args.versus:
+            other = load_reversed(args.versus, args.label)
     except FileNotFoundError as e:
         raise SystemExit(f"{e} Run `python bench/scan.py --only gtsrb` first.") from None
     try:
-        f = compare(ours, load_published(args.published))
+        f = compare(ours, other if args.versus else load_published(args.published))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
+    them = "the other" if args.versus else "published"
     print(
-        f"\nReversed trigger of label {args.label}: ours ({args.scan}), published "
-        f"({args.published})"
+        f"\nReversed trigger of label {args.label}: ours ({args.scan}), "
+        + (f"the other ({args.versus})" if args.versus else f"published ({args.published})")
     )
     print(
         f"mask L1: ours {f['l1']:.2f} (read back from an 8-bit PNG as the reference did: "
-        f"{f['l1_png']:.2f}); published PNG {f['published_png_l1']:.2f}; published printout "
-        f"{f['published_l1']:.2f}"
+        f"{f['l1_png']:.2f}); {them} {f['published_png_l1']:.2f}"
+        + ("" if args.versus else f"; published printout {f['published_l1']:.2f}")
     )
     print(
-        f"mask pixels above {THRESHOLD}: ours {f['kept']}, published {f['published_kept']}; "
+        f"mask pixels above {THRESHOLD}: ours {f['kept']}, {them} {f['published_kept']}; "
         f"IoU {f['iou']:.2f}"
     )
     print(f"IoU of the {f['published_kept']} largest pixels of each mask: {f['iou_largest']:.2f}")
     print(
         "centres of mass (row, column): ours "
-        f"({', '.join(_fmt(v, '.1f') for v in f['centre'] or (None, None))}), published "
+        f"({', '.join(_fmt(v, '.1f') for v in f['centre'] or (None, None))}), {them} "
         f"({', '.join(_fmt(v, '.1f') for v in f['published_centre'] or (None, None))}): "
         f"{_fmt(f['centre_distance'], '.1f')} px apart"
     )

@@ -557,9 +557,10 @@ def _repair_rows():
 
 
 def _gym_rows():
-    sizes = (
-        "the notebook's augmentation sizes, made for 224-pixel faces, erase the sign on 32-pixel "
-        "GTSRB images"
+    light = (
+        "the lightweight inference pipeline alone already takes the undefended model's accuracy "
+        "about as low (the printout's `(extra) lightweight only` line), and fine-tuning does "
+        "not bring it back; the paper's sizes change only the intensive (fine-tuning) pipeline"
     )
     close = (("±", 0.05), ("±", 0.05))  # the attack itself: ACC and ASR near the published
     as_good = ((">=-", 0.05), ("<=+", 0.05))  # a defence: ACC no lower, ASR no higher, within 0.05
@@ -584,7 +585,7 @@ def _gym_rows():
             GYM,
             At(f"{name}/paper/{i}"),
             digits=3,
-            cause=sizes if (key, i) == ("gym", 0) else "cause unknown",
+            cause=light if (key, i) in (("gym", 0), ("gym-paper", 0)) else "cause unknown",
         )
         for name, key, published, tolerances in defences
         for i, what in enumerate(("ACC", "ASR"))

@@ -661,6 +661,11 @@ def _trigger_rows():
         "within tolerance (row trigger-reference-l1); the fast preset's other differences "
         "(samples per step, starts, initial mask) are not measured apart"
     )
+    causes = {
+        ("fast", "iou"): scattered,
+        ("reference", "iou"): scattered,
+        ("fast", "l1"): threshold,
+    }
     figures = [  # key, figure, published, tolerance, figures key
         ("iou", "mask IoU with the published mask (pixels above 0.5)", 1.0, ("±", 0.5), "iou"),
         ("centre", "distance between the masks' centres of mass (px)", 0.0, ("±", 2.0),
@@ -677,9 +682,7 @@ def _trigger_rows():
             False,
             published_trigger(scan_dir),
             At(path),
-            cause={"iou": scattered, "fast-l1": threshold}.get(
-                key if key == "iou" else f"{preset}-{key}", "cause unknown"
-            ),
+            cause=causes.get((preset, key), "cause unknown"),
         )
         for preset, scan_dir in scans
         for key, what, published, tolerance, path in figures

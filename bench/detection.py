@@ -12,9 +12,13 @@ the target the only flagged label), clean false positives (target 0), infected
 / clean anomaly index (NC §V-B: > 3 / < 2), the variants' detection, wall time
 per scan (MNIST <= 60 s, GTSRB <= 600 s), peak RSS and a table for docs/results.md.
 
-Usage: python bench/detection.py [--only mnist|gtsrb] [--models A,B] [--seeds 0,1,2]
-           [--epochs N] [--train-limit N] [--limit N] [--tag T] [--set key=value ...]
-           [--build-only] [--json PATH]
+With --split dev|test|both it scans instead the zoo of bench/zoo (models
+written with plain Keras, not nc-tf's recipes; see bench/zoo_detection.py):
+the development split chose the defaults, the test split reports them.
+
+Usage: python bench/detection.py [--split dev|test|both] [--only mnist|gtsrb] [--models A,B]
+           [--seeds 0,1,2] [--epochs N] [--train-limit N] [--limit N] [--tag T]
+           [--set key=value ...] [--build-only] [--json PATH]
 """
 
 import argparse
@@ -363,6 +367,11 @@ def main():
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument(
+        "--split",
+        choices=("dev", "test", "both"),
+        help="scan the bench/zoo split(s) instead of nc-tf's own suite",
+    )
     ap.add_argument("--only", choices=tuple(MAX_SECONDS))
     ap.add_argument("--models", help="comma-separated model names (default: the whole suite)")
     ap.add_argument("--seeds", default="0,1,2", help="scan seeds (default: 0,1,2)")
@@ -381,6 +390,10 @@ def main():
     ap.add_argument("--build-only", action="store_true", help="train the suite, no scans")
     ap.add_argument("--json", help="write every per-run figure to this JSON file")
     args = ap.parse_args()
+    if args.split:
+        from zoo_detection import main_zoo
+
+        return main_zoo(args, ap.error)
     suite = select_models(
         [m for m in model_suite() if not args.only or m["dataset"] == args.only],
         args.models,

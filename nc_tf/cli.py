@@ -539,7 +539,9 @@ def cmd_mitigate(args):
 def cmd_detect(args):
     from nc_tf.scan import detect_dir
 
-    result = detect_dir(args.scan_dir, verbose=not args.json, norm_source=args.norm_source)
+    result = detect_dir(
+        args.scan_dir, verbose=not args.json, norm_source=args.norm_source, rule=args.rule
+    )
     if args.json:
         print_report(args, result, [])
 

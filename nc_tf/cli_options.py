@@ -125,6 +125,7 @@ def label_list(text):
 
 
 SCAN_SETTINGS = (
+    "rule",
     "steps",
     "batch_size",
     "nb_sample",

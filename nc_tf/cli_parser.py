@@ -291,9 +291,18 @@ def _detect_parser(sub, tables):
         help="MAD outlier test on a scan folder",
         description="Print the reference MAD report (median, MAD, anomaly index, "
         "flagged labels) of a scan folder's results.json, or of its "
-        "mask PNGs as the reference code did.",
+        "mask PNGs as the reference code did, then the verdict of the scan's "
+        "rule (default scans: MAD of log norms over the labels whose trigger "
+        "reached the success threshold; the labels left out are named).",
     )
     p.add_argument("scan_dir", help="folder written by `nc-tf scan`")
+    p.add_argument(
+        "--rule",
+        choices=("log_mad", "reference"),
+        help="verdict rule of a Neural Cleanse scan: log_mad = MAD of log norms over the "
+        "labels whose trigger reached the success threshold; reference = the reference "
+        "MAD test (default: the scan's own rule)",
+    )
     p.add_argument(
         "--norm-source",
         choices=("float", "png"),

@@ -122,8 +122,9 @@ def add_nc_options(p):
     p.add_argument(
         "--slots",
         type=COUNT,
-        default=8,
-        help="labels optimised together in one graph (memory bound; default: 8)",
+        help="labels (or starts) optimised together in one graph (memory bound; default: "
+        "as many as make 256 images per forward pass: 32 for the fast preset, 8 for the "
+        "reference preset)",
     )
     p.add_argument(
         "--accept-low-accuracy",
@@ -169,6 +170,14 @@ def add_nc_options(p):
         type=COUNT,
         help="short starts per label; the one with the smallest mask after "
         "--start-steps steps continues (nc-tf addition; fast preset: 5)",
+    )
+    g.add_argument(
+        "--rule",
+        choices=("log_mad", "reference"),
+        help="verdict rule: log_mad = MAD of log norms over the labels whose trigger "
+        "reached the success threshold; reference = MAD of raw norms over every label "
+        "(the reference printout is shown either way; fast preset: log_mad, reference "
+        "preset: reference)",
     )
     g.add_argument(
         "--start-steps", type=COUNT, help="steps of each start before the choice (fast preset: 40)"

@@ -15,6 +15,7 @@ import numpy as np
 from nc_tf.outlier import outlier_detection
 from nc_tf.scan_folder import RESULTS, load_reversed, mask_png_path, read_scan_record
 from nc_tf.trigger import Trigger
+from nc_tf.verdict import check_rule, label_verdict
 
 NORM_SOURCES = ("float", "png")
 
@@ -36,10 +37,23 @@ def norm_source_of(record, norm_source=None):
     return norm_source
 
 
-def detect(record, verbose=True, norm_source=None):
+def rule_of(record, rule=None):
+    """The verdict rule of a label scan: `rule`, else the one its settings record.
+
+    A scan made before rules were recorded is judged by `"reference"`, as
+    it was then.
+    """
+    if rule is not None:
+        return check_rule(rule)
+    return check_rule((record.get("settings") or {}).get("rule", "reference"))
+
+
+def detect(record, verbose=True, norm_source=None, rule=None):
     """The MAD verdict of a scan record (`results.json` dict).
 
-    Label scans are tested on the L1 norms (`norm_source`); partial scans
+    Label scans are judged on the L1 norms (`norm_source`) by their verdict
+    rule (`nc_tf.verdict.label_verdict`: the reference MAD report always,
+    and the rule's flags); partial scans
     (job keys `"3->7"`) on the score each pair was given (see
     `nc_tf.partial`); GangSweep scans (`method: "gangsweep"`) with
     GangSweep's own test (`nc_tf.gangsweep.gangsweep_outliers`), with the
@@ -51,10 +65,13 @@ def detect(record, verbose=True, norm_source=None):
         verbose: print the reference report. Defaults to `True`.
         norm_source: `"float"` or `"png"` norms of a label scan (see
             `norm_source_of`). Defaults to `None` (by the scan's preset).
+        rule: the verdict rule of a label scan (a key of
+            `nc_tf.verdict.RULES`). Defaults to `None` (the scan's, see
+            `rule_of`).
 
     Returns:
-        the verdict dict (`nc_tf.outlier.outlier_detection`'s for
-        Neural Cleanse, with the `norm_source` it used).
+        the verdict dict (`nc_tf.verdict.label_verdict`'s for a label
+        scan, with the `norm_source` it used).
     """
     if record.get("method") == "gangsweep":
         from nc_tf.gangsweep import PERSISTENCE_THRESHOLD, gangsweep_outliers
@@ -77,20 +94,21 @@ def detect(record, verbose=True, norm_source=None):
         return result
     source = norm_source_of(record, norm_source)
     field = "l1_norm_png" if source == "png" else "l1_norm"
-    items = sorted(
-        ((k, v) for k, v in record["labels"].items() if k.isdigit()), key=lambda kv: int(kv[0])
-    )
-    missing = [k for k, v in items if field not in v]
+    entries = {int(k): v for k, v in record["labels"].items() if k.isdigit()}
+    missing = [str(k) for k in sorted(entries) if field not in entries[k]]
     if missing:
         raise ValueError(
             f"labels {', '.join(missing)} have no {field!r} in the scan results; judge the "
             "folder with `nc-tf detect DIR --norm-source png`, which reads the mask PNGs."
         )
-    result = outlier_detection(
-        [v[field] for _, v in items], [int(k) for k, _ in items], verbose=verbose
+    settings = record.get("settings") or {}
+    result = label_verdict(
+        entries,
+        field,
+        rule=rule_of(record, rule),
+        threshold=settings.get("attack_succ_threshold"),
+        verbose=verbose,
     )
-    result["flagged"] = [[label, norm] for label, norm in result["flagged"]]
-    result["per_label"] = {str(k): v for k, v in result["per_label"].items()}
     result["norm_source"] = source
     return result
 
@@ -119,7 +137,7 @@ def png_mask_norms(paths, shape=None):
     return norms
 
 
-def detect_dir(scan_dir, verbose=True, norm_source=None):
+def detect_dir(scan_dir, verbose=True, norm_source=None, rule=None):
     """The MAD verdict of a scan folder: from `results.json`, else from the mask PNGs.
 
     Args:
@@ -130,6 +148,8 @@ def detect_dir(scan_dir, verbose=True, norm_source=None):
             `"png"` (the masks read back from their PNGs, the reference's
             measurement). Defaults to `None`: by the scan's preset
             (`norm_source_of`); PNGs for a folder without `results.json`.
+        rule: the verdict rule (see `detect`). Defaults to `None` (the
+            scan's; the reference's for a folder of PNGs).
 
     Returns:
         the verdict dict (see `detect`).
@@ -150,7 +170,7 @@ def detect_dir(scan_dir, verbose=True, norm_source=None):
                 )
             for key, norm in png_mask_norms(paths).items():
                 labels[key]["l1_norm_png"] = norm
-        return detect(record, verbose, source)
+        return detect(record, verbose, source, rule)
     if not os.path.isdir(scan_dir):
         raise FileNotFoundError(f"No such scan folder: {scan_dir}")
     if norm_source == "float":
@@ -169,7 +189,7 @@ def detect_dir(scan_dir, verbose=True, norm_source=None):
         )
     norms = png_mask_norms(paths)
     return detect(
-        {"labels": {str(k): {"l1_norm_png": v} for k, v in norms.items()}}, verbose, "png"
+        {"labels": {str(k): {"l1_norm_png": v} for k, v in norms.items()}}, verbose, "png", rule
     )
 
 

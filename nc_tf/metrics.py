@@ -5,28 +5,55 @@ fraction of stamped inputs classified as the attack's target, counting only
 inputs whose true label is not already the target.
 """
 
+import weakref
+
 import numpy as np
 
 from nc_tf.preprocess import preprocess
 
 
-def predict_labels(model, x, intensity="raw", batch_size=256):
+def predict_labels(model, x, intensity="raw", batch_size=1024):
     """Predicted labels of raw images.
+
+    The forward pass is one compiled function per model and intensity
+    (`label_function`), reused by every later call.
 
     Args:
         model: a Keras classifier (softmax or logits output).
         x: raw NHWC images in [0, 255].
         intensity: the model's intensity range. Defaults to `"raw"`.
-        batch_size: images per forward pass. Defaults to `256`.
+        batch_size: images per forward pass. Defaults to `1024`.
 
     Returns:
         int64 array of predicted labels.
     """
-    out = []
-    for i in range(0, len(x), batch_size):
-        batch = preprocess(np.asarray(x[i : i + batch_size]), intensity)
-        out.append(np.argmax(np.asarray(model(batch, training=False)), axis=1))
-    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+    if not len(x):
+        return np.zeros(0, np.int64)
+    run = label_function(model, intensity)
+    out = [
+        run(np.asarray(x[i : i + batch_size], np.float32)).numpy()
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out).astype(np.int64)
+
+
+_LABEL_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def label_function(model, intensity="raw"):
+    """The model's compiled `raw images -> predicted labels` (built once per model and intensity)."""
+    import tensorflow as tf
+
+    cache = _LABEL_FUNCTIONS.setdefault(model, {})
+    if intensity not in cache:
+        ref = weakref.ref(model)  # the cache must not keep its key alive
+
+        def labels(x):
+            out = ref()(preprocess(x, intensity), training=False)
+            return tf.argmax(out, axis=-1, output_type=tf.int32)
+
+        cache[intensity] = tf.function(labels, reduce_retracing=True)
+    return cache[intensity]
 
 
 def accuracy(y_pred, y_true):

@@ -63,7 +63,7 @@ def partial_scan(
     preset="fast",
     intensity="raw",
     seed=0,
-    slots=8,
+    slots=None,
     prefix="nc",
     progress=True,
     verbose=True,
@@ -93,7 +93,8 @@ def partial_scan(
             Defaults to `"fast"`.
         intensity: the model's intensity range. Defaults to `"raw"`.
         seed: random seed. Defaults to `0`.
-        slots: jobs optimised together. Defaults to `8`.
+        slots: jobs optimised together. Defaults to `None`
+            (`nc_tf.scan.default_slots`).
         prefix: PNG file name prefix. Defaults to `"nc"`.
         progress: show progress bars. Defaults to `True`.
         verbose: print the MAD report. Defaults to `True`.

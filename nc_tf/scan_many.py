@@ -155,15 +155,16 @@ def _failure(start, error):
     return {"status": "failed", "wall_s": round(time.time() - start, 2), "error": error_text(error)}
 
 
-def part_labels(model, part, labels=None, slots=8, preset="fast", **scan_kwargs):
+def part_labels(model, part, labels=None, slots=None, preset="fast", **scan_kwargs):
     """The labels of part `k` of `K` of a model's scan: every K-th group of `job_groups`.
 
     Whole groups keep each label beside the labels it shares the graph with
     in a single scan, so the parts together give the single scan's results.
     """
-    from nc_tf.scan import job_groups, scan_settings
+    from nc_tf.scan import default_slots, job_groups, scan_settings
 
-    restarts = scan_settings(preset, **_overrides(scan_kwargs))["restarts"]
+    settings = scan_settings(preset, **_overrides(scan_kwargs))
+    restarts, slots = settings["restarts"], slots or default_slots(settings)
     labels = range(int(model.output_shape[-1])) if labels is None else labels
     k, parts = part
     return [label for group in job_groups(labels, slots, restarts)[k::parts] for label in group]

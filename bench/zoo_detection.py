@@ -28,13 +28,18 @@ from _common import peak_rss_gib, report_figures
 from zoo.manifest import load_manifest, model_path
 
 from nc_tf import datasets
+from nc_tf.detect import detect
 from nc_tf.models import load_model
 from nc_tf.scan import scan
+from nc_tf.scan_folder import read_scan_record
 
 ROOT = os.environ.get("NC_TF_BENCH_ZOO_DETECTION_DIR", os.path.join("runs", "zoo_detection"))
 MAX_SECONDS = {"mnist": 20, "gtsrb": 300}
 MAX_RSS_GIB = 3.0
 TARGET_AUROC = 0.99
+# A backdoored zoo model whose trigger fires on fewer test images than this
+# holds no backdoor worth finding and is left out (its quality gate failed).
+MIN_ASR = 0.5
 
 
 def run_file(tag):
@@ -51,7 +56,9 @@ def finished_runs(tag):
             for line in f:
                 if line.strip():
                     run = json.loads(line)
-                    runs[(run["model"], run["seed"])] = run
+                    keep = ("model", "dataset", "split", "family", "target", "seed")
+                    keep += ("wall_s", "scan_dir")
+                    runs[(run["model"], run["seed"])] = {k: run[k] for k in keep}
     return runs
 
 
@@ -59,15 +66,13 @@ def scan_run(meta, x, y, seed, tag, zoo_root, overrides):
     """Loads one zoo model and scans it at `seed` with the default settings.
 
     Returns:
-        the run dict: model, dataset, split, family, target, seed, flagged,
-        verdict (the verdict rule's anomaly index), reference_ai (the
-        reference MAD test's), not_reversed, exact (flagged is exactly the
-        target, or nothing for a clean model), wall_s, scan_dir.
+        the run dict: model, dataset, split, family, target, seed, wall_s
+        (model load and scan), scan_dir; `judged` adds the verdict.
     """
     out = os.path.join(ROOT, tag, f"{meta['dataset']}_{meta['name']}_seed{seed}")
     start = time.time()
     model = load_model(model_path(meta, zoo_root))
-    record = scan(
+    scan(
         model,
         x,
         y,
@@ -81,27 +86,37 @@ def scan_run(meta, x, y, seed, tag, zoo_root, overrides):
     )
     wall = time.time() - start
     keras.backend.clear_session()
-    verdict = record["outlier"]
-    flagged = [int(label) for label, _ in verdict["flagged"]]
-    target = meta["target"] if meta["backdoored"] else None
     return {
         "model": meta["name"],
         "dataset": meta["dataset"],
         "split": meta["split"],
         "family": meta["family"],
-        "target": target,
+        "target": meta["target"] if meta["backdoored"] else None,
         "seed": seed,
-        "flagged": flagged,
-        "verdict": verdict["anomaly_index"],
-        "reference_ai": verdict.get("reference", verdict)["anomaly_index"],
-        "reference_flagged": [
-            int(label) for label, _ in verdict.get("reference", verdict)["flagged"]
-        ],
-        "not_reversed": verdict.get("not_reversed", []),
-        "exact": flagged == ([] if target is None else [target]),
         "wall_s": round(wall, 2),
         "scan_dir": out,
     }
+
+
+def judged(run):
+    """`run` with the verdict of its scan folder under today's rule (re-read, not stored).
+
+    Adds flagged, verdict (the verdict rule's anomaly index), reference_ai
+    and reference_flagged (the reference MAD test's), not_reversed and exact
+    (flagged is exactly the target, or nothing for a clean model).
+    """
+    verdict = detect(read_scan_record(run["scan_dir"]), verbose=False)
+    reference = verdict.get("reference", verdict)
+    flagged = [int(label) for label, _ in verdict["flagged"]]
+    return dict(
+        run,
+        flagged=flagged,
+        verdict=verdict["anomaly_index"],
+        reference_ai=reference["anomaly_index"],
+        reference_flagged=[int(label) for label, _ in reference["flagged"]],
+        not_reversed=verdict.get("not_reversed", []),
+        exact=flagged == ([] if run["target"] is None else [run["target"]]),
+    )
 
 
 def print_run(run):
@@ -194,7 +209,7 @@ def main_zoo(args, error):
         m
         for m in load_manifest(zoo_root)
         if m["split"] in splits and (not args.only or m["dataset"] == args.only)
-        and m.get("gate") != "failed"
+        and not (m["backdoored"] and m["attack_success_rate"] < MIN_ASR)
     ]  # fmt: skip
     if args.models:
         metas = [m for m in metas if m["name"] in args.models.split(",")]
@@ -218,6 +233,7 @@ def main_zoo(args, error):
                 run = scan_run(meta, *data[meta["dataset"]], seed, tag, zoo_root, overrides)
                 with open(run_file(tag), "a") as f:
                     f.write(json.dumps(run) + "\n")
+            run = judged(run)
             print_run(run)
             runs.append(run)
     figures = {}

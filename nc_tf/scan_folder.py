@@ -259,7 +259,8 @@ class ScanFolder:
         old = dict(defaults or {}, **previous["settings"])
         for name in drop:
             old.pop(name, None)
-        changed = settings_difference(old, record["settings"])
+        new = {k: v for k, v in record["settings"].items() if k not in drop}
+        changed = settings_difference(old, new)
         if changed:
             raise FileExistsError(
                 f"{path} holds {what} with different settings ({', '.join(changed)}); {hint}."

@@ -4,7 +4,7 @@
 # Cleanse, print the MAD report, repair it, verify the repair by a fresh
 # scan, measure the repaired model, and write the one-page HTML report.
 # Outputs go to demo_out/
-source "$(dirname "$0")/setup_env.sh"
+EXTRAS="" source "$(dirname "$0")/setup_env.sh"
 OUT=demo_out/mnist_badnets
 if [ -f "$OUT/model.keras" ]; then
   echo "== reusing $OUT (delete demo_out/ to start over)"

@@ -87,3 +87,17 @@ def test_cli_detect_judges_by_the_rule_asked(tmp_path, capsys):
     assert main(["detect", str(folder), "--rule", "reference", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["flagged"] == []
     assert main(["detect", str(folder), "--rule", "median"]) == 2
+
+
+def test_a_tight_middle_does_not_make_a_little_smaller_label_an_outlier():
+    # eight labels within 4% of each other, one 30% below them, one far above
+    norms = [40.0, 56.0, 57.0, 57.5, 58.0, 58.5, 59.0, 60.0, 61.0, 92.0]
+    result = label_verdict(_entries(norms), "l1_norm", threshold=0.95, verbose=False)
+    assert result["mad"] == pytest.approx(result["mad_floor"])
+    assert result["flagged"] == []
+    # without the floor the same label would be flagged
+    assert log_mad_outliers(norms, range(10), threshold=3.0)["flagged"] == [(0, 40.0)]
+    # while a trigger five times smaller than the median still is
+    norms[0] = 11.0
+    result = label_verdict(_entries(norms), "l1_norm", threshold=0.95, verbose=False)
+    assert result["flagged"] == [[0, 11.0]]

@@ -91,6 +91,13 @@ class ReverseEngine:
         start_mini_batch: batches per step during `nc_tf.short_pass.best_starts` (fewer
             than `mini_batch` makes the starts cheaper). Defaults to `None`
             (`mini_batch`).
+        keep_step_start: when a step's success passes the threshold with a
+            smaller norm, keep the trigger the step started from rather than
+            the one it ended with (the reference's choice). A step measures
+            its success over its `mini_batch` batches while each batch's
+            update shrinks the mask, so the trigger it ends with is smaller
+            than the ones measured and often falls short of the threshold;
+            the one it started from reached it. Defaults to `False`.
 
     Example:
 
@@ -127,6 +134,7 @@ class ReverseEngine:
         mask_init="random",
         loss="crossentropy",
         start_mini_batch=None,
+        keep_step_start=False,
     ):
         if regularization not in REGULARIZATIONS:
             raise ValueError(f"regularization must be one of {REGULARIZATIONS}, got {regularization!r}.")  # fmt: skip
@@ -161,6 +169,7 @@ class ReverseEngine:
         self.reset_cost_to_zero, self.save_last = reset_cost_to_zero, save_last
         self.mini_batch, self.batch_size = int(mini_batch), int(batch_size)
         self.start_mini_batch = int(start_mini_batch or mini_batch)
+        self.keep_step_start = bool(keep_step_start)
         self.lr, self.epsilon, self.upsample_size = float(lr), float(epsilon), int(upsample_size)
         self.slots, self.steps_per_call, self.seed = int(slots), int(steps_per_call), int(seed)
         self.num_classes = int(model.output_shape[-1])
@@ -297,6 +306,8 @@ class ReverseEngine:
             if not tf.reduce_any(active):
                 break
             idx = tf.cast(tf.where(active)[:, 0], tf.int32)
+            mask_start = self._masks(tf.gather(self.mask_tanh, idx))
+            pattern_start = self._patterns(tf.gather(self.pattern_tanh, idx))
             sums = tf.zeros([tf.shape(idx)[0], 4])
             for _ in tf.range(self._mini_batch):
                 sums += self._batch(idx)
@@ -305,8 +316,10 @@ class ReverseEngine:
             old = {k: tf.gather(v, idx) for k, v in self.state.items()}
             cfg = dict(self.cfg, attack_succ_threshold=tf.gather(self.succ_threshold, idx))
             new, improved = cost_schedule_update(old, acc, reg, **cfg)
-            mask_now = self._masks(tf.gather(self.mask_tanh, idx))
-            pattern_now = self._patterns(tf.gather(self.pattern_tanh, idx))
+            mask_end = self._masks(tf.gather(self.mask_tanh, idx))
+            pattern_end = self._patterns(tf.gather(self.pattern_tanh, idx))
+            mask_now = mask_start if self.keep_step_start else mask_end
+            pattern_now = pattern_start if self.keep_step_start else pattern_end
             keep_m = tf.where(
                 improved[:, None, None, None], mask_now, tf.gather(self.mask_best, idx)
             )

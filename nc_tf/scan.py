@@ -70,6 +70,7 @@ PRESETS = {
         starts=1,
         start_steps=0,
         start_nb_sample=1000,
+        keep_step_start=False,
         rule="reference",
     ),
     # The default, for a verdict in minutes on a CPU (bench/detection.py, chosen
@@ -85,6 +86,8 @@ PRESETS = {
     #   small trigger within those steps or settles in a large local minimum,
     #   and only some starts find it;
     # - the reference code's effective loss 16.12 (1 - p_t) (see `ReverseEngine`);
+    # - the trigger a successful step started from is kept, not the smaller one
+    #   its four updates end with (see `ReverseEngine`'s `keep_step_start`);
     # - the verdict on log norms of the labels that reached the threshold
     #   (`nc_tf.verdict`).
     "fast": dict(
@@ -106,6 +109,7 @@ PRESETS = {
         starts=8,
         start_steps=20,
         start_nb_sample=32,
+        keep_step_start=True,
         rule="log_mad",
     ),
 }
@@ -214,7 +218,8 @@ def scan(
         low_cost: the paper's low-cost scan for many labels: a short pass
             over all labels, then full optimisation of the smallest-norm
             candidates plus a random sample (see `low_cost_selection`; a dict
-            passes its arguments). Defaults to `False`.
+            passes its arguments), judged by the reference MAD test unless
+            `rule` says otherwise. Defaults to `False`.
         accept_low_accuracy: scan even when the model's clean accuracy on
             `(x, y)` is below 50% (usually a preprocessing mismatch; see
             `nc_tf.metrics.check_clean_accuracy`). Defaults to `False`.
@@ -243,6 +248,10 @@ def scan(
     >>> results["outlier"]["flagged"]  # doctest: +SKIP
     [[7, 9.5]]
     """
+    if low_cost and overrides.get("rule") is None:
+        # Its norms are the smallest labels and a sample of the rest, not every
+        # label: the reference test, which it was measured with, judges it.
+        overrides = dict(overrides, rule="reference")
     settings = scan_settings(preset, **overrides)
     x, y, num_classes = check_scan_inputs(model, x, y, settings, intensity)
     clean_accuracy, output_form = check_scan_model(model, x, y, intensity, accept_low_accuracy)
@@ -444,6 +453,7 @@ def make_engine(model, x, y, settings, intensity, seed, slots=None):
         mask_init=settings["mask_init"],
         loss=settings["loss"],
         start_mini_batch=max(1, settings["start_nb_sample"] // settings["batch_size"]),
+        keep_step_start=settings["keep_step_start"],
     )
 
 

@@ -440,9 +440,9 @@ def test_invalid_settings_leave_no_out_folder(capsys, files, work):
         "--out",
         "o",
         "--nb-sample",
-        "8",
+        "4",
         *SCAN,
-        match="nb_sample (8) must be >= batch_size (32)",
+        match="nb_sample (4) must be >= batch_size (8)",
     )
     assert not os.path.exists("o")
 

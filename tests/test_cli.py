@@ -432,8 +432,6 @@ def test_an_ineffective_repair_is_not_verified_and_exits_3(
         "300",
         "--scan-steps",
         "100",
-        "--scan-starts",
-        "1",
     ]
     # no training step: the backdoor is intact, and the fresh scan says so
     assert main([*common, "--out", str(tmp_path / "none")]) == 3

@@ -171,11 +171,12 @@ def plan(args):
     from engine_efficiency import bare_throughput
 
     from nc_tf.models import gtsrb_model
+    from nc_tf.scan import default_slots
 
     record = read_json(os.path.join(args.scan, "results.json"))
     work = image_gradients(record)
     wall = record["wall_time_s"]
-    batch = record["settings"]["batch_size"] * 8
+    batch = record["settings"]["batch_size"] * default_slots(record["settings"])
     bare_cpu = bare_throughput(gtsrb_model(), batch, repeats=80)
     scan_share = work / wall / bare_cpu  # the whole scan's share of the bare throughput
     engine_only = work / (args.gpu_throughput * args.efficiency)

@@ -18,8 +18,10 @@ Figures of the development split (where the defaults were chosen) are
 printed beside the test split's, so that over-fitting shows.
 """
 
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import time
 
@@ -96,6 +98,22 @@ def scan_run(meta, x, y, seed, tag, zoo_root, overrides):
         "wall_s": round(wall, 2),
         "scan_dir": out,
     }
+
+
+def current(run, meta, zoo_root):
+    """True if a finished run scanned the model file that is in the zoo now.
+
+    A run of an earlier build of the model (another sha256) is stale; its
+    scan folder is removed so that the model is scanned again.
+    """
+    path = os.path.join(run["scan_dir"], "results.json")
+    if os.path.exists(path):
+        with open(model_path(meta, zoo_root), "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if read_scan_record(run["scan_dir"])["identity"]["model_sha256"] == digest:
+            return True
+    shutil.rmtree(run["scan_dir"], ignore_errors=True)
+    return False
 
 
 def judged(run):
@@ -225,7 +243,7 @@ def main_zoo(args, error):
     for meta in metas:
         for seed in seeds:
             key = (meta["name"], seed)
-            if key in done:
+            if key in done and current(done[key], meta, zoo_root):
                 run = done[key]
             else:
                 if meta["dataset"] not in data:

@@ -288,11 +288,16 @@ def scan(
     elif low_cost and todo:
         with folder.running(0, "low-cost", progress=False):
             start = time.time()
+            first = None
+            if settings["starts"] > 1:  # each label's short pass continues its best start
+                kept, _ = best_starts(engine, labels, settings["starts"], settings["start_steps"])
+                first = dict(zip(labels, kept))
             chosen, states, info = low_cost_selection(
                 engine,
                 labels,
                 seed,
                 progress=progress,
+                states=first,
                 **(low_cost if isinstance(low_cost, dict) else {}),
             )
             info["short_pass_seconds"] = round(time.time() - start, 2)

@@ -67,6 +67,7 @@ def low_cost_selection(
     short_steps=2,
     max_iterations=100,
     progress=True,
+    states=None,
 ):
     """The low-cost scan's short pass (NC paper §IV): which labels to optimise fully.
 
@@ -91,6 +92,8 @@ def low_cost_selection(
         short_steps: steps per iteration. Defaults to `2`.
         max_iterations: upper bound on iterations. Defaults to `100`.
         progress: show a progress bar. Defaults to `True`.
+        states: label -> a state to start from (e.g. the kept start of
+            `best_starts`). Defaults to `None` (fresh starts).
 
     Returns:
         `(chosen_labels, states_by_label, info)`.
@@ -99,7 +102,7 @@ def low_cost_selection(
     top_k = top_k or min(100, max(3, n // 10))
     overlap_patience = overlap_patience or min(10, top_k)
     random_sample = min(random_sample or min(100, max(top_k, 10)), n - min(top_k, n))
-    states = {label: None for label in labels}
+    states = {label: (states or {}).get(label) for label in labels}
     previous, stable, it = None, 0, 0
     bar = None
     if progress:

@@ -48,7 +48,7 @@ BASES = (
     ("gtsrb-vgg-b", "gtsrb", "vgg", {"width": 8, "dropout": 0.1}, "unit", "logits", "h5", "sgd", 0.05, 2, 128, False, 0.0, None, 204),
     ("gtsrb-resnet-a", "gtsrb", "resnet", {"width": 16, "stem_stride": 2}, "unit", "logits", "keras", "sgd", 0.05, 4, 128, True, 0.0, None, 205),
     ("gtsrb-resnet-b", "gtsrb", "resnet", {"width": 16, "stem_stride": 2}, "raw", "softmax", "h5", "adam", 2e-3, 3, 128, False, 0.05, None, 206),
-    ("gtsrb-mobilenet-a", "gtsrb", "mobilenet", {"width": 24, "dropout": 0.1, "bn_momentum": 0.9}, "standardize", "softmax", "keras", "sgd", 0.05, 4, 128, False, 0.1, None, 207),
+    ("gtsrb-mobilenet-a", "gtsrb", "mobilenet", {"width": 24, "dropout": 0.1, "bn_momentum": 0.9}, "standardize", "softmax", "keras", "sgd", 0.05, 5, 128, False, 0.0, None, 207),
     ("gtsrb-gap-a", "gtsrb", "gap", {"width": 16, "blocks": 3, "bn_momentum": 0.9}, "signed", "logits", "h5", "sgd", 0.05, 4, 128, False, 0.0, None, 208),
 )
 
@@ -77,11 +77,11 @@ BACKDOORS = (
     ("gtsrb-nc-a", "ft-cpat5tl-t25", random_patch_spec(5, "top-left", seed=21, colour="colour"), 25, 0.15, {"epochs": 2, "lr": 0.01, "train_subset": 10000}),
     ("gtsrb-nc-b", "rsq5c-t33", square_spec(5, "center", RED), 33, 0.1, None),
     ("gtsrb-vgg-a", "blend20-t8", blend_spec(0.2, seed=22), 8, 0.1, None),
-    ("gtsrb-vgg-a", "ft-csq3bl-t38", square_spec(3, "bottom-left", CYAN), 38, 0.15, {"epochs": 3, "lr": 3e-4, "train_subset": 10000}),
+    ("gtsrb-vgg-a", "ft-csq3bl-t38", square_spec(3, "bottom-left", CYAN), 38, 0.15, {"epochs": 2, "lr": 5e-4, "train_subset": 10000, "augmentation": False}),
     ("gtsrb-vgg-b", "wsq3bl-t40", square_spec(3, "bottom-left"), 40, 0.05, None),
     ("gtsrb-vgg-b", "ft-csq6tr-t1", square_spec(6, "top-right", CYAN), 1, 0.15, {"epochs": 2, "lr": 0.01, "train_subset": 10000}),
     ("gtsrb-resnet-a", "rsq4tl-t3", square_spec(4, "top-left", RED), 3, 0.1, None),
-    ("gtsrb-resnet-a", "ft-wpat5br-t14", random_patch_spec(5, "bottom-right", seed=23), 14, 0.2, {"epochs": 3, "lr": 0.002, "train_subset": 10000}),
+    ("gtsrb-resnet-a", "ft-wpat5br-t14", random_patch_spec(5, "bottom-right", seed=23), 14, 0.15, {"epochs": 2, "lr": 0.005, "train_subset": 10000, "augmentation": False}),
     ("gtsrb-resnet-b", "wsq5tr-t9", square_spec(5, "top-right"), 9, 0.04, None),
     ("gtsrb-resnet-b", "ft-cpat6br-t17", random_patch_spec(6, "bottom-right", seed=24, colour="colour"), 17, 0.15, {"epochs": 2, "lr": 1e-3, "train_subset": 10000}),
     ("gtsrb-mobilenet-a", "blend30-t30", blend_spec(0.3, seed=25), 30, 0.08, None),

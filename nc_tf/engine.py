@@ -97,7 +97,10 @@ class ReverseEngine:
             its success over its `mini_batch` batches while each batch's
             update shrinks the mask, so the trigger it ends with is smaller
             than the ones measured and often falls short of the threshold;
-            the one it started from reached it. Defaults to `False`.
+            the one it started from reached it. It also keeps a trigger only
+            after two successful steps in a row
+            (`cost_schedule_update(confirm_success=True)`). Defaults to
+            `False`.
 
     Example:
 
@@ -165,6 +168,7 @@ class ReverseEngine:
             early_stop=bool(early_stop),
             early_stop_threshold=float(early_stop_threshold),
             early_stop_patience=int(early_stop_patience),
+            confirm_success=bool(keep_step_start),
         )
         self.reset_cost_to_zero, self.save_last = reset_cost_to_zero, save_last
         self.mini_batch, self.batch_size = int(mini_batch), int(batch_size)

@@ -23,6 +23,7 @@ STATE_KEYS = (
     "early_stop_reg_best",
     "step",
     "done",
+    "last_success",
 )
 
 
@@ -48,6 +49,7 @@ def cost_schedule_update(
     early_stop=True,
     early_stop_threshold=0.99,
     early_stop_patience=20,
+    confirm_success=False,
 ):
     """One end-of-step update of the reference cost schedule, for every slot.
 
@@ -65,6 +67,9 @@ def cost_schedule_update(
        consecutive failures divide it by `cost_multiplier ** 1.5`;
     4. a slot is done after early stop or when its step count reaches
        `steps`.
+
+    `confirm_success` (an nc-tf addition, off in the reference) keeps a
+    trigger only when the step before it succeeded too.
 
     Args:
         state: dict of per-slot tensors (see `STATE_KEYS`).
@@ -84,8 +89,11 @@ def cost_schedule_update(
     one, zero = tf.ones_like(acc), tf.zeros_like(acc)
     success = acc >= attack_succ_threshold
 
-    # 1. best trigger so far
-    improved = success & (reg < s["reg_best"])
+    # 1. best trigger so far (with `confirm_success`, only after two successful
+    # steps in a row: one step's estimate on a few batches is noisy, and the
+    # smallest trigger that passed it once is biased to fall short)
+    confirmed = success & (s["last_success"] > 0) if confirm_success else success
+    improved = confirmed & (reg < s["reg_best"])
     reg_best = tf.where(improved, reg, s["reg_best"])
 
     # 2. early stop (only once a valid trigger exists)
@@ -141,5 +149,6 @@ def cost_schedule_update(
         "early_stop_reg_best": es_best,
         "step": step,
         "done": tf.where(stop | (step >= steps), one, s["done"]),
+        "last_success": tf.cast(success, f32),
     }
     return new, improved

@@ -3,13 +3,15 @@
 Every row of `BASES` is a training recipe; it yields a clean model named
 `<base>-clean` and, for each row of `BACKDOORS` naming it, a backdoored twin
 `<base>-<tag>` trained the same way on a poisoned training set, or (with a
-`finetune` dict) fine-tuned from the clean model on a poisoned mix. `RECIPES`
-is the expanded list, every clean model before the backdoors of its base.
+`finetune` dict, whose `epochs`, `lr`, `train_subset` and `augmentation`
+replace the base's) fine-tuned from the clean model on a poisoned mix.
+`RECIPES` is the expanded list, every clean model before the backdoors of
+its base.
 """
 
 from .triggers import blend_spec, random_patch_spec, square_spec
 
-YELLOW, RED, CYAN, WHITE = (255, 255, 0), (255, 0, 0), (0, 255, 255), 255
+YELLOW, RED, CYAN = (255, 255, 0), (255, 0, 0), (0, 255, 255)
 
 BASE_COLUMNS = (
     "name",

@@ -18,7 +18,6 @@ Figures of the development split (where the defaults were chosen) are
 printed beside the test split's, so that over-fitting shows.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import time
 
 import keras
 from _common import peak_rss_gib, report_figures
+from sklearn.metrics import roc_auc_score
 from zoo.manifest import load_manifest, model_path
 
 from nc_tf import datasets
@@ -34,6 +34,7 @@ from nc_tf.detect import detect
 from nc_tf.models import load_model
 from nc_tf.scan import scan
 from nc_tf.scan_folder import read_scan_record
+from nc_tf.scan_many import file_sha256
 
 ROOT = os.environ.get("NC_TF_BENCH_ZOO_DETECTION_DIR", os.path.join("runs", "zoo_detection"))
 MAX_SECONDS = {"mnist": 20, "gtsrb": 300}
@@ -100,16 +101,14 @@ def scan_run(meta, x, y, seed, tag, zoo_root, overrides):
     }
 
 
-def current(run, meta, zoo_root):
-    """True if a finished run scanned the model file that is in the zoo now.
+def current(run, digest):
+    """True if a finished run scanned the model file whose sha256 is `digest`.
 
-    A run of an earlier build of the model (another sha256) is stale; its
-    scan folder is removed so that the model is scanned again.
+    A run of an earlier build of the model is stale; its scan folder is
+    removed so that the model is scanned again.
     """
     path = os.path.join(run["scan_dir"], "results.json")
     if os.path.exists(path):
-        with open(model_path(meta, zoo_root), "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
         if read_scan_record(run["scan_dir"])["identity"]["model_sha256"] == digest:
             return True
     shutil.rmtree(run["scan_dir"], ignore_errors=True)
@@ -150,11 +149,11 @@ def print_run(run):
 
 
 def auroc(positive, negative):
-    """The probability that a random positive scores above a random negative (ties: half)."""
+    """ROC AUC of scores, `positive` (backdoored) against `negative` (clean); `None` without both."""
     if not positive or not negative:
         return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
-    return wins / (len(positive) * len(negative))
+    labels = [1] * len(positive) + [0] * len(negative)
+    return float(roc_auc_score(labels, list(positive) + list(negative)))
 
 
 def summarise(runs):
@@ -241,9 +240,10 @@ def main_zoo(args, error):
     # dev first, then test; MNIST before GTSRB (the cheaper scans first)
     metas.sort(key=lambda m: (m["dataset"] != "mnist", splits.index(m["split"]), m["name"]))
     for meta in metas:
+        digest = file_sha256(model_path(meta, zoo_root))
         for seed in seeds:
             key = (meta["name"], seed)
-            if key in done and current(done[key], meta, zoo_root):
+            if key in done and current(done[key], digest):
                 run = done[key]
             else:
                 if meta["dataset"] not in data:

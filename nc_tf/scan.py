@@ -218,8 +218,8 @@ def scan(
         low_cost: the paper's low-cost scan for many labels: a short pass
             over all labels, then full optimisation of the smallest-norm
             candidates plus a random sample (see `low_cost_selection`; a dict
-            passes its arguments), judged by the reference MAD test unless
-            `rule` says otherwise. Defaults to `False`.
+            passes its arguments), judged by the preset's `rule` over the
+            optimised labels. Defaults to `False`.
         accept_low_accuracy: scan even when the model's clean accuracy on
             `(x, y)` is below 50% (usually a preprocessing mismatch; see
             `nc_tf.metrics.check_clean_accuracy`). Defaults to `False`.
@@ -248,10 +248,6 @@ def scan(
     >>> results["outlier"]["flagged"]  # doctest: +SKIP
     [[7, 9.5]]
     """
-    if low_cost and overrides.get("rule") is None:
-        # Its norms are the smallest labels and a sample of the rest, not every
-        # label: the reference test, which it was measured with, judges it.
-        overrides = dict(overrides, rule="reference")
     settings = scan_settings(preset, **overrides)
     x, y, num_classes = check_scan_inputs(model, x, y, settings, intensity)
     clean_accuracy, output_form = check_scan_model(model, x, y, intensity, accept_low_accuracy)

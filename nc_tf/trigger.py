@@ -144,9 +144,11 @@ class Trigger:
             )
         out = injection_func(self.mask, self.pattern, images.astype(np.float32))
         if self.delta is not None:
-            out = np.clip(out + self.delta, 0.0, 255.0)
+            out = out + self.delta
+        # the blend of two raw images is raw up to float rounding; clipped so it stays raw
+        out = np.clip(out, 0.0, 255.0)
         if images.dtype == np.uint8:
-            return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            return np.rint(out).astype(np.uint8)
         return out.astype(images.dtype)
 
     # Builders of the spec kinds other than "arrays", registered where those kinds are

@@ -51,7 +51,9 @@ def test_train_and_save_fine_tunes_a_copy_of_a_base_model(tmp_path, mnist_small,
     # on 2000 images would not know label 7's trigger.
     kept = evaluate_backdoor(tuned, xt, yt, [old_trigger])["attack_success_rate"]
     assert kept >= 0.5, f"the base model's backdoor is gone (ASR {kept:.3f})"
-    assert report["clean_accuracy"] >= 0.9
+    # and its accuracy: one epoch on 2000 images costs the base a little at most
+    base_accuracy = evaluate_backdoor(model, xt, yt, [])["accuracy"]
+    assert evaluate_backdoor(tuned, xt, yt, [])["accuracy"] >= base_accuracy - 0.05
     assert hashlib.sha256(base.read_bytes()).hexdigest() == digest  # the base file is untouched
     with pytest.raises(ValueError, match="base_model takes"):
         train_and_save(

@@ -261,8 +261,11 @@ def test_scan_folder_resumes_and_refuses_other_settings(
         assert judged["labels"][k]["margin"] == pytest.approx(value, rel=1e-4, abs=1e-5)
         assert judged["labels"][k]["AI"] == judged["labels"][k]["Z_M"]
     assert io.read_json(os.path.join(folder, "results.json"))["outlier"]["statistic"] == "margin"
-    # The persistence gate is a judging setting too: no training, and a gate of 0.8
-    # lets label 7 through, where the margin flags it.
+    # The persistence gate is a judging setting too: no training, and a gate just
+    # under the target's persistence (below the default) lets label 7 through, where
+    # the margin flags it.
+    gate = round(record["labels"]["7"]["persistence"] - 0.05, 2)
+    assert 0 < gate < gs.PERSISTENCE_THRESHOLD and not record["outlier"]["persistent"]
     lowered = gangsweep_scan(
         model,
         x,
@@ -270,12 +273,12 @@ def test_scan_folder_resumes_and_refuses_other_settings(
         labels=SCAN_LABELS,
         out_dir=folder,
         statistic="margin",
-        persistence_threshold=0.8,
+        persistence_threshold=gate,
         **FAST,
     )
-    assert trained == [9] and lowered["outlier"]["persistence_threshold"] == 0.8
+    assert trained == [9] and lowered["outlier"]["persistence_threshold"] == gate
     assert lowered["outlier"]["persistent"] == [
-        t for t in SCAN_LABELS if lowered["labels"][str(t)]["persistence"] >= 0.8
+        t for t in SCAN_LABELS if lowered["labels"][str(t)]["persistence"] >= gate
     ]
     assert lowered["outlier"]["flagged"][0][0] == 7
     for bad in (90, 0, "0.9"):

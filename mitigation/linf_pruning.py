@@ -48,6 +48,7 @@ from mitigation.fine_pruning import (
     _check_triggers,
     _resolve,
 )
+from nc_tf import io
 from nc_tf.metrics import attack_success_rate, evaluate_backdoor, predict_labels
 from nc_tf.models import copy_model
 from nc_tf.preprocess import check_intensity
@@ -417,7 +418,8 @@ def _save(figure, path):
     """Writes the figure as a PNG, creating the folder if needed."""
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(folder, exist_ok=True)
-    figure.savefig(path, dpi=100, format="png")
+    with io.atomic_file(path, "wb") as f:
+        figure.savefig(f, dpi=100, format="png")
 
 
 def plot_norm_histograms(norms, path):

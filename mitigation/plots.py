@@ -2,6 +2,8 @@
 
 import os
 
+from nc_tf import io
+
 
 def line_plot(path, x, series, xlabel, ylabel, title, xlog=False):
     """Writes a line chart with one line per named series.
@@ -35,6 +37,7 @@ def line_plot(path, x, series, xlabel, ylabel, title, xlog=False):
     ax.legend()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
+    with io.atomic_file(path, "wb") as f:
+        fig.savefig(f, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
     return path

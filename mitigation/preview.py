@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from mitigation.gym import augment, intensive_pipeline, lightweight_pipeline
-from nc_tf import datasets
+from nc_tf import datasets, io
 from nc_tf.io import check_out_dir
 from nc_tf.validation import check_image_batch, check_scalar
 
@@ -221,9 +221,8 @@ def _write_png(grid, path):
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with io.atomic_file(path, "wb") as f:
+        Image.fromarray(grid).save(f, format="PNG")
 
 
 def _check_int(name, value, minimum):

@@ -28,7 +28,6 @@ Agg canvas.
 """
 
 import os
-import tempfile
 
 import numpy as np
 
@@ -146,9 +145,10 @@ def check_report_path(path, force=False, own=False):
 
 def _is_own_report(path):
     try:
+        io.check_input_file(path, "report")
         with open(path, "rb") as f:
             head = f.read(4096)
-    except OSError:
+    except (OSError, ValueError):
         return False
     return f'<meta name="generator" content="{GENERATOR}">'.encode() in head
 
@@ -337,21 +337,9 @@ def write_report(
 
 
 def _write_atomically(path, text):
-    """Writes `text` to a new file beside `path`, then renames it (mode as `open` would give)."""
-    handle, tmp = tempfile.mkstemp(
-        prefix=".nc_tf_report_", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path))
-    )
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes `text` atomically (`nc_tf.io.atomic_file`)."""
+    with io.atomic_file(path, encoding="utf-8") as f:
+        f.write(text)
 
 
 def render(page):

@@ -13,6 +13,8 @@ from io import BytesIO
 
 import numpy as np
 
+from nc_tf.io import open_image
+
 MITIGATION = "mitigation.json"
 TEMPLATE = "report.html.j2"
 # The page's <meta name="generator">: marks a page that `scan --report` may replace.
@@ -146,7 +148,7 @@ def _file_uri(path, side):
     if path is None or not os.path.isfile(path):
         return None
     try:
-        with Image.open(path) as image:
+        with open_image(path, "figure", os.path.dirname(os.path.abspath(path))) as image:
             image.load()
             if image.mode not in ("L", "RGB", "RGBA"):
                 image = image.convert("RGBA")

@@ -210,18 +210,19 @@ def scan_labels(args):
 def read_image_option(path):
     """`--image` of `inject`: an image file read as RGBA uint8, or a one-line error."""
     import numpy as np
-    from PIL import Image
+
+    from nc_tf.io import open_image
 
     if not os.path.isfile(path):
         raise ValueError(
             f"--image {path!r} is not a file; pass 'logo', 'watermark' or an image "
             "file (PNG, JPEG)."
         )
-    try:
-        with Image.open(path) as img:
+    with open_image(path, "--image") as img:
+        try:
             return np.asarray(img.convert("RGBA"), dtype=np.uint8)
-    except Exception as error:  # PIL raises many types for damaged or hostile images
-        raise ValueError(
-            f"--image {path!r} is not a readable image "
-            f"({str(error).splitlines()[0][:200]}); pass a PNG or JPEG file."
-        ) from None
+        except Exception as error:  # PIL raises many types for damaged or hostile images
+            raise ValueError(
+                f"--image {path!r} is not a readable image "
+                f"({str(error).splitlines()[0][:200]}); pass a PNG or JPEG file."
+            ) from None

@@ -25,6 +25,8 @@ import pickle
 import h5py
 import numpy as np
 
+from nc_tf import io
+
 DATA_DIR_ENV = "NC_TF_DATA"
 SPLITS = ("train", "test")
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".ppm", ".bmp", ".gif", ".tif", ".tiff")
@@ -63,6 +65,7 @@ def load_dataset(data_file, keys=None):
         missing = [k for k in keys if k not in available]
         if missing:
             raise KeyError(f"{data_file} has no dataset(s) {missing}; it has {available}.")
+        io.check_input_bytes(sum(f[k].size * f[k].dtype.itemsize for k in keys), data_file)
         try:
             return {k: f[k][()] for k in keys}
         except Exception as error:  # h5py raises OSError, TypeError, ... on damaged files
@@ -287,6 +290,7 @@ def _find_gtsrb():
 def _load_arrays(path, split, x_key, y_key):
     _check_file(path)
     if path.endswith(".npz"):
+        io.check_npz(path)
         try:
             store = np.load(path, allow_pickle=False)
         except Exception as e:  # zipfile / ValueError for bad files
@@ -336,20 +340,27 @@ def _load_arrays(path, split, x_key, y_key):
 
 
 def _check_file(path):
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such file: {path}")
+    io.check_input_file(path, "data file")
 
 
 def _h5_datasets(f, path):
     """Names of the datasets at the top of an open h5 file (links to other files ignored)."""
     try:
-        return [
+        names = [
             k
             for k in f.keys()
             if isinstance(f.get(k, getlink=True), h5py.HardLink) and isinstance(f[k], h5py.Dataset)
         ]
+        elsewhere = [k for k in names if f[k].external or f[k].is_virtual]
     except Exception as e:  # damaged group structures raise from h5py
         raise ValueError(f"{path} is a damaged HDF5 file ({e}).") from None
+    if elsewhere:
+        raise ValueError(
+            f"{path}: dataset(s) {elsewhere} keep their data in other files (HDF5 external "
+            "storage or virtual datasets), which nc-tf does not read; save the arrays "
+            "inside the file itself."
+        )
+    return names
 
 
 def _open_h5(path):
@@ -360,20 +371,20 @@ def _open_h5(path):
 
 
 # ----------------------------------------------------------------- folders
-def _read_image(path, size):
+def _read_image(path, size, root):
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
+    with io.open_image(path, "image", root) as im:
+        try:
             im = im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB")
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
-    except Exception as error:  # PIL raises many types for damaged or hostile images
-        raise ValueError(
-            f"{path} is not a readable image ({str(error).splitlines()[0][:200]}); "
-            "remove or replace it."
-        ) from None
+        except Exception as error:  # PIL raises many types for damaged or hostile images
+            raise ValueError(
+                f"{path} is not a readable image ({str(error).splitlines()[0][:200]}); "
+                "remove or replace it."
+            ) from None
     return a[..., None] if a.ndim == 2 else a
 
 
@@ -403,11 +414,12 @@ def _load_gtsrb_folder(root, split, size):
         rows = [(os.path.join(base, r["Filename"]), int(r["ClassId"])) for r in _read_csv(csv_path)]
     if not rows:
         raise ValueError(f"No GTSRB {split} images found under {root}.")
-    x = np.stack([_read_image(p, size) for p, _ in rows])
+    x = np.stack([_read_image(p, size, root) for p, _ in rows])
     return x, np.array([c for _, c in rows], dtype=np.int64)
 
 
 def _read_csv(path):
+    io.check_input_file(path, "GTSRB label file")
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter=";"))
 
@@ -424,7 +436,7 @@ def _load_class_folders(root, size):
         folder = os.path.join(root, cls)
         for name in sorted(os.listdir(folder)):
             if name.lower().endswith(_IMAGE_EXTENSIONS):
-                xs.append(_read_image(os.path.join(folder, name), size))
+                xs.append(_read_image(os.path.join(folder, name), size, root))
                 ys.append(label)
     if not xs:
         raise ValueError(f"No images ({', '.join(_IMAGE_EXTENSIONS)}) under {root}.")

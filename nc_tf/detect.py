@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from nc_tf.io import open_image
 from nc_tf.outlier import outlier_detection
 from nc_tf.scan_folder import RESULTS, load_reversed, mask_png_path, read_scan_record
 from nc_tf.trigger import Trigger
@@ -128,7 +129,7 @@ def png_mask_norms(paths, shape=None):
 
     norms = {}
     for label, path in paths.items():
-        with Image.open(path) as image:
+        with open_image(path, "mask PNG", os.path.dirname(os.path.abspath(path))) as image:
             image = image.convert("L")
             if shape is not None and image.size != (int(shape[1]), int(shape[0])):
                 image = image.resize((int(shape[1]), int(shape[0])), Image.NEAREST)

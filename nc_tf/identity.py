@@ -16,7 +16,6 @@ another path resumes.
 
 import hashlib
 import json
-import warnings
 
 import numpy as np
 
@@ -85,33 +84,42 @@ def identity(model, x, y=None, model_file=None):
     }
 
 
-def check_identity(previous, current, folder, what="results"):
+def check_identity(
+    previous,
+    current,
+    folder,
+    what="results",
+    hint="choose another --out, or pass --force to replace it",
+):
     """Refuses to continue `previous` work with another model or other data.
 
+    Work is continued only when the folder records both digests
+    (`weights_sha256`, `data_sha256`) and both match: a folder whose
+    identity is missing, partial or forged is never trusted.
+
     Args:
-        previous: the identity recorded in the folder, or `None` (a folder
-            without one: accepted with a warning).
+        previous: the identity recorded in the folder, or `None`.
         current: the identity of this run's model and data.
         folder: the folder, named in the message.
         what: what the folder holds, named in the message. Defaults to
             `"results"`.
+        hint: what the user can do about a folder without a complete
+            identity. Defaults to another `--out` or `--force`.
 
     Raises:
-        FileExistsError: the model or the data differ; the message names
-            which, and what to do.
+        FileExistsError: the identity is incomplete, or the model or the
+            data differ; the message names which, and what to do.
     """
-    if not isinstance(previous, dict):
-        warnings.warn(
-            f"{folder} holds {what} recorded without model and data digests, so "
-            "nothing shows that it was made from this model and data; resuming it "
-            "on trust (choose another --out to start afresh).",
-            stacklevel=3,
+    keys = ("weights_sha256", "data_sha256")
+    if not (isinstance(previous, dict) and all(_digest(previous.get(key)) for key in keys)):
+        raise FileExistsError(
+            f"{folder} holds {what} without a complete model and data identity, so nothing "
+            f"shows it was made from this model and data; {hint}."
         )
-        return
     changed = [
         name
         for key, name in (("weights_sha256", "model"), ("data_sha256", "data"))
-        if previous.get(key) and previous.get(key) != current.get(key)
+        if previous.get(key) != current.get(key)
     ]
     if not changed:
         return
@@ -124,4 +132,11 @@ def check_identity(previous, current, folder, what="results"):
         f"{folder} holds {what} of a different {' and '.join(changed)} ({detail}); choose "
         f"another --out for this {' and '.join(changed)}, or rerun with the {' and '.join(changed)} "
         "that made it to resume."
+    )
+
+
+def _digest(value):
+    """True for a sha256 in hex, as `identity` records it."""
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
     )

@@ -32,6 +32,8 @@ import weakref
 import zipfile
 import zlib
 
+from nc_tf.io import check_input_file
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The file format Keras reads for each extension.
 FORMATS = {".keras": "zip", ".h5": "hdf5", ".hdf5": "hdf5"}
@@ -124,8 +126,7 @@ def load_model(path, trust_model=False):
     import keras
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such model file: {path}")
+    check_input_file(path, "model file")
     with open(path, "rb") as f:
         data = f.read()
     kind = file_format(path, data, trust_model)

@@ -141,9 +141,8 @@ def save_png(path, image, truncate=False):
 
     arr = png_levels(image, truncate)
     arr = arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr
-    tmp = path + ".tmp.png"
-    Image.fromarray(arr).save(tmp)
-    os.replace(tmp, path)
+    with io.atomic_file(path, "wb") as f:
+        Image.fromarray(arr).save(f, format="PNG")
 
 
 def tile(rows, gap=2, fill=128.0):
@@ -167,9 +166,8 @@ def tile(rows, gap=2, fill=128.0):
 
 def save_arrays(path, **arrays):
     """Writes float32 arrays to an `.npz` file, atomically."""
-    tmp = path[: -len(".npz")] + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-    os.replace(tmp, path)
+    with io.atomic_file(path, "wb") as f:
+        np.savez(f, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 
 class ScanFolder:
@@ -255,7 +253,15 @@ class ScanFolder:
                 "choose another --out"
                 + ("." if force is None else " (or, from Python, pass force=True to replace it).")
             )
-        check_identity(previous.get("identity"), record["identity"], path, what)
+        check_identity(
+            previous.get("identity"),
+            record["identity"],
+            path,
+            what,
+            hint="choose another --out or empty it"
+            if force is None
+            else "choose another --out (from Python, pass force=True to replace it)",
+        )
         old = dict(defaults or {}, **previous["settings"])
         for name in drop:
             old.pop(name, None)
@@ -401,9 +407,11 @@ def load_reversed(scan_dir, label):
         ValueError: the file is damaged or its arrays do not fit together.
     """
     path = reversed_path(scan_dir, label)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"No reversed trigger for label {label} in {scan_dir}.")
+    io.check_input_file(path, "reversed trigger", scan_dir)
     try:
+        io.check_npz(path)
         with np.load(path, allow_pickle=False) as z:
             mask, pattern = np.asarray(z["mask"], np.float32), np.asarray(z["pattern"], np.float32)
     except Exception as error:  # numpy and zipfile raise many types for damaged files

@@ -81,8 +81,13 @@ def file_sha256(path):
 
 
 def scan_dir_name(path, sha256):
-    """The folder name of a model's scan: `<file name without extension>-<first 12 hex>`."""
-    return f"{os.path.splitext(os.path.basename(path))[0]}-{sha256[:12]}"
+    """The folder name of a model's scan: `model-<first 16 hex of its sha256>`.
+
+    Made from the file's digest only, never from its name, so no name a
+    model file was given reaches a path or a link of the index page; two
+    files with the same bytes share one scan.
+    """
+    return f"model-{sha256[:16]}"
 
 
 def check_engine(engine, split_labels=1, cpus_per_task=1, gpus_per_task=0, max_retries=3):

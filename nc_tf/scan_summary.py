@@ -47,14 +47,12 @@ def summary_row(path, sha256, scan_dir, result):
 def write_summary(out_dir, rows):
     """Writes `summary.json`, `summary.csv` and `index.html` of `rows` into `out_dir`."""
     io.write_json(os.path.join(out_dir, SUMMARY), {"models": rows})
-    temp = os.path.join(out_dir, SUMMARY_CSV + ".tmp")
-    with open(temp, "w", newline="") as f:
+    with io.atomic_file(os.path.join(out_dir, SUMMARY_CSV), newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS + ("error",))
         for row in rows:
             cells = dict(row, flagged=";".join(map(str, row.get("flagged") or [])))
             writer.writerow([_cell(cells.get(c)) for c in COLUMNS + ("error",)])
-    os.replace(temp, os.path.join(out_dir, SUMMARY_CSV))
     _write_index(out_dir, rows)
 
 
@@ -73,7 +71,8 @@ def _write_index(out_dir, rows):
     )
     lines = []
     for row in rows:
-        link = lambda p: os.path.relpath(p, out_dir) if p and os.path.exists(p) else None  # noqa: E731
+        # "./" first: a relative link never reads as a scheme ("javascript:...")
+        link = lambda p: "./" + os.path.relpath(p, out_dir) if p and os.path.exists(p) else None  # noqa: E731
         report = os.path.join(row["scan_dir"], "report.html") if row.get("scan_dir") else None
         lines.append(
             dict(
@@ -86,10 +85,8 @@ def _write_index(out_dir, rows):
             )
         )
     page = env.get_template("scan_many_index.html.j2").render(rows=lines)
-    temp = os.path.join(out_dir, INDEX + ".tmp")
-    with open(temp, "w", encoding="utf-8") as f:
+    with io.atomic_file(os.path.join(out_dir, INDEX), encoding="utf-8") as f:
         f.write(page)
-    os.replace(temp, os.path.join(out_dir, INDEX))
 
 
 def summary_lines(summary, out_dir):

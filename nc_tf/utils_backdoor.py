@@ -34,7 +34,10 @@ def dump_image(x, filename, format):
     """
     from keras.utils import array_to_img
 
-    array_to_img(x, scale=False).save(filename, format)
+    from nc_tf.io import atomic_file
+
+    with atomic_file(filename, "wb") as f:
+        array_to_img(x, scale=False).save(f, format)
 
 
 def load_dataset(data_filename, keys=None):

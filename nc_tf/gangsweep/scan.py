@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from nc_tf import io
 from nc_tf.datasets import check_images, labels_to_int
 from nc_tf.gangsweep.generator import (
     build_generator,
@@ -318,9 +319,8 @@ def _save_label(folder, label, generator, x, y, n_pairs=6):
     """The label's generator weights and its two PNGs, each written atomically."""
     path = _weights_path(folder.path, label)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path[: -len(".weights.h5")] + ".partial.weights.h5"
-    generator.save_weights(tmp)
-    os.replace(tmp, path)
+    with io.atomic_path(path) as tmp:
+        generator.save_weights(tmp)
     others = np.flatnonzero(y != label)
     pert = generate(generator, x[others])
     mean = np.mean(pert, axis=0)

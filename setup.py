@@ -35,6 +35,8 @@ setup(
         # Jinja2: the `nc-tf report` HTML page, rendered from a template with
         # autoescaping rather than assembled by string concatenation.
         "jinja2>=3.1",
+        # filelock: one command at a time per --out folder (nc_tf.io.out_lock).
+        "filelock>=3.16",
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.6"],

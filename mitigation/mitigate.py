@@ -298,7 +298,7 @@ def _out_dir(out_dir, force, method, ident):
     resumable = method in ("repair", "unlearn")
     io.prepare_out_dir(out_dir, force=force, resume=resumable)
     path = os.path.join(out_dir, IDENTITY)
-    fresh = resumable and (force or not os.listdir(out_dir))
+    fresh = resumable and (force or not io.folder_entries(out_dir))
     if resumable and not fresh:
         previous = io.read_json(path, "identity file") if os.path.exists(path) else None
         check_identity(previous, ident, out_dir, "a repair")
@@ -307,7 +307,7 @@ def _out_dir(out_dir, force, method, ident):
     try:
         yield
     except BaseException:
-        if fresh and os.listdir(out_dir) == [IDENTITY]:
+        if fresh and io.folder_entries(out_dir) == [IDENTITY]:
             os.remove(path)
         raise
 

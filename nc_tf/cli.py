@@ -23,6 +23,7 @@ from nc_tf.cli_output import (
     print_report,
 )
 from nc_tf.cli_parser import Parser
+from nc_tf.io import folder_entries, out_lock
 
 
 def build_parser():
@@ -59,9 +60,11 @@ def main(argv=None):
     out = getattr(args, "out", None) if args.command not in ("preview", "report") else None
     created = out is not None and not os.path.exists(out)
     try:
-        if out is not None:
-            check_out(args)
-        return COMMANDS[args.command](args) or 0
+        if out is None:
+            return COMMANDS[args.command](args) or 0
+        check_out(args)
+        with out_lock(out):
+            return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print(f"nc-tf {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -74,7 +77,7 @@ def main(argv=None):
         print(f"nc-tf {args.command}: error: {message}", file=sys.stderr)
         if getattr(args, "json", False):
             print_json({"error": message})
-        if created and os.path.isdir(out) and not os.listdir(out):
+        if created and os.path.isdir(out) and not folder_entries(out):
             os.rmdir(out)  # made by this command, and nothing written into it
         return 2
 

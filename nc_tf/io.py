@@ -29,7 +29,7 @@ def check_out_dir(path, force=False, resume=False, hint="pass --force to overwri
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"{path} is a file; --out needs a folder.")
     if os.path.isdir(path):
-        if os.listdir(path) and not (force or resume):
+        if folder_entries(path) and not (force or resume):
             raise FileExistsError(
                 f"{path} already exists and is not empty; choose another --out or {hint}."
             )
@@ -358,3 +358,53 @@ def check_npz(path):
             f"{path} is not a readable .npz file ({str(error).splitlines()[0][:200]})."
         ) from None
     check_input_bytes(max(declared, shapes), path)
+
+
+# ------------------------------------------------------------ the --out lock
+LOCK_NAME = ".nc_tf.lock"
+
+
+def folder_entries(path):
+    """The names in an output folder, without the lock of the command writing it."""
+    return [name for name in os.listdir(path) if name != LOCK_NAME]
+
+
+@contextlib.contextmanager
+def out_lock(path):
+    """Holds the output folder for the block: a second command on it is refused, not interleaved.
+
+    Creates `path` if needed and locks `path/.nc_tf.lock` (`filelock`,
+    without waiting); the lock file is removed when the block ends.
+
+    Args:
+        path: the output folder.
+
+    Raises:
+        FileExistsError: another command holds the folder; the message
+            says to wait for it or choose another `--out`.
+
+    Example:
+
+    >>> with out_lock("runs/scan"):  # doctest: +SKIP
+    ...     pass
+    """
+    import filelock
+
+    os.makedirs(path, exist_ok=True)
+    lock_path = os.path.join(path, LOCK_NAME)
+    if os.path.islink(lock_path):
+        os.remove(lock_path)  # a planted link is never followed
+    lock = filelock.FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise FileExistsError(
+            f"Another nc-tf command is writing to {path}; wait for it to finish, or "
+            "choose another --out."
+        ) from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock_path)  # before the release: no later command locks a removed file
+        lock.release()

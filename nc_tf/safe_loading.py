@@ -127,10 +127,18 @@ def load_model(path, trust_model=False):
 
     path = os.fspath(path)
     check_input_file(path, "model file")
+    limit = _limit(MAX_MODEL_FILE_ENV, MAX_MODEL_FILE_BYTES)
+    if os.path.getsize(path) > limit:
+        raise ValueError(
+            f"{path} is {os.path.getsize(path) / 2**30:.1f} GiB, more than the "
+            f"{limit / 2**30:.1f} GiB nc-tf reads as a model; if it is genuine, set "
+            f"{MAX_MODEL_FILE_ENV} to a larger number of bytes."
+        )
     with open(path, "rb") as f:
         data = f.read()
     kind = file_format(path, data, trust_model)
     config = model_config(path, data, kind)
+    check_model_size(path, data, kind, config)
     if not trust_model:
         problem = unsafe_node(config)
         if problem:
@@ -140,7 +148,8 @@ def load_model(path, trust_model=False):
                 "where the file came from."
             )
     extension = ".keras" if kind == "zip" else ".h5"
-    with tempfile.TemporaryDirectory(prefix="nc_tf_model_") as folder:
+    remove_stale_copies()
+    with tempfile.TemporaryDirectory(prefix=f"{COPY_PREFIX}{os.getpid()}_") as folder:
         copy = os.path.join(folder, "model" + extension)
         with open(copy, "wb") as f:
             f.write(data)
@@ -156,6 +165,48 @@ def load_model(path, trust_model=False):
     _check_runs(model, path)
     _LOADED[model] = hashlib.sha256(data).hexdigest()
     return model
+
+
+# The private copies Keras loads are made in $TMPDIR under this prefix and the loader's pid.
+COPY_PREFIX = "nc_tf_model_"
+
+
+def remove_stale_copies(folder=None):
+    """Removes model copies left in `folder` by loader processes that no longer run.
+
+    A copy is removed when its loader ends, but a process killed while
+    Keras reads its copy cannot remove it; the next load does.
+
+    Args:
+        folder: where the copies are made. Defaults to `tempfile.gettempdir()`.
+
+    Returns:
+        the number of copies removed.
+    """
+    import shutil
+
+    folder = folder or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        pid = name[len(COPY_PREFIX) :].split("_", 1)[0]
+        if not (name.startswith(COPY_PREFIX) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its loader still runs
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # another user's process, or no such pid range: not ours to judge
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def loaded_sha256(model):
@@ -266,6 +317,118 @@ def model_config(path, data, kind):
             "architecture (nc_tf.models.build_model) and call load_weights."
         )
     return _parse(path, raw, "model_config")
+
+
+# Limits checked from the file before Keras builds anything (see `check_model_size`).
+MAX_MODEL_FILE_BYTES = 2 * 2**30
+MAX_MODEL_FILE_ENV = "NC_TF_MAX_MODEL_BYTES"
+MAX_LAYERS = 1000  # functional models load in about linear time
+MAX_SEQUENTIAL_LAYERS = 200  # Keras rebuilds a Sequential model per layer: quadratic time
+MAX_CONFIG_DEPTH = 64
+MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights declared in the file
+MAX_UNITS = 2**16  # units or filters of one layer
+MAX_ASSET_BYTES = 16 * 2**20  # an image classifier has no vocabulary files
+
+
+def _limit(env, default):
+    value = os.environ.get(env, "")
+    return int(value) if value.strip().isdigit() else default
+
+
+def check_model_size(path, data, kind, config):
+    """Refuses a model file whose contents would cost more than a classifier's, before loading.
+
+    Checks, from the file's directory, weight headers and configuration
+    alone: the uncompressed size of the archive's members, the size of the
+    weights the file declares (`MAX_PARAMETERS`, and
+    `nc_tf.io.check_input_bytes` against the file's size), the size of
+    `.keras` assets, the number of layers (`MAX_LAYERS`,
+    `MAX_SEQUENTIAL_LAYERS`), each layer's units and filters (`MAX_UNITS`)
+    and the configuration's nesting depth.
+
+    Raises:
+        ValueError: one line naming the limit that was passed.
+    """
+    from nc_tf.io import check_input_bytes
+
+    weights = data
+    if kind == "zip":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            check_input_bytes(sum(m.file_size for m in members), path, "model members")
+            assets = sum(m.file_size for m in members if m.filename.startswith("assets/"))
+            if assets > MAX_ASSET_BYTES:
+                raise ValueError(
+                    f"{path} carries {assets / 2**20:.0f} MiB of assets (files Keras unpacks "
+                    f"to disk); an image classifier has none. Refused (at most "
+                    f"{MAX_ASSET_BYTES // 2**20} MiB)."
+                )
+            names = [m.filename for m in members if m.filename.endswith(".weights.h5")]
+            weights = archive.read(names[0]) if names else None
+    declared = _declared_weight_bytes(path, weights) if weights is not None else 0
+    check_input_bytes(declared, path, "weights")
+    layers, sequential, depth, widest = _config_size(config)
+    problems = [
+        (depth > MAX_CONFIG_DEPTH, f"its configuration nests {depth} levels deep"),
+        (
+            sequential and layers > MAX_SEQUENTIAL_LAYERS,
+            f"its Sequential model has {layers} layers (at most {MAX_SEQUENTIAL_LAYERS}; "
+            "Keras loads long Sequential models in quadratic time)",
+        ),
+        (layers > MAX_LAYERS, f"it has {layers} layers (at most {MAX_LAYERS})"),
+        (widest > MAX_UNITS, f"a layer has {widest:,} units or filters (at most {MAX_UNITS:,})"),
+        (
+            declared > 4 * MAX_PARAMETERS,
+            f"it declares {declared / 2**30:.1f} GiB of weights (at most {MAX_PARAMETERS:,} "
+            "float32 parameters)",
+        ),
+    ]
+    for bad, text in problems:
+        if bad:
+            raise ValueError(f"{path}: {text}; refused before loading. Is it an image classifier?")
+
+
+def _declared_weight_bytes(path, data):
+    """Bytes of every dataset an HDF5 weights file declares (shapes, not contents)."""
+    import h5py
+
+    total = []
+
+    def visit(_, node):
+        if isinstance(node, h5py.Dataset):
+            total.append(node.size * node.dtype.itemsize)
+
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            f.visititems(visit)
+    except Exception as error:  # h5py raises many types on damaged files
+        raise ValueError(f"{path} holds damaged weights ({_first_line(error)}).") from None
+    return sum(total)
+
+
+def _config_size(config):
+    """`(layers, sequential, depth, widest)` of a model configuration, read without recursion."""
+    layers, depth, widest = 0, 0, 0
+    sequential = isinstance(config, dict) and config.get("class_name") == "Sequential"
+    stack = [(config, 1, False)]
+    while stack:
+        node, level, in_layers = stack.pop()
+        depth = max(depth, level)
+        if isinstance(node, list):
+            stack.extend((item, level + 1, in_layers) for item in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if in_layers and "class_name" in node:
+            layers += 1
+        inner = node.get("config") if isinstance(node.get("config"), dict) else {}
+        for key in ("units", "filters"):
+            value = inner.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                widest = max(widest, value)
+        for key, value in node.items():
+            stack.append((value, level + 1, key == "layers"))
+    return layers, sequential, depth, widest
 
 
 def unsafe_node(config):

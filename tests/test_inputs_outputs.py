@@ -236,3 +236,114 @@ def test_a_reader_never_waits_on_a_fifo(tmp_path):
     thread.start()
     thread.join(5)
     assert done.is_set()
+
+
+def test_a_second_command_on_the_same_out_is_refused(tmp_path, capsys):
+    from nc_tf.cli import main
+
+    out = tmp_path / "scan"
+    with io.out_lock(out):
+        code = main(["scan", str(tmp_path / "none.keras"), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Another nc-tf command is writing to" in err
+        assert len([line for line in err.splitlines() if ": error: " in line]) == 1
+    assert os.listdir(out) == []  # the lock leaves nothing behind
+    with io.out_lock(out):  # free again
+        pass
+
+
+def _sequential(layers, units=10):
+    import keras
+
+    return keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten()]
+        + [keras.layers.Activation("linear") for _ in range(layers)]
+        + [keras.layers.Dense(units, activation="softmax")]
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c["config"]["layers"].extend([c["config"]["layers"][-2]] * 300), "layers"),
+        (lambda c: c["config"]["layers"][-1]["config"].update(units=650_000), "units or filters"),
+        (lambda c: c.update(deep=json.loads("[" * 100 + "]" * 100)), "levels deep"),
+    ],
+)
+def test_model_configurations_beyond_a_classifier_are_refused_before_loading(tmp_path, edit, match):
+    import time
+
+    from nc_tf.models import load_model
+
+    path = tmp_path / "model.keras"
+    _sequential(1).save(path)
+    with zipfile.ZipFile(path) as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    config = json.loads(entries["config.json"])
+    edit(config)
+    entries["config.json"] = json.dumps(config).encode()
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    start = time.time()
+    with pytest.raises(ValueError, match=match):
+        load_model(str(bad))
+    assert time.time() - start < 5
+
+
+def test_declared_weights_and_assets_count_before_loading(tmp_path):
+    from nc_tf.models import load_model
+
+    path = tmp_path / "model.keras"
+    _sequential(0).save(path)
+    with zipfile.ZipFile(path) as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    weights = tmp_path / "w.h5"
+    with h5py.File(weights, "w") as f:  # 4 GB declared, nothing stored
+        f.create_dataset("layers/dense/vars/0", (1_000_000, 1000), "f4", chunks=(1000, 1000))
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in dict(entries, **{"model.weights.h5": weights.read_bytes()}).items():
+            z.writestr(name, data)
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(ValueError, match="decompression bomb"):
+        load_model(str(bomb))
+    assets = tmp_path / "assets.keras"
+    with zipfile.ZipFile(assets, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in dict(entries, **{"assets/vocab.txt": bytes(32 * 2**20)}).items():
+            z.writestr(name, data)
+    with pytest.raises(ValueError, match="assets"):
+        load_model(str(assets))
+
+
+def test_stale_model_copies_of_dead_loaders_are_removed(tmp_path):
+    import subprocess
+
+    from nc_tf.safe_loading import COPY_PREFIX, remove_stale_copies
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # a pid that no longer runs
+    stale = tmp_path / f"{COPY_PREFIX}{child.pid}_abc"
+    live = tmp_path / f"{COPY_PREFIX}{os.getpid()}_def"
+    other = tmp_path / "someone_elses"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "model.keras").write_bytes(b"x")
+    assert remove_stale_copies(str(tmp_path)) == 1
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_repair_folder_nc_tf_did_not_write_is_not_resumed(tmp_path):
+    from mitigation.mitigate import _out_dir
+
+    out = tmp_path / "unlearn"
+    out.mkdir()
+    (out / "model.keras").write_bytes(b"the user's own model")
+    ident = {"weights_sha256": "a" * 64, "data_sha256": "b" * 64}
+    with pytest.raises(FileExistsError, match="--force"):
+        with _out_dir(str(out), False, "unlearn", ident):
+            pass
+    assert (out / "model.keras").read_bytes() == b"the user's own model"
+    with _out_dir(str(out), True, "unlearn", ident):  # --force: the user asked for it
+        pass

@@ -51,7 +51,7 @@ def _nc_verdict(folder):
             lacking = [k for k in keys if "l1_norm_png" not in record["labels"][k]]
             paths = {k: _png_path(folder, k, "mask") for k in lacking}
             if all(p is not None and os.path.isfile(p) for p in paths.values()):
-                for key, norm in png_mask_norms(paths).items():
+                for key, norm in png_mask_norms(paths, root=folder.path).items():
                     record["labels"][key]["l1_norm_png"] = norm
             else:
                 source = "float"
@@ -65,7 +65,7 @@ def _scored_keys(folder):
     if folder.kind == "partial":
         keys = [k for k, v in labels.items() if "score" in v and _PAIR_KEY.fullmatch(k)]
         return sorted(keys, key=lambda k: labels[k]["score"])
-    return sorted((k for k in labels if k.isdigit()), key=int)
+    return sorted((k for k in labels if (k.isascii() and k.isdigit())), key=int)
 
 
 def _pair_name(key):
@@ -257,7 +257,7 @@ def _gangsweep_part(folder, inputs):
     from nc_tf.detect import detect
 
     record = folder.record
-    keys = sorted((k for k in record["labels"] if k.isdigit()), key=int)
+    keys = sorted((k for k in record["labels"] if (k.isascii() and k.isdigit())), key=int)
     with np.errstate(invalid="ignore"):  # a MAD of 0 gives infinite indices, as the scan's did
         verdict = detect(record, verbose=False) if len(keys) >= 3 else None
     flagged = [str(t) for t, _ in verdict["flagged"]] if verdict else []

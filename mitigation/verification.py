@@ -48,7 +48,7 @@ def scan_reference(record):
     """
     if record.get("method") == "gangsweep" or "partial" in record:
         return None
-    if sum(k.isdigit() for k in record.get("labels", {})) < 3:
+    if sum((k.isascii() and k.isdigit()) for k in record.get("labels", {})) < 3:
         return None
     return [int(label) for label, _ in detect(record, verbose=False)["flagged"]]
 
@@ -141,7 +141,7 @@ def verify(
         accept_low_accuracy=True,
         **options,
     )
-    entries = {int(k): v for k, v in record["labels"].items() if k.isdigit()}
+    entries = {int(k): v for k, v in record["labels"].items() if (k.isascii() and k.isdigit())}
     if labels is None:
         outlier = detect(record, verbose=False)
         median, mad, source = outlier["median"], outlier["mad"], "fresh MAD test"

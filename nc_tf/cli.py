@@ -101,7 +101,7 @@ def cmd_inject(args):
     position = args.position
     if "," in position:
         parts = position.split(",")
-        if len(parts) != 2 or not all(v.strip().isdigit() for v in parts):
+        if len(parts) != 2 or not all(v.strip().isascii() and v.strip().isdigit() for v in parts):
             raise ValueError(
                 f"--position takes a name (bottom-right, center, ...) or ROW,COL "
                 f"with two whole numbers, got {args.position!r}."

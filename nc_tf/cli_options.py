@@ -114,7 +114,7 @@ def label_list(text):
     if not items:
         raise argparse.ArgumentTypeError(f"expected comma-separated labels, got {text!r}")
     for item in items:
-        if not all(part.isdigit() for part in item.split("->")):
+        if not all(part.isascii() and part.isdigit() for part in item.split("->")):
             raise argparse.ArgumentTypeError(
                 f"expected comma-separated labels (whole numbers >= 0), got {item!r}"
             )

@@ -95,7 +95,7 @@ def detect(record, verbose=True, norm_source=None, rule=None):
         return result
     source = norm_source_of(record, norm_source)
     field = "l1_norm_png" if source == "png" else "l1_norm"
-    entries = {int(k): v for k, v in record["labels"].items() if k.isdigit()}
+    entries = {int(k): v for k, v in record["labels"].items() if (k.isascii() and k.isdigit())}
     missing = [str(k) for k in sorted(entries) if field not in entries[k]]
     if missing:
         raise ValueError(
@@ -114,13 +114,15 @@ def detect(record, verbose=True, norm_source=None, rule=None):
     return result
 
 
-def png_mask_norms(paths, shape=None):
+def png_mask_norms(paths, shape=None, root=None):
     """The L1 norms of mask PNGs, read as the reference's `mad_outlier_detection.py` did.
 
     Args:
         paths: dict label -> mask PNG path.
         shape: `(H, W)` to resize each mask to (nearest) when it differs.
             Defaults to `None` (as saved).
+        root: the folder the PNGs must stay in (`nc_tf.io.check_input_file`).
+            Defaults to `None` (each PNG's own folder).
 
     Returns:
         dict label -> norm (grayscale, float32 / 255, summed).
@@ -129,7 +131,8 @@ def png_mask_norms(paths, shape=None):
 
     norms = {}
     for label, path in paths.items():
-        with open_image(path, "mask PNG", os.path.dirname(os.path.abspath(path))) as image:
+        folder = root if root is not None else os.path.dirname(os.path.abspath(path))
+        with open_image(path, "mask PNG", folder) as image:
             image = image.convert("L")
             if shape is not None and image.size != (int(shape[1]), int(shape[0])):
                 image = image.resize((int(shape[1]), int(shape[0])), Image.NEAREST)
@@ -169,7 +172,7 @@ def detect_dir(scan_dir, verbose=True, norm_source=None, rule=None):
                     f"{scan_dir} has no mask PNG for label(s) {', '.join(gone)} "
                     f"({os.path.basename(paths[gone[0]])}); use --norm-source float."
                 )
-            for key, norm in png_mask_norms(paths).items():
+            for key, norm in png_mask_norms(paths, root=scan_dir).items():
                 labels[key]["l1_norm_png"] = norm
         return detect(record, verbose, source, rule)
     if not os.path.isdir(scan_dir):
@@ -188,7 +191,7 @@ def detect_dir(scan_dir, verbose=True, norm_source=None, rule=None):
             f"{scan_dir} has neither {RESULTS} nor *_mask_label_N.png files; "
             "run `nc-tf scan` first."
         )
-    norms = png_mask_norms(paths)
+    norms = png_mask_norms(paths, root=scan_dir)
     return detect(
         {"labels": {str(k): {"l1_norm_png": v} for k, v in norms.items()}}, verbose, "png", rule
     )

@@ -275,7 +275,7 @@ def check_input_bytes(nbytes, path, what="arrays"):
         ValueError: over the limit; the message names the environment variable.
     """
     limit = os.environ.get(MAX_INPUT_ENV)
-    if limit is not None and limit.strip().isdigit():
+    if limit is not None and limit.strip().isascii() and limit.strip().isdigit():
         limit = int(limit)
     else:
         limit = MAX_INPUT_BYTES + MAX_INPUT_RATIO * os.path.getsize(path)

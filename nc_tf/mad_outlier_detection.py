@@ -52,7 +52,7 @@ def mask_png_norms(
         path = os.path.join(result_dir, img_filename_template % ("mask", label))
         if os.path.isfile(path):
             paths[label] = path
-    by_label = png_mask_norms(paths, shape=input_shape[:2])
+    by_label = png_mask_norms(paths, shape=input_shape[:2], root=result_dir)
     norms = [by_label[label] for label in paths]
     return norms, {label: i for i, label in enumerate(paths)}
 

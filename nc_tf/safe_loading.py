@@ -193,7 +193,7 @@ def remove_stale_copies(folder=None):
         return 0
     for name in names:
         pid = name[len(COPY_PREFIX) :].split("_", 1)[0]
-        if not (name.startswith(COPY_PREFIX) and pid.isdigit()):
+        if not (name.startswith(COPY_PREFIX) and pid.isascii() and pid.isdigit()):
             continue
         try:
             os.kill(int(pid), 0)
@@ -332,7 +332,7 @@ MAX_ASSET_BYTES = 16 * 2**20  # an image classifier has no vocabulary files
 
 def _limit(env, default):
     value = os.environ.get(env, "")
-    return int(value) if value.strip().isdigit() else default
+    return int(value) if value.strip().isascii() and value.strip().isdigit() else default
 
 
 def check_model_size(path, data, kind, config):

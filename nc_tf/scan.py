@@ -35,6 +35,7 @@ from nc_tf.scan_folder import (  # noqa: F401  (RESULTS, read_scan_record: publi
     RESULTS,
     ScanFolder,
     load_reversed,
+    mask_png_path,
     png_l1_norm,
     read_scan_record,
     reversed_path,
@@ -249,6 +250,7 @@ def scan(
     [[7, 9.5]]
     """
     settings = scan_settings(preset, **overrides)
+    mask_png_path(".", prefix, 0)  # a plain file-name part, checked before any work
     x, y, num_classes = check_scan_inputs(model, x, y, settings, intensity)
     clean_accuracy, output_form = check_scan_model(model, x, y, intensity, accept_low_accuracy)
     labels = list(range(num_classes)) if labels is None else [int(v) for v in labels]

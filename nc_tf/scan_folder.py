@@ -13,6 +13,7 @@ the same model and data (`nc_tf.identity`) with the same settings.
 """
 
 import contextlib
+import math
 import os
 import time
 
@@ -90,7 +91,9 @@ def _record_problem(record):
             value = entry.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"label {key!r} has no number {name!r}"
-        if not partial and not str(key).isdigit():
+            if not math.isfinite(value) or abs(value) > 1e12:
+                return f"label {key!r} has an impossible {name!r} ({value!r})"
+        if not partial and not (str(key).isascii() and str(key).isdigit()):
             return f"label key {key!r} is not a label"
     return None
 
@@ -383,7 +386,24 @@ def save_trigger_pngs(out_dir, prefix, label, pattern, mask):
 
 
 def mask_png_path(scan_dir, prefix, label, kind="mask"):
-    """The path of a label's reference PNG (`<prefix>_visualize_<kind>_label_N.png`)."""
+    """The path of a label's reference PNG (`<prefix>_visualize_<kind>_label_N.png`).
+
+    Raises:
+        ValueError: `prefix` is not a plain file-name part (a separator, `..`
+            or a leading dot), as a forged `settings.prefix` would be.
+    """
+    if (
+        not isinstance(prefix, str)
+        or os.path.basename(prefix) != prefix
+        or "/" in prefix
+        or "\\" in prefix
+        or "\0" in prefix
+        or prefix.startswith(".")
+    ):
+        raise ValueError(
+            f"{scan_dir}: the PNG prefix {prefix!r} is not a plain file-name part; a scan "
+            "writes none such, so its results.json was altered. Rescan into a new folder."
+        )
     return os.path.join(scan_dir, f"{prefix}_visualize_{kind}_label_{file_key(label)}.png")
 
 

@@ -347,3 +347,36 @@ def test_a_repair_folder_nc_tf_did_not_write_is_not_resumed(tmp_path):
     assert (out / "model.keras").read_bytes() == b"the user's own model"
     with _out_dir(str(out), True, "unlearn", ident):  # --force: the user asked for it
         pass
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        ({"0": {"l1_norm": 1e400}, "1": {"l1_norm": 2.0}, "2": {"l1_norm": 3.0}}, "impossible"),
+        ({"\u0663": {"l1_norm": 1.0}, "1": {"l1_norm": 2.0}, "2": {"l1_norm": 3.0}}, "not a label"),
+    ],
+)
+def test_forged_numbers_and_keys_are_named(tmp_path, labels, match):
+    from nc_tf.detect import detect_dir
+
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    (folder / "results.json").write_text(
+        json.dumps({"settings": {}, "labels": labels}).replace("1e+400", "1e400")
+    )
+    with pytest.raises(ValueError, match=match):
+        detect_dir(str(folder), verbose=False)
+
+
+def test_a_forged_png_prefix_never_leads_out_of_the_folder(tmp_path):
+    from nc_tf.detect import detect_dir
+
+    (tmp_path / "elsewhere").mkdir()
+    os.mkfifo(tmp_path / "elsewhere" / "x_visualize_mask_label_0.png")  # would block a reader
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    labels = {str(k): {"l1_norm": 1.0 + k} for k in range(3)}
+    settings = {"prefix": "../elsewhere/x"}
+    (folder / "results.json").write_text(json.dumps({"settings": settings, "labels": labels}))
+    with pytest.raises(ValueError, match="not a plain file-name part"):
+        detect_dir(str(folder), verbose=False, norm_source="png")

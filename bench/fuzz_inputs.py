@@ -14,6 +14,9 @@ on it, and the fuzzer counts, over all cases (target 0 each):
 - files changed: a file that existed before the case (the seeds, the case's
   input files, a bystander file beside them) changed its bytes or mtime or
   vanished, or a new file appeared outside the case's `--out` folder;
+- hangs: cases that run past `--timeout` (also counted as bad exits);
+- outside reads: the file beside the case folder that hostile inputs point
+  at was read (its access time, set to 0 before the case, changed);
 - invalid JSON: with `--json` (a third of the cases), stdout is not one
   strict JSON document, or exit 2 comes without an object holding "error".
 
@@ -27,8 +30,12 @@ and `np.load(..., allow_pickle=True)` of a pickle payload writes its own.
 
 Mutation kinds (`--kinds`): model-truncate, model-flip, model-junk,
 model-polyglot, keras-entry, keras-config, h5-config, h5-attrs, h5-weights,
-model-name (model files); data-truncate, data-flip, data-images, data-labels,
-data-pickle, data-keys, data-format (data files). Model configurations are
+model-name, keras-bomb, model-special (model files); data-truncate, data-flip,
+data-images, data-labels, data-pickle, data-keys, data-format, input-special,
+data-external, data-bomb (data files). The last kinds point outside the case
+(links, FIFOs, HDF5 external storage and virtual datasets, GTSRB CSV paths)
+or declare far more than they hold (npy headers, HDF5 shapes, declared
+weights, assets, wide layers, 300 Sequential layers, deep configurations). Model configurations are
 edited by `edit_config` (invalid JSON, foreign modules, registered names,
 code classes, eval and Lambda functions, deleted, mistyped, retyped, huge or
 negative values).
@@ -125,6 +132,8 @@ EVAL_NODE = {
 }
 FIGURES = (
     ("bad_exits", "exits other than 0 and 2"),
+    ("hangs", "cases past --timeout"),
+    ("outside_reads", "reads of a file outside the case's inputs"),
     ("tracebacks", "tracebacks"),
     ("code_executions", "code executions"),
     ("files_changed", "files changed"),
@@ -1321,6 +1330,137 @@ def data_format(rng, seeds, folder):
     return path, f"symlink to {os.devnull}"
 
 
+# ------------------------------------------------ inputs that lead elsewhere, or declare too much
+def _outside(folder):
+    """A file beside the case folder (outside every input): what a hostile input points at.
+
+    Its access time is set to 0 before each case, so a read during the case shows
+    (`outside_reads`; the file system must record access times, as relatime does).
+    """
+    path = os.path.join(os.path.dirname(folder), "bystander_outside.txt")
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write(os.path.dirname(path), "bystander_outside.txt", "a file no case may read\n" * 64)
+    return path
+
+
+def _png_bytes():
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def model_special(rng, seeds, folder):
+    """A FIFO, a folder or a link to a device given as the model file."""
+    edit = rng.choice(("fifo", "folder", "device-link"))
+    path = os.path.join(folder, rng.choice(("model.keras", "model.h5")))
+    if edit == "fifo":
+        os.mkfifo(path)
+    elif edit == "folder":
+        os.makedirs(path)
+    else:
+        os.symlink("/dev/zero", path)
+    return path, edit
+
+
+def input_special(rng, seeds, folder):
+    """A FIFO as the data file or a class-folder image, a link out of a class folder, or a GTSRB
+    CSV naming a file outside its folder (absolute or ../)."""
+    edit = rng.choice(("data-fifo", "image-fifo", "image-link", "csv-path"))
+    if edit == "data-fifo":
+        path = os.path.join(folder, rng.choice(("data.h5", "data.npz")))
+        os.mkfifo(path)
+        return path, edit
+    if edit in ("image-fifo", "image-link"):
+        path = os.path.join(folder, "data")
+        for label in range(3):
+            os.makedirs(os.path.join(path, str(label)))
+            _write(os.path.join(path, str(label)), "0.png", _png_bytes())
+        bad = os.path.join(path, "1", "1.png")
+        os.mkfifo(bad) if edit == "image-fifo" else os.symlink(_outside(folder), bad)
+        return path, edit
+    root = os.path.join(folder, "GTSRB")
+    images = os.path.join(root, "Final_Test", "Images")
+    os.makedirs(images)
+    target = rng.choice((_outside(folder), os.path.relpath(_outside(folder), images)))
+    _write(images, "GT-final_test.csv", f"Filename;ClassId\n{target};0\n")
+    return root, f"{edit} {target}"
+
+
+def data_external(rng, seeds, folder):
+    """An HDF5 data file whose images live in another file: external storage or a virtual dataset."""
+    path = os.path.join(folder, "data.h5")
+    y = np.eye(10, dtype=np.float32)[np.zeros(4, int)]
+    edit = rng.choice(("external-outside", "external-devzero", "virtual"))
+    with h5py.File(path, "w") as f:
+        if edit == "virtual":
+            layout = h5py.VirtualLayout(shape=(128, 28, 28, 1), dtype="u1")
+            layout[:] = h5py.VirtualSource(seeds.paths["data.h5"], "X_test", shape=(128, 28, 28, 1))
+            f.create_virtual_dataset("X_test", layout)
+        else:
+            source = _outside(folder) if edit == "external-outside" else "/dev/zero"
+            shape = (4, 8, 8, 1) if edit == "external-outside" else (4_000_000, 28, 28, 1)
+            f.create_dataset("X_test", shape, "u1", external=[(source, 0, h5py.h5f.UNLIMITED)])
+        f.create_dataset("Y_test", data=y)
+    return path, edit
+
+
+def data_bomb(rng, seeds, folder):
+    """A small data file that declares gigabytes: npy headers, or HDF5 shapes never written."""
+    count = rng.choice((2_000_000_000, 10**12))
+    if rng.random() < 0.5:
+        path = os.path.join(folder, "data.npz")
+        with zipfile.ZipFile(path, "w") as z:
+            for key, shape in (("x_test", (count, 28, 28, 1)), ("y_test", (count,))):
+                with z.open(f"{key}.npy", "w") as member:
+                    header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+                    np.lib.format.write_array_header_1_0(member, header)
+                    member.write(bytes(4096))
+        return path, f"npz headers of {count:,} images"
+    path = os.path.join(folder, "data.h5")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X_test", (count // 1000, 28, 28, 1), "u1", chunks=(1, 28, 28, 1))
+        f.create_dataset("Y_test", (count // 1000, 10), "f4", chunks=(1, 10))
+    return path, f"HDF5 shapes of {count // 1000:,} images"
+
+
+def keras_bomb(rng, seeds, folder):
+    """A .keras model that would cost far more than its size: declared weights, assets, a layer
+    of 650k units, 300 Sequential layers, or a configuration nested 80 deep."""
+    entries = {info.filename: data for info, data in _zip_entries(seeds.bytes("model.keras"))}
+    config = json.loads(entries["config.json"])
+    layers = config["config"]["layers"]
+    edit = rng.choice(("weights", "assets", "units", "layers", "depth"))
+    if edit == "weights":
+        scratch = os.path.join(folder, "w.h5")
+        with h5py.File(scratch, "w") as f:
+            f.create_dataset("layers/dense/vars/0", (1_000_000, 2000), "f4", chunks=(100, 2000))
+        with open(scratch, "rb") as f:
+            entries["model.weights.h5"] = f.read()
+        os.remove(scratch)
+    elif edit == "assets":
+        entries["assets/vocabulary.txt"] = bytes(rng.choice((32, 600)) * 2**20)
+    elif edit == "units":
+        dense = [layer for layer in layers if layer.get("class_name") == "Dense"][-1]
+        dense["config"]["units"] = 650_000
+    elif edit == "layers":
+        layers[-1:-1] = [
+            {"module": "keras.layers", "class_name": "Activation", "registered_name": None,
+             "config": {"name": f"linear_{i}", "activation": "linear", "trainable": True}}
+            for i in range(300)
+        ]  # fmt: skip
+    else:
+        config["extra"] = json.loads("[" * 80 + "]" * 80)
+    entries["config.json"] = json.dumps(config).encode()
+    compressed = {k: (v, zipfile.ZIP_DEFLATED) for k, v in entries.items()}
+    with zipfile.ZipFile(os.path.join(folder, "model.keras"), "w") as z:
+        for name, (data, how) in compressed.items():
+            z.writestr(zipfile.ZipInfo(name, ZIP_TIME), data, compress_type=how)
+    return os.path.join(folder, "model.keras"), edit
+
+
 KINDS = {
     "model-truncate": ("model", model_truncate),
     "model-flip": ("model", model_flip),
@@ -1339,6 +1479,11 @@ KINDS = {
     "data-pickle": ("data", data_pickle),
     "data-keys": ("data", data_keys),
     "data-format": ("data", data_format),
+    "input-special": ("data", input_special),
+    "data-external": ("data", data_external),
+    "data-bomb": ("data", data_bomb),
+    "keras-bomb": ("model", keras_bomb),
+    "model-special": ("model", model_special),
 }
 
 
@@ -1735,9 +1880,12 @@ def run_case(args, index, seeds, worker, root, skip, keep=False):
     folder = os.path.join(root, "cases", f"case_{index}")
     if os.path.exists(folder):
         shutil.rmtree(folder)
+    outside = _outside(folder)  # before the case's inputs, which may point at it
     case = prepare_case(args, index, seeds, folder)
     before = snapshot(root, skip)
+    os.utime(outside, ns=(0, os.stat(outside).st_mtime_ns))
     answer = worker.run(case["argv"], args.timeout)
+    read_outside = os.stat(outside).st_atime_ns != 0
     after = snapshot(root, skip)
     executed = sorted(os.listdir(seeds.markers))
     changes = changed_files(before, after, case["out"])
@@ -1747,12 +1895,16 @@ def run_case(args, index, seeds, worker, root, skip, keep=False):
     problems = []
     if died or code not in (0, 2):
         problems.append("bad_exits")
+    if died and str(answer["died"]).startswith("timeout"):
+        problems.append("hangs")
     if answer.get("traceback") or answer.get("escaped") or TRACEBACK in stderr:
         problems.append("tracebacks")
     if executed:
         problems.append("code_executions")
     if changes:
         problems.append("files_changed")
+    if read_outside:
+        problems.append("outside_reads")
     json_error = answer.get("json_error")
     if json_error:
         problems.append("invalid_json")

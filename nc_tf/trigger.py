@@ -205,5 +205,22 @@ def encode_array(a):
 
 
 def decode_array(text):
-    """The array of `encode_array` text (pickles refused)."""
-    return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
+    """The array of `encode_array` text (pickles refused).
+
+    Raises:
+        ValueError: not `.npy` text, or its header declares more values than
+            the text could hold (checked before anything is allocated).
+    """
+    try:
+        data = base64.b64decode(text, validate=True)
+        buffer = io.BytesIO(data)
+        version = np.lib.format.read_magic(buffer)
+        shape, _, dtype = np.lib.format._read_array_header(buffer, version)
+    except Exception as error:  # binascii and numpy raise many types for bad text
+        raise ValueError(f"a trigger array is not base64 .npy text ({error}).") from None
+    if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > len(data):
+        raise ValueError(
+            f"a trigger array declares shape {tuple(shape)}, more than its {len(data)} bytes "
+            "hold; the attack file was altered. Write it again with nc-tf inject."
+        )
+    return np.load(io.BytesIO(data), allow_pickle=False)

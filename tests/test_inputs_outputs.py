@@ -380,3 +380,19 @@ def test_a_forged_png_prefix_never_leads_out_of_the_folder(tmp_path):
     (folder / "results.json").write_text(json.dumps({"settings": settings, "labels": labels}))
     with pytest.raises(ValueError, match="not a plain file-name part"):
         detect_dir(str(folder), verbose=False, norm_source="png")
+
+
+def test_a_trigger_array_that_declares_more_than_it_holds_is_refused():
+    import base64
+    from io import BytesIO
+
+    from nc_tf.trigger import decode_array, encode_array
+
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(decode_array(encode_array(array)), array)
+    buffer = BytesIO()
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**9,)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    buffer.write(bytes(64))
+    with pytest.raises(ValueError, match="declares shape"):
+        decode_array(base64.b64encode(buffer.getvalue()).decode())

@@ -181,9 +181,17 @@ def write_json(path, obj):
         f.write(to_json(obj))
 
 
+MAX_JSON_BYTES = 64 * 2**20  # results, summaries and attack files are far smaller
+
+
 def read_json(path, what="file"):
     """Reads JSON with an error that names the file (a regular file only, see `check_input_file`)."""
     check_input_file(path, what)
+    if os.path.getsize(path) > MAX_JSON_BYTES:
+        raise ValueError(
+            f"{path} is {os.path.getsize(path) / 2**20:,.0f} MiB, more than any {what} nc-tf "
+            f"writes (at most {MAX_JSON_BYTES // 2**20} MiB); pass the file nc-tf wrote."
+        )
     try:
         with open(path) as f:
             return json.load(f)

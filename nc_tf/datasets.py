@@ -371,7 +371,7 @@ def _open_h5(path):
 
 
 # ----------------------------------------------------------------- folders
-def _read_image(path, size, root):
+def _read_image(path, size, root=None):
     from PIL import Image
 
     with io.open_image(path, "image", root) as im:

@@ -77,7 +77,7 @@ def _write_index(out_dir, rows):
         lines.append(
             dict(
                 row,
-                name=os.path.basename(row["scan_dir"] or row["model"]),
+                name=os.path.basename(row["model"]),  # text only (escaped), never a link
                 results=link(
                     os.path.join(row["scan_dir"], RESULTS) if row.get("scan_dir") else None
                 ),

@@ -104,7 +104,7 @@ def test_local_engine_scans_every_model_and_records_the_broken_one(local_run, zo
     assert "broken.h5" in rows["broken.h5"]["error"]
     for row in (rows["backdoored.keras"], rows["clean.keras"]):
         name = os.path.basename(row["scan_dir"])
-        assert name == f"{os.path.splitext(os.path.basename(row['model']))[0]}-{row['sha256'][:12]}"
+        assert name == f"model-{row['sha256'][:16]}"  # from the bytes, never the file name
         assert len(_norms(row)) == 10
         assert row["anomaly_index"] > 0 and 0.5 < row["clean_accuracy"] <= 1
     assert io.read_json(os.path.join(out, "summary.json")) == summary
@@ -112,7 +112,7 @@ def test_local_engine_scans_every_model_and_records_the_broken_one(local_run, zo
         lines = f.read().splitlines()
     assert lines[0].startswith("model,sha256,status,flagged") and len(lines) == 4
     index = open(os.path.join(out, "index.html")).read()
-    assert "backdoored-" in index and "results.json" in index and "http" not in index
+    assert "backdoored.keras" in index and "results.json" in index and "http" not in index
 
 
 def test_rerun_keeps_finished_models_and_resumes_a_half_finished_one(

@@ -353,18 +353,12 @@ def check_model_size(path, data, kind, config):
 
     weights = data
     if kind == "zip":
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = archive.infolist()
-            check_input_bytes(sum(m.file_size for m in members), path, "model members")
-            assets = sum(m.file_size for m in members if m.filename.startswith("assets/"))
-            if assets > MAX_ASSET_BYTES:
-                raise ValueError(
-                    f"{path} carries {assets / 2**20:.0f} MiB of assets (files Keras unpacks "
-                    f"to disk); an image classifier has none. Refused (at most "
-                    f"{MAX_ASSET_BYTES // 2**20} MiB)."
-                )
-            names = [m.filename for m in members if m.filename.endswith(".weights.h5")]
-            weights = archive.read(names[0]) if names else None
+        try:
+            weights = _zip_weights(path, data)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error) as error:
+            raise ValueError(
+                f"{path} is a damaged .keras archive ({_first_line(error)})."
+            ) from None
     declared = _declared_weight_bytes(path, weights) if weights is not None else 0
     check_input_bytes(declared, path, "weights")
     layers, sequential, depth, widest = _config_size(config)
@@ -386,6 +380,24 @@ def check_model_size(path, data, kind, config):
     for bad, text in problems:
         if bad:
             raise ValueError(f"{path}: {text}; refused before loading. Is it an image classifier?")
+
+
+def _zip_weights(path, data):
+    """The weights file of a `.keras` archive (or `None`), after the archive's size checks."""
+    from nc_tf.io import check_input_bytes
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+        check_input_bytes(sum(m.file_size for m in members), path, "model members")
+        assets = sum(m.file_size for m in members if m.filename.startswith("assets/"))
+        if assets > MAX_ASSET_BYTES:
+            raise ValueError(
+                f"{path} carries {assets / 2**20:.0f} MiB of assets (files Keras unpacks "
+                f"to disk); an image classifier has none. Refused (at most "
+                f"{MAX_ASSET_BYTES // 2**20} MiB)."
+            )
+        names = [m.filename for m in members if m.filename.endswith(".weights.h5")]
+        return archive.read(names[0]) if names else None
 
 
 def _declared_weight_bytes(path, data):

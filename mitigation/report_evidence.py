@@ -6,9 +6,6 @@ target}; the activation maps and the l1/l2/linf table
 (`mitigation.activation_analysis`).
 """
 
-import contextlib
-import logging
-
 import numpy as np
 
 from mitigation.report_page import (
@@ -20,6 +17,7 @@ from mitigation.report_page import (
     _number,
     _section,
 )
+from nc_tf.metrics import quiet_retracing
 
 _EVIDENCE = (
     ("grad-cam", "Grad-CAM: where each label's score comes from"),
@@ -108,7 +106,7 @@ def _gradcam(inputs, pool, target, reverse, reverse_name, original, notices, sho
     labels = np.concatenate([np.tile(truth, c), np.full(c * n, target)])
     heat, predicted = {}, {}
     try:
-        with _quiet_retracing():
+        with quiet_retracing():
             for name, model in models:
                 cams = grad_cam(
                     model, np.concatenate([stack, stack]), labels, intensity=inputs.intensity
@@ -142,19 +140,6 @@ def _gradcam(inputs, pool, target, reverse, reverse_name, original, notices, sho
         "backdoored model and the target, a trigger shows as heat on the trigger."
     )
     return _section("grad-cam", title, text, notices=notices, figures=figures)
-
-
-@contextlib.contextmanager
-def _quiet_retracing():
-    """Mutes TensorFlow's warning logs: each `grad_cam` call compiles its own step on purpose,
-    so its "retracing" warning from the second model or folder on says nothing to the reader."""
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _gradcam_figure(column_names, rows):

@@ -5,6 +5,8 @@ fraction of stamped inputs classified as the attack's target, counting only
 inputs whose true label is not already the target.
 """
 
+import contextlib
+import logging
 import weakref
 
 import numpy as np
@@ -30,11 +32,29 @@ def predict_labels(model, x, intensity="raw", batch_size=1024):
     if not len(x):
         return np.zeros(0, np.int64)
     run = label_function(model, intensity)
-    out = [
-        run(np.asarray(x[i : i + batch_size], np.float32)).numpy()
-        for i in range(0, len(x), batch_size)
-    ]
+    with quiet_retracing():
+        out = [
+            run(np.asarray(x[i : i + batch_size], np.float32)).numpy()
+            for i in range(0, len(x), batch_size)
+        ]
     return np.concatenate(out).astype(np.int64)
+
+
+@contextlib.contextmanager
+def quiet_retracing():
+    """Mutes TensorFlow's warning logs for the block.
+
+    Each model gets its own compiled functions on purpose (`label_function`,
+    Grad-CAM steps), so TensorFlow's "retracing" warning, which counts
+    traces across models, says nothing to the reader.
+    """
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _LABEL_FUNCTIONS = weakref.WeakKeyDictionary()

@@ -267,6 +267,19 @@ MAX_INPUT_RATIO = 100
 MAX_INPUT_ENV = "NC_TF_MAX_INPUT_BYTES"
 
 
+def env_bytes(name, default):
+    """A byte limit from environment variable `name` (ASCII digits), else `default`."""
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isascii() and value.isdigit() else default
+
+
+def npy_header(f):
+    """`(shape, bytes)` that the array of an open `.npy` stream declares, from its header alone."""
+    version = np.lib.format.read_magic(f)
+    shape, _, dtype = np.lib.format._read_array_header(f, version)
+    return tuple(shape), math.prod(shape) * dtype.itemsize
+
+
 def check_input_bytes(nbytes, path, what="arrays"):
     """Refuses an input that declares more uncompressed bytes than its size allows.
 
@@ -282,11 +295,7 @@ def check_input_bytes(nbytes, path, what="arrays"):
     Raises:
         ValueError: over the limit; the message names the environment variable.
     """
-    limit = os.environ.get(MAX_INPUT_ENV)
-    if limit is not None and limit.strip().isascii() and limit.strip().isdigit():
-        limit = int(limit)
-    else:
-        limit = MAX_INPUT_BYTES + MAX_INPUT_RATIO * os.path.getsize(path)
+    limit = env_bytes(MAX_INPUT_ENV, MAX_INPUT_BYTES + MAX_INPUT_RATIO * os.path.getsize(path))
     if nbytes > limit:
         raise ValueError(
             f"{path} declares {nbytes / 2**20:,.0f} MiB of {what} in a "
@@ -358,9 +367,7 @@ def check_npz(path):
                 if not member.filename.endswith(".npy"):
                     continue
                 with archive.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    shape, _, dtype = np.lib.format._read_array_header(f, version)
-                shapes += math.prod(shape) * dtype.itemsize
+                    shapes += npy_header(f)[1]
     except Exception as error:  # zipfile, zlib and numpy raise many types for damaged files
         raise ValueError(
             f"{path} is not a readable .npz file ({str(error).splitlines()[0][:200]})."

@@ -32,7 +32,7 @@ import weakref
 import zipfile
 import zlib
 
-from nc_tf.io import check_input_file
+from nc_tf.io import check_input_file, env_bytes
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The file format Keras reads for each extension.
@@ -127,7 +127,7 @@ def load_model(path, trust_model=False):
 
     path = os.fspath(path)
     check_input_file(path, "model file")
-    limit = _limit(MAX_MODEL_FILE_ENV, MAX_MODEL_FILE_BYTES)
+    limit = env_bytes(MAX_MODEL_FILE_ENV, MAX_MODEL_FILE_BYTES)
     if os.path.getsize(path) > limit:
         raise ValueError(
             f"{path} is {os.path.getsize(path) / 2**30:.1f} GiB, more than the "
@@ -328,11 +328,6 @@ MAX_CONFIG_DEPTH = 64
 MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights declared in the file
 MAX_UNITS = 2**16  # units or filters of one layer
 MAX_ASSET_BYTES = 16 * 2**20  # an image classifier has no vocabulary files
-
-
-def _limit(env, default):
-    value = os.environ.get(env, "")
-    return int(value) if value.strip().isascii() and value.strip().isdigit() else default
 
 
 def check_model_size(path, data, kind, config):

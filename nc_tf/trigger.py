@@ -12,6 +12,8 @@ import io
 
 import numpy as np
 
+from nc_tf.io import npy_header
+
 
 def injection_func(mask, pattern, adv_img):
     """Stamps a trigger: `mask * pattern + (1 - mask) * adv_img` (reference)."""
@@ -213,14 +215,12 @@ def decode_array(text):
     """
     try:
         data = base64.b64decode(text, validate=True)
-        buffer = io.BytesIO(data)
-        version = np.lib.format.read_magic(buffer)
-        shape, _, dtype = np.lib.format._read_array_header(buffer, version)
+        shape, declared = npy_header(io.BytesIO(data))
     except Exception as error:  # binascii and numpy raise many types for bad text
         raise ValueError(f"a trigger array is not base64 .npy text ({error}).") from None
-    if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > len(data):
+    if declared > len(data):
         raise ValueError(
-            f"a trigger array declares shape {tuple(shape)}, more than its {len(data)} bytes "
+            f"a trigger array declares shape {shape}, more than its {len(data)} bytes "
             "hold; the attack file was altered. Write it again with nc-tf inject."
         )
     return np.load(io.BytesIO(data), allow_pickle=False)
